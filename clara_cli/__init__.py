@@ -1,0 +1,16 @@
+"""clara: compress a corpus into CLaRa memory tokens, retrieve and answer from them."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["ClaraModel", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import clara_cli` must stay cheap (torch/transformers load on demand).
+    if name == "ClaraModel":
+        from .model import ClaraModel
+
+        return ClaraModel
+    raise AttributeError(name)
