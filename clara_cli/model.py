@@ -1,0 +1,336 @@
+"""ClaraModel: the whole CLaRa forward pass on one page (DESIGN.md §1).
+
+One causal LM plays three roles through three LoRA adapters on the same base weights:
+
+    compressor      encoder_adapter         document -> n_mem memory vectors
+    query reasoner  query_reasoner_adapter  question -> n_mem vectors in the same space
+    generator       decoder_adapter         question + selected memories -> answer
+
+Compressor / query input (left-padded within a batch, memory tokens appended):
+
+    <ENC> <bos> document tokens ... <eos>   <MEM0> ... <MEM{n-1}>
+    '---- truncated to doc_max_length+3 ---' '------ n_mem -------'
+
+The memory of a text is the LAST hidden state (after the final norm) at the n_mem
+memory positions: [n_mem, hidden]. Retrieval scores flattened vectors by cosine.
+The generator reads a chat prompt whose <MEM*> slots are overwritten by memories.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ADAPTERS = ("encoder_adapter", "decoder_adapter", "query_reasoner_adapter")
+SYSTEM_PROMPT = (
+    "You are a helpful assistant. Your task is to extract relevant information from "
+    "provided documents and to answer to questions as briefly as possible."
+)
+
+
+@dataclass
+class ClaraConfig:
+    """What the forward pass needs to know; saved with our checkpoints."""
+
+    base_model: str = ""
+    doc_max_length: int = 256
+    compr_rate: int = 16
+    sep: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    generation_top_k: int = 5
+    adapters: list[str] = field(default_factory=lambda: list(ADAPTERS))
+
+    @property
+    def n_mem(self) -> int:
+        return self.doc_max_length // self.compr_rate
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def lora_config(cfg: ClaraConfig):
+    """The official adapter settings: r 16, alpha 2r, dropout 0.1, all linear layers but lm_head."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear",
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def add_clara_tokens(tokenizer, n_mem: int) -> None:
+    """Append <MEM0..n-1>, <AE>, <ENC>, <SEP> after the base vocabulary, as the official code does."""
+    existing = list(tokenizer.special_tokens_map.get("additional_special_tokens", []))
+    new = [f"<MEM{i}>" for i in range(n_mem)] + ["<AE>", "<ENC>", "<SEP>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": existing + new})
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:  # Mistral has no pad token: the official code uses bos
+        tokenizer.pad_token_id = tokenizer.bos_token_id
+
+
+def retrieval_scores(queries: torch.Tensor, memories: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of flattened memories, fp32: [Q, n_mem, h] x [N, n_mem, h] -> [Q, N]."""
+    q = F.normalize(queries.reshape(queries.shape[0], -1).float(), dim=-1)
+    d = F.normalize(memories.reshape(memories.shape[0], -1).float(), dim=-1)
+    return q @ d.T
+
+
+def cpu_supports_bf16() -> bool:
+    """AMX or avx512_bf16 make bf16 matmuls several times faster than fp32 on CPU."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        from .errors import UsageError
+
+        raise UsageError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    named = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype in named:
+        return named[dtype]
+    if dtype != "auto":
+        from .errors import UsageError
+
+        raise UsageError(f"unknown dtype {dtype!r} (use auto, fp32, bf16 or fp16)")
+    device = device or torch.device("cpu")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+
+
+class ClaraModel(nn.Module):
+    """A CLaRa model over any Hugging Face Llama/Mistral/Qwen2-style causal LM.
+
+    `decoder` is the base LM with the adapters injected (transformers' PEFT integration,
+    the same mechanism the official code uses); exactly one adapter is active per forward.
+    """
+
+    def __init__(self, decoder, tokenizer, config: ClaraConfig, *, fingerprint: str = "",
+                 trained: bool = True, source: str = ""):
+        super().__init__()
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.config = config
+        self.fingerprint = fingerprint
+        self.trained = trained  # False: fresh adapters, answers are not meaningful
+        self.source = source  # how it was loaded, for messages and the store's manifest
+        self.mem_token_ids = tokenizer.convert_tokens_to_ids([f"<MEM{i}>" for i in range(config.n_mem)])
+        self.enc_token_id, self.sep_token_id = tokenizer.convert_tokens_to_ids(["<ENC>", "<SEP>"])
+        # Rows below this id are the base vocabulary; the CLaRa tokens come after it.
+        self.n_base_tokens = min(self.mem_token_ids + [self.enc_token_id, self.sep_token_id])
+        self.full_rows = False  # True when a checkpoint also changed base vocabulary rows
+        self._merged: dict[str, nn.Module] = {}
+        self.eval()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, path: str | None = None, device: str = "auto", dtype: str = "auto",
+                        base_model: str | None = None) -> ClaraModel:
+        """Load our checkpoint, an official CLaRa checkpoint folder, or (None) the default model."""
+        from .checkpoint import load_model
+
+        return load_model(path, device=device, dtype=dtype, base_model=base_model)
+
+    @classmethod
+    def from_base(cls, decoder, tokenizer, config: ClaraConfig, seed: int = 0, mean_resizing: bool = True,
+                  **kwargs) -> ClaraModel:
+        """Fresh CLaRa around a base LM: add tokens, resize, inject the three adapters (seeded).
+
+        New token rows start as transformers' mean resizing draws them (as the official code);
+        a loader that overwrites them passes mean_resizing=False to skip that work."""
+        from transformers.utils import logging as hf_logging
+
+        add_clara_tokens(tokenizer, config.n_mem)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the resize notice is noise for our users
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            decoder.resize_token_embeddings(len(tokenizer), mean_resizing=mean_resizing)
+            with warnings.catch_warnings():  # peft warns on every adapter after the first
+                warnings.simplefilter("ignore", UserWarning)
+                for name in config.adapters:
+                    decoder.add_adapter(lora_config(config), adapter_name=name)
+        hf_logging.set_verbosity(verbosity)
+        return cls(decoder, tokenizer, config, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.get_input_embeddings().weight.dtype
+
+    @property
+    def hidden_size(self) -> int:
+        return self.decoder.config.hidden_size
+
+    def use_adapter(self, name: str) -> None:
+        if name == "query_reasoner_adapter" and name not in self.decoder.peft_config:
+            name = "encoder_adapter"  # stage-1 checkpoints: the reasoner starts as the compressor
+        self.decoder.set_adapter(name)
+
+    # ------------------------------------------------------------------ compressor inputs
+    def encoder_token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text: <ENC> bos text eos, right-truncated to doc_max_length+3, then <MEM*>."""
+        tok = self.tokenizer
+        wrapped = ["<ENC>" + tok.bos_token + t + tok.eos_token for t in texts]
+        ids = tok(wrapped, add_special_tokens=False, truncation=True,
+                  max_length=self.config.doc_max_length + 3)["input_ids"]
+        return [row + self.mem_token_ids for row in ids]
+
+    def pad_left(self, rows: Sequence[Sequence[int]], length: int | None = None):
+        """Left-pad id rows to `length` (default: the longest): (input_ids, attention_mask) [B, L]."""
+        length = length or max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, length - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, length - len(r):] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # ------------------------------------------------------------------ compressor / query reasoner
+    def _memory_states(self, trunk: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden state (after the final norm) at the n_mem trailing positions: [B, n_mem, h]."""
+        hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        return hidden[:, -self.config.n_mem:, :]
+
+    def _trunk(self, adapter: str, merged: bool) -> nn.Module:
+        """The transformer body (no LM head) with `adapter` active, merged into the weights if asked."""
+        if merged:
+            if adapter not in self._merged:
+                self._merged = {adapter: merged_trunk(self.decoder, adapter)}  # keep at most one copy
+            return self._merged[adapter]
+        self.use_adapter(adapter)
+        return self.decoder.get_decoder()
+
+    @torch.inference_mode()
+    def encode(self, texts: Sequence[str], adapter: str, batch_size: int = 32,
+               merged: bool | None = None, progress=None) -> torch.Tensor:
+        """Texts -> [len(texts), n_mem, hidden] fp32 on CPU, in length-sorted, dynamically padded batches."""
+        if merged is None:  # a merged copy pays off for bulk jobs, if it fits comfortably
+            merged = len(texts) > 4 * batch_size and param_bytes(self.decoder) < 4 * 2**30
+        rows = self.encoder_token_ids(texts)
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+        out = torch.empty(len(rows), self.config.n_mem, self.hidden_size, dtype=torch.float32)
+        trunk = self._trunk(adapter, merged)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            ids, mask = self.pad_left([rows[i] for i in idx])
+            out[idx] = self._memory_states(trunk, ids, mask).float().cpu()
+            if progress is not None:
+                progress(len(idx))
+        return out
+
+    def compress(self, texts: Sequence[str], batch_size: int = 32, **kw) -> torch.Tensor:
+        """Documents -> memory tokens [len(texts), n_mem, hidden] (encoder_adapter)."""
+        return self.encode(texts, "encoder_adapter", batch_size=batch_size, **kw)
+
+    def encode_queries(self, questions: Sequence[str], batch_size: int = 32, **kw) -> torch.Tensor:
+        """Questions -> [len(questions), n_mem, hidden] in the memory space (query_reasoner_adapter)."""
+        return self.encode(questions, "query_reasoner_adapter", batch_size=batch_size, **kw)
+
+    @torch.inference_mode()
+    def compress_reference(self, texts: Sequence[str], adapter: str = "encoder_adapter") -> torch.Tensor:
+        """The straightforward path the reference code takes: every text padded to doc_max_length+3,
+        the full causal LM with all hidden states. Slow; kept to prove `compress` equal to it."""
+        self.use_adapter(adapter)
+        rows = self.encoder_token_ids(texts)
+        fixed = [[self.tokenizer.pad_token_id] * (self.config.doc_max_length + 3 + self.config.n_mem - len(r)) + r
+                 for r in rows]
+        ids = torch.tensor(fixed, device=self.device)
+        mask = torch.tensor([[0] * (len(f) - len(r)) + [1] * len(r) for f, r in zip(fixed, rows)],
+                            device=self.device)
+        out = self.decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        return out.hidden_states[-1][:, -self.config.n_mem:, :].float().cpu()
+
+    # ------------------------------------------------------------------ generator
+    def prompt(self, question: str, k: int) -> str:
+        """The generator's chat prompt with k memory slots (<MEM0..n-1><SEP> each), in rank order."""
+        slot = "".join(f"<MEM{i}>" for i in range(self.config.n_mem)) + ("<SEP>" if self.config.sep else "")
+        user = f"Background:\n{slot * k}\n\nQuestion:{question}"
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+        try:
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as err:  # jinja2 TemplateError "System role not supported": merge into the user turn
+            if "system" not in str(err).lower():
+                raise
+            merged = [{"role": "user", "content": SYSTEM_PROMPT + "\n" + user}]
+            return self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
+
+    def prompt_inputs(self, questions: Sequence[str], memories: Sequence[torch.Tensor]):
+        """(input_ids, attention_mask, inputs_embeds) with each <MEM*> row replaced by its memory vector."""
+        texts = [self.prompt(q, len(m)) for q, m in zip(questions, memories)]
+        enc = self.tokenizer(texts, padding="longest", add_special_tokens=False, truncation=True,
+                             max_length=1024, return_tensors="pt")
+        ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        embeds = self.decoder.get_input_embeddings()(ids)  # [B, L, h]
+        is_mem = torch.isin(ids, torch.tensor(self.mem_token_ids, device=ids.device))
+        for row, mem in enumerate(memories):
+            flat = mem.reshape(-1, mem.shape[-1]).to(embeds.dtype).to(embeds.device)  # [k*n_mem, h]
+            positions = is_mem[row].nonzero().squeeze(-1)
+            if len(positions) != len(flat):
+                raise ValueError(f"prompt {row} has {len(positions)} memory slots for {len(flat)} vectors "
+                                 "(was it truncated at 1024 tokens?)")
+            embeds[row, positions] = flat
+        return ids, mask, embeds
+
+    @torch.inference_mode()
+    def generate(self, questions: Sequence[str], memories: Sequence[torch.Tensor], max_new_tokens: int = 64,
+                 return_ids: bool = False):
+        """Greedy answers; memories[i] is [k_i, n_mem, hidden] for question i, in rank order."""
+        self.use_adapter("decoder_adapter")
+        _, mask, embeds = self.prompt_inputs(questions, memories)
+        out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
+                                    top_p=None, top_k=None, temperature=None,
+                                    max_new_tokens=max_new_tokens,
+                                    pad_token_id=self.tokenizer.pad_token_id)
+        texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return (texts, out) if return_ids else texts
+
+
+def param_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def merged_trunk(decoder, adapter: str) -> nn.Module:
+    """A copy of the transformer body with `adapter` merged into the linear weights.
+
+    Inference-only bulk jobs then run plain matmuls instead of base + LoRA side paths;
+    in fp32 the result equals the unmerged path to float noise (tested)."""
+    from peft.tuners.lora import LoraLayer
+
+    trunk = copy.deepcopy(decoder.get_decoder())
+    for name, module in list(trunk.named_modules()):
+        if isinstance(module, LoraLayer):
+            if adapter in module.lora_A:
+                module.merge(adapter_names=[adapter])
+            parent = trunk.get_submodule(name.rsplit(".", 1)[0]) if "." in name else trunk
+            setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
+    return trunk.eval()

@@ -1,0 +1,58 @@
+"""The fast compressor path equals the straightforward one; dtype handling; generation shapes."""
+
+from __future__ import annotations
+
+import torch
+
+from clara_cli.model import ClaraModel, retrieval_scores
+
+TEXTS = [
+    "Short.",
+    "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.",
+    " ".join(["A much longer paragraph that will certainly be truncated by the compressor."] * 12),
+    "Mount Kilimanjaro is the highest mountain in Africa, about 5,895 metres above sea level.",
+    "Ada Lovelace wrote what is often called the first computer program, for Babbage's engine.",
+]
+
+
+def test_fast_compress_equals_straightforward_path(tiny_model):
+    reference = tiny_model.compress_reference(TEXTS)
+    for merged in (False, True):
+        fast = tiny_model.compress(TEXTS, batch_size=2, merged=merged)
+        assert fast.shape == (len(TEXTS), 4, 32)
+        assert (fast - reference).abs().max() <= 1e-4
+
+
+def test_compress_order_is_independent_of_batching(tiny_model):
+    a = tiny_model.compress(TEXTS, batch_size=1)
+    b = tiny_model.compress(list(reversed(TEXTS)), batch_size=4)
+    assert (a - b.flip(0)).abs().max() <= 1e-4
+
+
+def test_truncation_keeps_doc_max_length_plus_3(tiny_model):
+    rows = tiny_model.encoder_token_ids(TEXTS)
+    assert max(len(r) for r in rows) == 64 + 3 + 4
+    assert all(r[-4:] == tiny_model.mem_token_ids for r in rows)
+    assert rows[0][:2] == [tiny_model.enc_token_id, tiny_model.tokenizer.bos_token_id]
+
+
+def test_queries_live_in_memory_space(tiny_model):
+    q = tiny_model.encode_queries(["Where is the Eiffel Tower?"])
+    mem = tiny_model.compress(TEXTS)
+    scores = retrieval_scores(q, mem)
+    assert scores.shape == (1, len(TEXTS)) and scores.abs().max() <= 1.0 + 1e-6
+
+
+def test_generate_with_different_k_per_question(tiny_model):
+    mem = tiny_model.compress(TEXTS)
+    answers = tiny_model.generate(["q one?", "q two?"], [mem[:1], mem[1:4]], max_new_tokens=5)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+
+def test_bf16_close_to_fp32(tiny_model_dir, tiny_model):
+    bf16 = ClaraModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="bf16")
+    assert bf16.dtype == torch.bfloat16 and bf16.fingerprint == tiny_model.fingerprint
+    a, b = tiny_model.compress(TEXTS), bf16.compress(TEXTS)
+    assert b.dtype == torch.float32
+    cos = torch.nn.functional.cosine_similarity(a.reshape(5, -1), b.reshape(5, -1))
+    assert cos.min() > 0.98
