@@ -265,7 +265,7 @@ class ClaraModel(nn.Module):
         fixed = [[self.tokenizer.pad_token_id] * (self.config.doc_max_length + 3 + self.config.n_mem - len(r)) + r
                  for r in rows]
         ids = torch.tensor(fixed, device=self.device)
-        mask = torch.tensor([[0] * (len(f) - len(r)) + [1] * len(r) for f, r in zip(fixed, rows)],
+        mask = torch.tensor([[0] * (len(f) - len(r)) + [1] * len(r) for f, r in zip(fixed, rows, strict=True)],
                             device=self.device)
         out = self.decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         return out.hidden_states[-1][:, -self.config.n_mem:, :].float().cpu()
@@ -286,7 +286,7 @@ class ClaraModel(nn.Module):
 
     def prompt_inputs(self, questions: Sequence[str], memories: Sequence[torch.Tensor]):
         """(input_ids, attention_mask, inputs_embeds) with each <MEM*> row replaced by its memory vector."""
-        texts = [self.prompt(q, len(m)) for q, m in zip(questions, memories)]
+        texts = [self.prompt(q, len(m)) for q, m in zip(questions, memories, strict=True)]
         enc = self.tokenizer(texts, padding="longest", add_special_tokens=False, truncation=True,
                              max_length=1024, return_tensors="pt")
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
