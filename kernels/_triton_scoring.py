@@ -82,7 +82,9 @@ def _cosine_topk_kernel(
             qt = tl.load(
                 q_rows + (d0 + offs_d)[None, :], mask=q_ok[:, None] & d_ok[None, :], other=0.0
             )
-            mt = tl.load(m_rows + (d0 + offs_d)[None, :], mask=r_ok[:, None] & d_ok[None, :], other=0)
+            mt = tl.load(
+                m_rows + (d0 + offs_d)[None, :], mask=r_ok[:, None] & d_ok[None, :], other=0
+            )
             mf = mt.to(tl.float32)
             m_sq += tl.sum(mf * mf, 1)
             if DOT_FP32:

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 
 
-def _lengths_tensor(lengths: Sequence[int] | torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+def _lengths_tensor(
+    lengths: Sequence[int] | torch.Tensor, device: torch.device | str | None
+) -> torch.Tensor:
     out = torch.as_tensor(lengths, dtype=torch.int64, device=device)
     if out.ndim != 1 or (out.numel() and int(out.min()) < 0):
         raise ValueError("lengths must be a 1-D sequence of non-negative integers")
