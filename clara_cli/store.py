@@ -1,0 +1,1068 @@
+"""The store: one directory of immutable data files plus a manifest that is swapped atomically.
+
+Layout (DESIGN.md §3)::
+
+    <root>/manifest.json          the current state; replaced with os.replace, never edited
+    <root>/manifests/v00000007.json   a copy of every committed manifest (cheap history)
+    <root>/data/                  immutable Parquet tables, safetensors shards, index files
+    <root>/LOCK                   flock'ed by the one writer; holds pid/host/time for messages
+
+Readers read the manifest once (`Store.snapshot()`) and see a consistent state however
+long they run. A writer holds the lock, writes new files, then swaps the manifest; a crash
+leaves at most orphan files, which the next writer removes once they are older than a grace
+period. Removing documents never rewrites a file: a small deletion table is added instead
+(Delta-Lake style), and every data file carries a sequence number so that a deletion only
+hides rows written *before* it (a changed document is removed and re-added with the same id).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+
+from .errors import (
+    ClaraError,
+    CorruptDataError,
+    MissingMemoryError,
+    ModelMismatchError,
+    StoreBusyError,
+)
+
+FORMAT = "clara-store"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = "LOCK"
+DATA_DIR = "data"
+HISTORY_DIR = "manifests"
+DEFAULT_GRACE_SECONDS = 600.0
+
+DOCUMENT_SCHEMA = pa.schema([
+    ("doc_id", pa.string()),
+    ("source", pa.string()),
+    ("content_hash", pa.string()),
+    ("n_chars", pa.int64()),
+    ("metadata", pa.string()),
+    ("ingested_at", pa.float64()),
+])
+CHUNK_SCHEMA = pa.schema([
+    ("chunk_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("source", pa.string()),
+    ("chunk_index", pa.int32()),
+    ("start", pa.int64()),
+    ("end", pa.int64()),
+    ("text", pa.string()),
+    ("content_hash", pa.string()),
+    ("n_tokens", pa.int32()),
+])
+# One row per removed id; `kind` is "document" or "chunk". A deletion file hides matching rows
+# of every file with a smaller sequence number (see module docstring).
+DELETION_SCHEMA = pa.schema([("kind", pa.string()), ("id", pa.string())])
+
+MEMORY_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+_DTYPE_BY_NAME = {v: k for k, v in MEMORY_DTYPES.items()}
+_TABLE_KINDS = ("documents", "chunks", "deletions")
+_COMPACT_SHARD_BYTES = 256 << 20  # compaction writes memory shards of at most this size
+
+
+# ---------------------------------------------------------------------------------------------
+# chunk ids <-> int64 keys
+
+
+def chunk_key(chunk_id: str) -> int:
+    """The int64 key FAISS and the shards use for a chunk id (16 lowercase hex, 63 bits)."""
+    return int(chunk_ids_to_keys([chunk_id])[0])
+
+
+def chunk_id_from_key(key: int) -> str:
+    return f"{int(key):016x}"
+
+
+def chunk_ids_to_keys(chunk_ids: Iterable[str] | pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Vectorised hex -> int64; rejects ids that are not 16 lowercase hex digits below 2**63."""
+    if isinstance(chunk_ids, pa.ChunkedArray):
+        chunk_ids = chunk_ids.combine_chunks()
+    arr = chunk_ids if isinstance(chunk_ids, pa.Array) else pa.array(list(chunk_ids), pa.string())
+    if len(arr) == 0:
+        return np.zeros(0, np.int64)
+    ok = pc.match_substring_regex(arr, r"^[0-7][0-9a-f]{15}$")
+    if arr.null_count or not pc.all(ok).as_py():
+        bad = next(v for v, good in zip(arr.to_pylist(), ok.to_pylist(), strict=True) if not good)
+        raise ClaraError(f"invalid chunk_id {bad!r}: expected 16 lowercase hex digits of a 63-bit number")
+    raw = bytes.fromhex("".join(arr.to_pylist()))
+    return np.frombuffer(raw, dtype=">u8").astype(np.int64)
+
+
+def keys_to_chunk_ids(keys: np.ndarray | Iterable[int]) -> list[str]:
+    return [f"{int(k):016x}" for k in np.asarray(keys, dtype=np.int64)]
+
+
+# ---------------------------------------------------------------------------------------------
+# durable file helpers
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory: all or nothing."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    data = (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+class _HashingFile:
+    """A write-only file object that hashes and counts bytes as they go (pyarrow writes to it)."""
+
+    def __init__(self, f):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+        self.bytes = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self.sha256.update(view)
+        self.bytes += view.nbytes
+        return self._f.write(view)
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_tmp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _empty_manifest() -> dict:
+    now = time.time()
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "version": 0, "created_at": now,
+            "committed_at": now, "next_seq": 1, "model": None, "index": None, "files": []}
+
+
+def _mismatch(root: Path, bound: dict, info: dict) -> ModelMismatchError:
+    return ModelMismatchError(
+        f"store {root} is bound to model {bound.get('fingerprint')} ({bound.get('spec', '?')}), "
+        f"not {info.get('fingerprint')} ({info.get('spec', '?')})")
+
+
+# ---------------------------------------------------------------------------------------------
+# the lock
+
+
+_HELD_LOCKS: dict[str, int] = {}  # lock path -> pid holding it in this process
+
+
+@contextlib.contextmanager
+def _exclusive_lock(root: Path, wait: bool) -> Iterator[None]:
+    """flock on <root>/LOCK: the kernel drops it when the holder dies, so no stale locks."""
+    path = root / LOCK
+    key = str(path.resolve())
+    if _HELD_LOCKS.get(key) == os.getpid():
+        raise StoreBusyError(f"store {root} is busy: this process already holds its writer")
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as err:
+            if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            f.seek(0)
+            raise StoreBusyError(f"store {root} is busy: {_describe_holder(f.read())}; "
+                                 "try again when it finishes") from None
+        _HELD_LOCKS[key] = os.getpid()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+            f.flush()
+            yield
+        finally:
+            _HELD_LOCKS.pop(key, None)
+            with contextlib.suppress(OSError):
+                f.seek(0)
+                f.truncate()
+                f.flush()
+    finally:
+        f.close()  # closing the descriptor releases the flock
+
+
+def _describe_holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["since"])))
+        return f"another writer (pid {info['pid']} on {info['host']}, since {since}) holds the lock"
+    except (ValueError, KeyError, TypeError):
+        return "another writer holds the lock"
+
+
+# ---------------------------------------------------------------------------------------------
+# Store
+
+
+class Store:
+    """A store directory. Cheap to construct; all state lives in the files."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        # Data files never change once written, so anything read from them can be cached by name.
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    @classmethod
+    def open(cls, root: str | Path, create: bool = False) -> Store:
+        """Open the store at root; with create, make an empty one if there is none yet."""
+        root = Path(root)
+        if (root / MANIFEST).is_file():
+            store = cls(root)
+            store.snapshot()  # fail now on an unreadable or newer-format manifest
+            return store
+        if not create:
+            raise ClaraError(f"no store at {root} (run `clara ingest` first)")
+        if root.exists() and not root.is_dir():
+            raise ClaraError(f"cannot create a store at {root}: it exists and is not a directory")
+        if root.is_dir():
+            foreign = [p.name for p in root.iterdir()
+                       if p.name not in (LOCK, DATA_DIR, HISTORY_DIR) and not _is_tmp(p.name)]
+            if foreign:
+                raise ClaraError(f"cannot create a store at {root}: the directory is not empty "
+                                 f"and holds no {MANIFEST}")
+        (root / DATA_DIR).mkdir(parents=True, exist_ok=True)
+        (root / HISTORY_DIR).mkdir(exist_ok=True)
+        store = cls(root)
+        with _exclusive_lock(root, wait=True):
+            if not (root / MANIFEST).is_file():  # another process may have won the race
+                manifest = _empty_manifest()
+                _write_json_atomic(root / HISTORY_DIR / "v00000000.json", manifest)
+                _write_json_atomic(root / MANIFEST, manifest)
+        return store
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read_manifest(self, path: Path | None = None) -> dict:
+        path = path or self.root / MANIFEST
+        try:
+            manifest = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ClaraError(f"no store at {self.root} (run `clara ingest` first)") from None
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CorruptDataError(f"{path}: manifest does not parse ({err})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise CorruptDataError(f"{path}: not a clara store manifest")
+        if int(manifest.get("format_version", 0)) > FORMAT_VERSION:
+            raise ClaraError(f"store {self.root} has format version {manifest['format_version']}; "
+                             f"this clara reads up to {FORMAT_VERSION} (upgrade clara)")
+        return manifest
+
+    def snapshot(self) -> Snapshot:
+        """The last committed state, read once: later commits do not change it."""
+        return Snapshot(self, self._read_manifest())
+
+    # -- writing -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self, wait: bool = True) -> Iterator[Transaction]:
+        """Take the writer lock, clear old orphans, yield a Transaction.
+
+        A clean exit commits pending changes; an exception commits nothing more (files written
+        since the last commit are removed) and the lock is released either way.
+        """
+        with _exclusive_lock(self.root, wait):
+            self._collect_garbage(DEFAULT_GRACE_SECONDS)
+            txn = Transaction(self, self.snapshot())
+            try:
+                yield txn
+            except BaseException:
+                txn._abort()
+                raise
+            else:
+                if txn.dirty:
+                    txn.commit()
+            finally:
+                txn._closed = True
+
+    def gc(self, grace_seconds: float = DEFAULT_GRACE_SECONDS, wait: bool = True,
+           keep_manifests: int | None = None) -> list[str]:
+        """Remove data files no manifest needs any more; returns their names.
+
+        A file survives while it is younger than the grace period or belongs to a manifest that
+        was current within it (a reader of that snapshot may still be reading). keep_manifests
+        additionally prunes the history copies to the newest N (None keeps them all).
+        """
+        with _exclusive_lock(self.root, wait):
+            removed = self._collect_garbage(grace_seconds)
+            if keep_manifests is not None:
+                removed += self._prune_history(grace_seconds, keep_manifests)
+            return removed
+
+    def _collect_garbage(self, grace_seconds: float) -> list[str]:
+        cutoff = time.time() - grace_seconds
+        current = self._read_manifest()
+        keep = {e["name"] for e in current["files"]}
+        # Manifests superseded within the grace period may still have readers.
+        superseded_at = float(current.get("committed_at", 0))
+        version = int(current["version"]) - 1
+        while version >= 0 and superseded_at >= cutoff:
+            path = self.root / HISTORY_DIR / f"v{version:08d}.json"
+            try:
+                old = json.loads(path.read_text())
+            except (OSError, ValueError):
+                break
+            keep.update(e["name"] for e in old.get("files", []))
+            superseded_at = float(old.get("committed_at", 0))
+            version -= 1
+
+        removed: list[str] = []
+
+        def remove_if_old(path: Path, label: str) -> None:
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(label)
+            except FileNotFoundError:
+                pass
+
+        data = self.root / DATA_DIR
+        if data.is_dir():
+            for entry in sorted(os.scandir(data), key=lambda e: e.name):
+                if entry.name not in keep and entry.is_file(follow_symlinks=False):
+                    remove_if_old(Path(entry.path), entry.name)
+        for folder in (self.root, self.root / HISTORY_DIR):
+            if folder.is_dir():
+                for entry in os.scandir(folder):
+                    if _is_tmp(entry.name):
+                        remove_if_old(Path(entry.path), str(Path(entry.path).relative_to(self.root)))
+        if removed:
+            for key in [k for k in self._cache if k[0] in set(removed)]:
+                del self._cache[key]
+        return removed
+
+    def _prune_history(self, grace_seconds: float, keep: int) -> list[str]:
+        cutoff = time.time() - grace_seconds
+        folder = self.root / HISTORY_DIR
+        names = sorted(p.name for p in folder.glob("v*.json"))
+        removed = []
+        for name in names[:max(0, len(names) - max(1, keep))]:
+            path = folder / name
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed.append(f"{HISTORY_DIR}/{name}")
+        return removed
+
+    # -- cached reads of immutable files ---------------------------------------------------------
+
+    def _cached(self, name: str, what: str, load):
+        key = (name, what)
+        if key not in self._cache:
+            self._cache[key] = load()
+        return self._cache[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshot
+
+
+class Snapshot:
+    """One committed (or, for Transaction.view, pending) state of the store; immutable."""
+
+    def __init__(self, store: Store, manifest: dict):
+        self._store = store
+        self.root: Path = store.root
+        self.manifest: dict = manifest
+        self.version: int = int(manifest["version"])
+        self._entries = {e["name"]: e for e in manifest["files"]}
+        self._memo: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Snapshot({str(self.root)!r}, version={self.version})"
+
+    @property
+    def model(self) -> dict | None:
+        return self.manifest.get("model")
+
+    @property
+    def index(self) -> dict | None:
+        return self.manifest.get("index")
+
+    def files(self, kind: str | None = None) -> list[dict]:
+        """Manifest entries (name, kind, bytes, sha256, seq, ...), oldest first."""
+        return [e for e in self.manifest["files"] if kind is None or e["kind"] == kind]
+
+    def data_path(self, name: str) -> Path:
+        return self.root / DATA_DIR / name
+
+    def check_model(self, fingerprint: str) -> None:
+        """ModelMismatchError when the store is bound to a different model (unbound is fine)."""
+        bound = self.model
+        if bound and bound.get("fingerprint") != fingerprint:
+            raise _mismatch(self.root, bound, {"fingerprint": fingerprint})
+
+    # -- low-level, size-checked file access -------------------------------------------------------
+
+    def _checked_path(self, entry: dict) -> Path:
+        path = self.data_path(entry["name"])
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise CorruptDataError(f"{path}: data file is missing (removed or store damaged)") from None
+        if size != entry["bytes"]:
+            raise CorruptDataError(f"{path}: size {size} bytes, manifest says {entry['bytes']} (truncated "
+                                   "or overwritten)")
+        return path
+
+    def _read_table(self, entry: dict, columns: list[str] | None = None) -> pa.Table:
+        path = self._checked_path(entry)
+        try:
+            return pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError) as err:
+            raise CorruptDataError(f"{path}: cannot read Parquet table ({str(err).splitlines()[0]})") from None
+
+    def _ids(self, entry: dict, column: str) -> pa.Array:
+        """One id column of a table file (cached store-wide: files are immutable)."""
+        def load():
+            return self._read_table(entry, [column]).column(column).combine_chunks()
+        return self._store._cached(entry["name"], column, load)
+
+    def _chunk_keys_of(self, entry: dict) -> np.ndarray:
+        return self._store._cached(entry["name"], "keys",
+                                   lambda: chunk_ids_to_keys(self._ids(entry, "chunk_id")))
+
+    def _open_shard(self, entry: dict):
+        """safe_open a memory shard after checking its size and header against the manifest."""
+        path = self._checked_path(entry)
+        try:
+            handle = safe_open(str(path), framework="pt")
+            meta = handle.metadata() or {}
+            shape = handle.get_slice("memory").get_shape()
+            keys_shape = handle.get_slice("chunk_keys").get_shape()
+        except Exception as err:  # safetensors raises its own error types
+            raise CorruptDataError(f"{path}: memory shard header does not parse ({err})") from None
+        expect = [entry["rows"], entry["n_mem"], entry["hidden"]]
+        if list(shape) != expect or list(keys_shape) != [entry["rows"]] \
+                or meta.get("model_fingerprint") != entry["fingerprint"]:
+            raise CorruptDataError(f"{path}: memory shard header disagrees with the manifest "
+                                   f"(shape {list(shape)}, expected {expect})")
+        return handle
+
+    def _shard_keys(self, entry: dict) -> np.ndarray:
+        def load():
+            return self._open_shard(entry).get_tensor("chunk_keys").numpy().astype(np.int64)
+        return self._store._cached(entry["name"], "keys", load)
+
+    # -- deletions ---------------------------------------------------------------------------------
+
+    def _deletions(self, kind: str) -> tuple[pa.Array, np.ndarray]:
+        """Unique deleted ids of one kind and, per id, the newest deletion's sequence number."""
+        memo = f"deletions:{kind}"
+        if memo not in self._memo:
+            ids, seqs = [], []
+            for entry in self.files("deletions"):
+                table = self._store._cached(entry["name"], "table", lambda e=entry: self._read_table(e))
+                selected = table.filter(pc.equal(table.column("kind"), kind)).column("id")
+                ids.append(selected)
+                seqs.append(np.full(len(selected), entry["seq"], np.int64))
+            if ids:
+                grouped = pa.table({"id": pa.chunked_array([c for a in ids for c in a.chunks], pa.string()),
+                                    "seq": np.concatenate(seqs)}).group_by("id").aggregate([("seq", "max")])
+                self._memo[memo] = (grouped.column("id").combine_chunks(),
+                                    grouped.column("seq_max").to_numpy())
+            else:
+                self._memo[memo] = (pa.array([], pa.string()), np.zeros(0, np.int64))
+        return self._memo[memo]
+
+    def _live_mask(self, ids: pa.Array, seq: int, kind: str) -> np.ndarray:
+        """True for rows whose id was not deleted after the file (sequence number seq) was written."""
+        del_ids, del_seq = self._deletions(kind)
+        if len(del_ids) == 0 or len(ids) == 0:
+            return np.ones(len(ids), bool)
+        pos = pc.fill_null(pc.index_in(ids, value_set=del_ids), -1).to_numpy(zero_copy_only=False)
+        found = pos >= 0
+        mask = np.ones(len(ids), bool)
+        mask[found] = del_seq[pos[found]] < seq
+        return mask
+
+    def _chunk_masks(self) -> list[tuple[dict, np.ndarray]]:
+        if "chunk_masks" not in self._memo:
+            self._memo["chunk_masks"] = [(e, self._live_mask(self._ids(e, "chunk_id"), e["seq"], "chunk"))
+                                         for e in self.files("chunks")]
+        return self._memo["chunk_masks"]
+
+    # -- tables ------------------------------------------------------------------------------------
+
+    def documents(self) -> pa.Table:
+        """Live document rows, in insertion order."""
+        if "documents" not in self._memo:
+            parts = []
+            for entry in self.files("documents"):
+                mask = self._live_mask(self._ids(entry, "doc_id"), entry["seq"], "document")
+                if mask.any():
+                    table = self._read_table(entry)
+                    parts.append(table if mask.all() else table.filter(pa.array(mask)))
+            self._memo["documents"] = (pa.concat_tables(parts) if parts
+                                       else DOCUMENT_SCHEMA.empty_table())
+        return self._memo["documents"]
+
+    def chunks(self, columns: list[str] | None = None) -> pa.Table:
+        """Live chunk rows in insertion order; columns selects (and orders) the columns."""
+        columns = list(columns) if columns is not None else CHUNK_SCHEMA.names
+        unknown = [c for c in columns if c not in CHUNK_SCHEMA.names]
+        if unknown:
+            raise ClaraError(f"unknown chunk column(s): {', '.join(unknown)}")
+        memo = "chunks:" + ",".join(columns)
+        if memo not in self._memo:
+            parts = []
+            for entry, mask in self._chunk_masks():
+                if mask.any():
+                    table = self._read_table(entry, columns)
+                    parts.append(table if mask.all() else table.filter(pa.array(mask)))
+            schema = pa.schema([CHUNK_SCHEMA.field(c) for c in columns])
+            self._memo[memo] = pa.concat_tables(parts) if parts else schema.empty_table()
+        return self._memo[memo]
+
+    def chunk_keys(self) -> np.ndarray:
+        """int64 keys of the live chunks, in insertion order."""
+        if "chunk_keys" not in self._memo:
+            parts = [self._chunk_keys_of(e)[m] for e, m in self._chunk_masks()]
+            self._memo["chunk_keys"] = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        return self._memo["chunk_keys"]
+
+    def lookup_chunks(self, chunk_keys: np.ndarray | list[int], columns: list[str] | None = None) -> pa.Table:
+        """Live chunk rows for the given keys, in the order asked (ClaraError names a key that
+        is not a live chunk)."""
+        keys = np.asarray(chunk_keys, dtype=np.int64).reshape(-1)
+        all_keys = self.chunk_keys()
+        order = np.argsort(all_keys, kind="stable")
+        pos, found = _find(all_keys[order], keys)
+        if not found.all():
+            raise ClaraError(f"chunk {chunk_id_from_key(keys[np.argmin(found)])} is not in store "
+                             f"{self.root} (version {self.version})")
+        return self.chunks(columns).take(pa.array(order[pos] if len(keys) else pos))
+
+    def document_hashes(self) -> dict[str, str]:
+        """doc_id -> content_hash of the live documents (what ingest diffs against)."""
+        docs = self.documents()
+        return dict(zip(docs.column("doc_id").to_pylist(), docs.column("content_hash").to_pylist(), strict=True))
+
+    # -- memory ------------------------------------------------------------------------------------
+
+    def _memory_rows(self) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+        """Per shard: (entry, live row numbers, their keys). Deleted chunks and (defensively)
+        repeated keys are dropped; the first live row of a key wins."""
+        if "memory_rows" not in self._memo:
+            live_chunks = np.sort(self.chunk_keys())
+            del_ids, del_seq = self._deletions("chunk")
+            del_keys = chunk_ids_to_keys(del_ids)
+            del_order = np.argsort(del_keys)
+            del_keys, del_seq = del_keys[del_order], del_seq[del_order]
+            seen = np.zeros(0, np.int64)
+            out = []
+            for entry in self.files("memory"):
+                keys = self._shard_keys(entry)
+                mask = np.isin(keys, live_chunks, assume_unique=False)
+                if len(del_keys):
+                    pos = np.minimum(np.searchsorted(del_keys, keys), len(del_keys) - 1)
+                    mask &= ~((del_keys[pos] == keys) & (del_seq[pos] > entry["seq"]))
+                if len(seen):
+                    mask &= ~np.isin(keys, seen)
+                rows = np.nonzero(mask)[0]
+                if len(rows):
+                    out.append((entry, rows, keys[rows]))
+                    seen = np.union1d(seen, keys[rows])
+            self._memo["memory_rows"] = out
+        return self._memo["memory_rows"]
+
+    def _memory_lookup(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sorted live memory keys with, per key, its shard number and row (built once)."""
+        if "memory_lookup" not in self._memo:
+            parts = self._memory_rows()
+            if parts:
+                keys = np.concatenate([k for _, _, k in parts])
+                shard = np.concatenate([np.full(len(r), i, np.int64) for i, (_, r, _) in enumerate(parts)])
+                rows = np.concatenate([r for _, r, _ in parts])
+                order = np.argsort(keys)
+                self._memo["memory_lookup"] = (keys[order], shard[order], rows[order])
+            else:
+                empty = np.zeros(0, np.int64)
+                self._memo["memory_lookup"] = (empty, empty, empty)
+        return self._memo["memory_lookup"]
+
+    def memory_keys(self) -> np.ndarray:
+        """int64 keys of the live chunks that have memory, in shard order."""
+        parts = [k for _, _, k in self._memory_rows()]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+    def read_memory(self, chunk_keys: np.ndarray | list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Memory rows [n, n_mem, hidden] for the keys, in the order asked."""
+        keys = np.asarray(chunk_keys, dtype=np.int64).reshape(-1)
+        sorted_keys, shard_of, row_of = self._memory_lookup()
+        pos, found = _find(sorted_keys, keys)
+        missing = ~found
+        if missing.any():
+            raise MissingMemoryError(
+                f"{int(missing.sum())} chunk(s) have no memory in store {self.root} (version {self.version}), "
+                f"e.g. {chunk_id_from_key(keys[np.argmax(missing)])}; run `clara compress`")
+        model = self.model or {}
+        if len(keys) == 0:
+            return torch.zeros(0, int(model.get("n_mem", 0)), int(model.get("hidden", 0)), dtype=dtype)
+        shards = self._memory_rows()
+        out: torch.Tensor | None = None
+        shard_idx, rows = shard_of[pos], row_of[pos]
+        for s in np.unique(shard_idx):
+            where = np.nonzero(shard_idx == s)[0]
+            block = self._read_rows(shards[s][0], rows[where])
+            if out is None:
+                out = torch.empty((len(keys), *block.shape[1:]), dtype=dtype)
+            out[torch.from_numpy(where)] = block.to(dtype)
+        assert out is not None
+        return out
+
+    def _read_rows(self, entry: dict, rows: np.ndarray) -> torch.Tensor:
+        """Rows of one shard in the order given, through safetensors' memory map."""
+        handle = self._open_shard(entry)
+        sl = handle.get_slice("memory")
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        if hi - lo <= 4 * len(rows):  # dense enough: one read of the span
+            return sl[lo:hi][torch.from_numpy(rows - lo)]
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        breaks = np.nonzero(np.diff(sorted_rows) != 1)[0] + 1
+        pieces = [sl[int(run[0]):int(run[-1]) + 1] for run in np.split(sorted_rows, breaks)]
+        block = torch.cat(pieces)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return block[torch.from_numpy(inverse)]
+
+    def iter_memory(self, batch_rows: int = 4096, dtype: torch.dtype | None = None
+                    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(keys, memory) over all live rows, shard by shard, at most batch_rows at a time;
+        dtype None keeps each shard's stored dtype."""
+        for entry, rows, keys in self._memory_rows():
+            sl = self._open_shard(entry).get_slice("memory")
+            for lo in range(0, len(rows), batch_rows):
+                part = rows[lo:lo + batch_rows]
+                start, stop = int(part[0]), int(part[-1]) + 1
+                block = sl[start:stop]
+                if stop - start != len(part):
+                    block = block[torch.from_numpy(part - start)]
+                yield keys[lo:lo + batch_rows], block if dtype is None else block.to(dtype)
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        """Counts, bytes per kind of file, number of files: what `clara status` shows."""
+        bytes_by_kind: dict[str, int] = {}
+        for e in self.manifest["files"]:
+            bytes_by_kind[e["kind"]] = bytes_by_kind.get(e["kind"], 0) + int(e["bytes"])
+        return {
+            "version": self.version,
+            "documents": self.documents().num_rows,
+            "chunks": len(self.chunk_keys()),
+            "compressed": len(self.memory_keys()),
+            "files": len(self.manifest["files"]),
+            "bytes": bytes_by_kind,
+            "total_bytes": sum(bytes_by_kind.values()),
+            "model": (self.model or {}).get("fingerprint"),
+            "indexed": bool(self.index),
+        }
+
+    def verify(self) -> list[str]:
+        """Check every data file's presence, size and sha256 (and shard headers); one line per
+        problem, empty when the store is sound."""
+        problems = []
+        for entry in self.manifest["files"]:
+            path = self.data_path(entry["name"])
+            try:
+                self._checked_path(entry)
+                if _sha256_file(path) != entry["sha256"]:
+                    problems.append(f"{path}: sha256 differs from the manifest (content changed)")
+                    continue
+                if entry["kind"] == "memory":
+                    self._open_shard(entry)
+                elif entry["kind"] in _TABLE_KINDS:
+                    pq.read_metadata(path)
+            except CorruptDataError as err:
+                problems.append(str(err))
+            except (pa.ArrowException, OSError) as err:
+                problems.append(f"{path}: {str(err).splitlines()[0]}")
+        return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Transaction
+
+
+def _conform(table: pa.Table, schema: pa.Schema, what: str) -> pa.Table:
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise ClaraError(f"{what} table lacks column(s): {', '.join(missing)}")
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise ClaraError(f"{what} table has wrong column types ({err})") from None
+
+
+class Transaction:
+    """The writer's pending changes. Every method writes new files right away; commit() makes
+    them visible with one manifest swap. Use through `Store.writer()` only."""
+
+    def __init__(self, store: Store, base: Snapshot):
+        self._store = store
+        self.base = base
+        self._manifest = copy.deepcopy(base.manifest)
+        self._committed_version = base.version
+        self._pending: list[str] = []  # files written since the last commit
+        self._dirty = False
+        self._closed = False
+        self._view: Snapshot | None = None
+        self._keysets: tuple[set[int], set[int]] | None = None  # live chunk keys, keys with memory
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    @property
+    def version(self) -> int:
+        """The last committed version (the base's, until this transaction commits)."""
+        return self._committed_version
+
+    @property
+    def view(self) -> Snapshot:
+        """The state including uncommitted changes (its version is the one commit() would make)."""
+        if self._view is None:
+            manifest = copy.deepcopy(self._manifest)
+            manifest["version"] = self._committed_version + (1 if self._dirty else 0)
+            self._view = Snapshot(self._store, manifest)
+        return self._view
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClaraError("this store transaction is closed")
+
+    def _changed(self, keysets_too: bool = True) -> None:
+        self._dirty = True
+        self._view = None
+        if keysets_too:
+            self._keysets = None
+
+    def _next_seq(self) -> int:
+        seq = int(self._manifest["next_seq"])
+        self._manifest["next_seq"] = seq + 1
+        return seq
+
+    def _add_entry(self, entry: dict) -> dict:
+        entry["seq"] = self._next_seq()
+        self._manifest["files"].append(entry)
+        return entry
+
+    def _write_table(self, kind: str, table: pa.Table) -> dict:
+        path = self.new_data_path(kind, ".parquet")
+        with open(path, "wb") as f:
+            sink = _HashingFile(f)
+            pq.write_table(table, sink, compression="zstd")
+            f.flush()
+            os.fsync(f.fileno())
+        return self._add_entry({"name": path.name, "kind": kind, "bytes": sink.bytes,
+                                "sha256": sink.sha256.hexdigest(), "rows": table.num_rows})
+
+    def _write_shard(self, keys: np.ndarray, memory: torch.Tensor) -> dict:
+        model = self._manifest["model"]
+        dtype = MEMORY_DTYPES[memory.dtype]
+        data = safetensors_save(
+            {"memory": memory.detach().to("cpu").contiguous(), "chunk_keys": torch.from_numpy(keys.copy())},
+            metadata={"model_fingerprint": str(model["fingerprint"]), "n_mem": str(memory.shape[1]),
+                      "hidden": str(memory.shape[2]), "dtype": dtype})
+        path = self.new_data_path("memory", ".safetensors")
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        return self._add_entry({"name": path.name, "kind": "memory", "bytes": len(data),
+                                "sha256": hashlib.sha256(data).hexdigest(), "rows": int(memory.shape[0]),
+                                "n_mem": int(memory.shape[1]), "hidden": int(memory.shape[2]),
+                                "dtype": dtype, "fingerprint": str(model["fingerprint"])})
+
+    def _get_keysets(self) -> tuple[set[int], set[int]]:
+        if self._keysets is None:
+            view = self.view
+            self._keysets = (set(view.chunk_keys().tolist()), set(view.memory_keys().tolist()))
+        return self._keysets
+
+    # -- the API -----------------------------------------------------------------------------------
+
+    def bind_model(self, info: dict) -> None:
+        """Bind the store to a model once; a different fingerprint is refused."""
+        self._check_open()
+        for key in ("fingerprint", "spec", "n_mem", "hidden", "doc_max_length"):
+            if key not in info:
+                raise ClaraError(f"model info lacks {key!r}")
+        bound = self._manifest.get("model")
+        if bound:
+            if bound.get("fingerprint") != info["fingerprint"]:
+                raise _mismatch(self._store.root, bound, info)
+            return
+        self._manifest["model"] = json.loads(json.dumps(info))  # a plain-JSON copy
+        self._changed(keysets_too=False)
+
+    def add_documents(self, documents: pa.Table, chunks: pa.Table) -> None:
+        """Add new documents and their chunks (remove an old version of a document first)."""
+        self._check_open()
+        documents = _conform(documents, DOCUMENT_SCHEMA, "documents")
+        chunks = _conform(chunks, CHUNK_SCHEMA, "chunks")
+        if documents.num_rows == 0 and chunks.num_rows == 0:
+            return
+        doc_ids = documents.column("doc_id").to_pylist()
+        new_docs = set(doc_ids)
+        if len(new_docs) != len(doc_ids) or None in new_docs:
+            raise ClaraError("documents table repeats a doc_id (or has a null one)")
+        live_docs = set(self.view.documents().column("doc_id").to_pylist())
+        clash = new_docs & live_docs
+        if clash:
+            raise ClaraError(f"document {sorted(clash)[0]!r} is already in the store (remove it first)")
+        orphans = set(chunks.column("doc_id").to_pylist()) - new_docs
+        if orphans:
+            raise ClaraError(f"chunk of document {sorted(orphans)[0]!r}, which is not in this documents table")
+        keys = chunk_ids_to_keys(chunks.column("chunk_id"))
+        if len(np.unique(keys)) != len(keys):
+            raise ClaraError("chunks table repeats a chunk_id")
+        live_keys = self._get_keysets()[0]
+        dup = [k for k in keys.tolist() if k in live_keys]
+        if dup:
+            raise ClaraError(f"chunk {chunk_id_from_key(dup[0])} is already in the store")
+        if documents.num_rows:
+            self._write_table("documents", documents)
+        if chunks.num_rows:
+            self._write_table("chunks", chunks)
+        self._changed()
+
+    def remove_documents(self, doc_ids: Iterable[str]) -> None:
+        """Hide documents, their chunks and memory rows from readers (no file is rewritten)."""
+        self._check_open()
+        wanted = set(doc_ids)
+        if not wanted:
+            return
+        view = self.view
+        live_docs = view.documents().column("doc_id")
+        gone = pc.filter(live_docs, pc.is_in(live_docs, value_set=pa.array(sorted(wanted), pa.string())))
+        if len(gone) == 0:
+            return
+        chunks = view.chunks(["chunk_id", "doc_id"])
+        gone_chunks = chunks.filter(pc.is_in(chunks.column("doc_id"), value_set=gone)).column("chunk_id")
+        ids = pa.chunked_array([gone, *gone_chunks.chunks], pa.string())
+        kinds = ["document"] * len(gone) + ["chunk"] * len(gone_chunks)
+        self._write_table("deletions", pa.table({"kind": pa.array(kinds, pa.string()), "id": ids},
+                                                schema=DELETION_SCHEMA))
+        self._changed()
+
+    def add_memory(self, chunk_keys: np.ndarray, memory: torch.Tensor) -> str:
+        """Write one shard of memory rows for live chunks that have none; returns its file name."""
+        self._check_open()
+        model = self._manifest.get("model")
+        if not model:
+            raise ClaraError("bind the store to a model before adding memory")
+        keys = np.asarray(chunk_keys, dtype=np.int64).reshape(-1)
+        if memory.dtype not in MEMORY_DTYPES:
+            raise ClaraError(f"memory dtype {memory.dtype} is not one of float32, bfloat16, float16")
+        expect = (len(keys), int(model["n_mem"]), int(model["hidden"]))
+        if tuple(memory.shape) != expect:
+            raise ClaraError(f"memory has shape {list(memory.shape)}, expected {list(expect)} "
+                             f"(rows, n_mem, hidden of model {model['fingerprint']})")
+        if len(keys) == 0:
+            raise ClaraError("add_memory needs at least one row")
+        if len(np.unique(keys)) != len(keys):
+            raise ClaraError("add_memory got the same chunk key twice")
+        live, with_memory = self._get_keysets()
+        key_list = keys.tolist()
+        for k in key_list:
+            if k not in live:
+                raise ClaraError(f"chunk {chunk_id_from_key(k)} is not a live chunk of the store")
+            if k in with_memory:
+                raise ClaraError(f"chunk {chunk_id_from_key(k)} already has memory")
+        entry = self._write_shard(keys, memory)
+        with_memory.update(key_list)
+        self._changed(keysets_too=False)
+        return entry["name"]
+
+    def set_index(self, info: dict | None) -> None:
+        """Record the index module's description; files it names are tracked, the old one is
+        dropped from the manifest (removed by a later gc)."""
+        self._check_open()
+        old = self._manifest.get("index") or {}
+        new = json.loads(json.dumps(info)) if info is not None else None
+        new_files = set(_index_files(new or {}))
+        for name in _index_files(old):
+            if name not in new_files:
+                self.untrack_file(name)
+        tracked = {e["name"] for e in self._manifest["files"]}
+        for name in new_files - tracked:
+            self.track_file(name)
+        self._manifest["index"] = new
+        self._changed(keysets_too=False)
+
+    def new_data_path(self, prefix: str, suffix: str) -> Path:
+        """A fresh file name in data/ (unique; removed again if the transaction fails)."""
+        self._check_open()
+        if "/" in prefix + suffix or os.sep in prefix + suffix:
+            raise ClaraError(f"bad data file prefix/suffix {prefix!r}/{suffix!r}")
+        name = f"{prefix}-{uuid.uuid4().hex[:16]}{suffix}"
+        self._pending.append(name)
+        return self._store.root / DATA_DIR / name
+
+    def track_file(self, name: str) -> None:
+        """Record a file a caller wrote under new_data_path (size and sha256 read now)."""
+        self._check_open()
+        path = self._store.root / DATA_DIR / name
+        if not path.is_file():
+            raise ClaraError(f"cannot track {path}: no such file")
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        self._manifest["files"] = [e for e in self._manifest["files"] if e["name"] != name]
+        self._add_entry({"name": name, "kind": "file", "bytes": path.stat().st_size,
+                         "sha256": _sha256_file(path)})
+        self._changed(keysets_too=False)
+
+    def untrack_file(self, name: str) -> None:
+        """Drop a tracked (kind "file") entry; the file itself goes at a later gc."""
+        self._check_open()
+        before = len(self._manifest["files"])
+        self._manifest["files"] = [e for e in self._manifest["files"]
+                                   if not (e["name"] == name and e["kind"] == "file")]
+        if len(self._manifest["files"]) != before:
+            self._changed(keysets_too=False)
+
+    def compact(self) -> None:
+        """Rewrite the live rows into fresh files and drop the deletion files (housekeeping).
+        Tracked files (the index) are kept; keys and order do not change."""
+        self._check_open()
+        files = self._manifest["files"]
+        count = {k: sum(e["kind"] == k for e in files) for k in ("documents", "chunks", "deletions", "memory")}
+        if count["deletions"] == 0 and max(count["documents"], count["chunks"], count["memory"]) <= 1:
+            return
+        view = self.view
+        documents, chunks = view.documents(), view.chunks()
+        shards = view.iter_memory()  # the view keeps its own manifest copy: safe to stream
+        self._manifest["files"] = [e for e in files if e["kind"] == "file"]
+        if documents.num_rows:
+            self._write_table("documents", documents)
+        if chunks.num_rows:
+            self._write_table("chunks", chunks)
+        buffers: dict[torch.dtype, list[tuple[np.ndarray, torch.Tensor]]] = {}
+        sizes: dict[torch.dtype, int] = {}
+
+        def flush(dtype: torch.dtype) -> None:
+            parts = buffers.pop(dtype, [])
+            sizes.pop(dtype, None)
+            if parts:
+                self._write_shard(np.concatenate([k for k, _ in parts]), torch.cat([m for _, m in parts]))
+
+        for keys, memory in shards:
+            buffers.setdefault(memory.dtype, []).append((keys, memory))
+            sizes[memory.dtype] = sizes.get(memory.dtype, 0) + memory.numel() * memory.element_size()
+            if sizes[memory.dtype] >= _COMPACT_SHARD_BYTES:
+                flush(memory.dtype)
+        for dtype in list(buffers):
+            flush(dtype)
+        self._changed()
+
+    def commit(self) -> int:
+        """Make everything written so far visible in one atomic manifest swap; returns the new
+        version (the current one when there was nothing to commit)."""
+        self._check_open()
+        if not self._dirty:
+            return self._committed_version
+        root = self._store.root
+        on_disk = self._store._read_manifest()
+        if int(on_disk["version"]) != self._committed_version:  # cannot happen under the lock
+            raise ClaraError(f"store {root} changed under this writer (version {on_disk['version']})")
+        version = self._committed_version + 1
+        manifest = copy.deepcopy(self._manifest)
+        manifest["version"] = version
+        manifest["committed_at"] = time.time()
+        _write_json_atomic(root / HISTORY_DIR / f"v{version:08d}.json", manifest)
+        _write_json_atomic(root / MANIFEST, manifest)
+        self._manifest = manifest
+        self._committed_version = version
+        self._pending.clear()
+        self._dirty = False
+        self._view = None
+        return version
+
+    def _abort(self) -> None:
+        """Remove files written since the last commit: no committed manifest references them."""
+        for name in self._pending:
+            with contextlib.suppress(OSError):
+                (self._store.root / DATA_DIR / name).unlink()
+        self._pending.clear()
+        self._dirty = False
+        self._view = None
+
+
+def _find(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of keys in a sorted array and whether each is there."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(keys), np.int64), np.zeros(len(keys), bool)
+    pos = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return pos, sorted_keys[pos] == keys
+
+
+def _index_files(info: dict) -> list[str]:
+    names = [info["file"]] if info.get("file") else []
+    names += [n for n in info.get("files", []) if isinstance(n, str)]
+    return names
