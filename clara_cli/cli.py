@@ -1,0 +1,345 @@
+"""`clara`: thin click commands over the library. Results on stdout (text, or JSON Lines with
+--json); notices, progress and errors on stderr; documented exit codes (errors.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import ClaraError, PartialFailure, UsageError
+from .progress import notice
+
+DEFAULT_STORE = "./clara-store"
+
+
+class ClaraGroup(click.Group):
+    """Turns library errors into one line on stderr and their exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ClaraError as err:
+            click.echo(f"clara: error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("clara: interrupted", err=True)
+            ctx.exit(130)
+
+
+def emit(obj: dict) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False))
+
+
+def model_options(f):
+    """--model/--base-model/--device/--dtype, the same on every command that loads a model."""
+    f = click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                     show_default=True, help="Compute precision (auto: bf16 where the CPU/GPU is fast at it).")(f)
+    f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
+    f = click.option("--base-model", default=None, metavar="PATH",
+                     help="Base LM folder, overriding the checkpoint's decoder_model_name.")(f)
+    f = click.option("--model", "model_spec", default=None, metavar="PATH",
+                     help="Checkpoint folder (ours or Apple's CLaRa format). Default: the store's model, "
+                          "else the embedded default.")(f)
+    return f
+
+
+def json_option(f):
+    return click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, for scripts.")(f)
+
+
+def open_store(ctx, create: bool = False):
+    from .store import Store
+
+    return Store.open(ctx.obj["store"], create=create)
+
+
+def load_model(snapshot, model_spec, base_model, device, dtype, warn_untrained: bool = True):
+    """The model named by --model, else the one the store is bound to, else the default."""
+    from .model import ClaraModel
+
+    bound = snapshot.model if snapshot is not None else None
+    spec = model_spec or (bound.get("spec") if bound else None) or "default"
+    model = ClaraModel.from_pretrained(None if spec == "default" else spec, device=device, dtype=dtype,
+                                       base_model=base_model)
+    if warn_untrained and not model.trained:
+        notice("the default model has fresh, untrained adapters: retrieval and answers are not meaningful "
+               "until trained adapters ship (see README)")
+    return model
+
+
+@click.group(cls=ClaraGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", "store", envvar="CLARA_STORE", default=DEFAULT_STORE, show_default=True,
+              type=click.Path(file_okay=False), help="Store directory (env CLARA_STORE).")
+@click.version_option(__version__, prog_name="clara")
+@click.pass_context
+def cli(ctx, store):
+    """Compress a corpus into CLaRa memory tokens and answer questions from them.
+
+    \b
+    Example:
+      clara ingest docs/            # read and chunk documents
+      clara compress                # documents -> memory tokens
+      clara index                   # FAISS index over the memory
+      clara ask "Who built the Eiffel Tower?"
+    """
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ctx.ensure_object(dict)
+    ctx.obj["store"] = Path(store)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--overlap", default=0, show_default=True, type=click.IntRange(0), help="Tokens shared by consecutive chunks.")
+@click.option("--delete-missing", is_flag=True, help="Drop chunks whose source file is gone.")
+@click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that leave the folder given.")
+@model_options
+@json_option
+@click.pass_context
+def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, model_spec, base_model, device, dtype, as_json):
+    """Read documents into the store, chunked to the model's doc_max_length.
+
+    PATHS are files, folders (recursive), globs, or - for JSON Lines on stdin
+    ({"text": ..., "id"?: ..., "metadata"?: {...}}). Formats: .txt .md .html .jsonl .csv .parquet.
+    Unchanged input adds nothing; a changed file replaces its chunks.
+
+    \b
+    Example:
+      clara ingest notes/ 'papers/*.md'
+      cat docs.jsonl | clara ingest -
+    """
+    from .compress import model_info
+    from .ingest import ingest as run_ingest
+
+    store = open_store(ctx, create=True)
+    model = load_model(store.snapshot(), model_spec, base_model, "cpu", "fp32" if dtype == "auto" else dtype,
+                       warn_untrained=False)
+    stdin = sys.stdin if "-" in paths else None
+    report = run_ingest(store, list(paths), model.tokenizer, max_tokens=model.config.doc_max_length,
+                        overlap=overlap, delete_missing=delete_missing, stdin=stdin,
+                        model_info=model_info(model), progress=not as_json,
+                        **({"follow_symlinks": True} if follow_symlinks else {}))
+    for bad in report.rejected:
+        click.echo(f"clara: rejected: {bad.source}: {bad.message}", err=True)
+    summary = {"added": report.added, "changed": report.changed, "removed": report.removed,
+               "unchanged": report.unchanged, "chunks_added": report.chunks_added,
+               "rejected": len(report.rejected)}
+    if as_json:
+        emit(summary)
+    else:
+        click.echo(f"{report.added} added, {report.changed} changed, {report.removed} removed, "
+                   f"{report.unchanged} unchanged documents; {report.chunks_added} new chunks"
+                   + (f"; {len(report.rejected)} inputs rejected" if report.rejected else ""))
+    if report.rejected:
+        raise PartialFailure(f"{len(report.rejected)} of the inputs were rejected (the rest is committed)")
+
+
+@cli.command()
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--memory-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Shard dtype (default: the compute dtype, which is lossless).")
+@model_options
+@json_option
+@click.pass_context
+def compress(ctx, batch_size, memory_dtype, model_spec, base_model, device, dtype, as_json):
+    """Compress every chunk that has no memory yet into memory tokens.
+
+    Commits after every batch: a killed run loses at most the batch in flight, a rerun continues.
+
+    \b
+    Example:
+      clara compress --batch-size 64 --dtype bf16
+    """
+    from .compress import compress_store
+
+    store = open_store(ctx)
+    model = load_model(store.snapshot(), model_spec, base_model, device, dtype)
+    report = compress_store(store, model, batch_size=batch_size, memory_dtype=memory_dtype, progress=not as_json)
+    if as_json:
+        emit(report.to_dict())
+    else:
+        rate = report.compressed / report.seconds if report.seconds else 0.0
+        click.echo(f"compressed {report.compressed} chunks in {report.seconds:.1f} s ({rate:.1f} chunks/s), "
+                   f"{report.batches} batches, memory stored as {report.memory_dtype}")
+
+
+@cli.command()
+@click.option("--rebuild", is_flag=True, help="Build from scratch instead of updating.")
+@json_option
+@click.pass_context
+def index(ctx, rebuild, as_json):
+    """Build or update the FAISS index over the compressed chunks (exact cosine).
+
+    \b
+    Example:
+      clara index
+    """
+    from .index import update_index
+
+    report = update_index(open_store(ctx), progress=not as_json, rebuild=rebuild)
+    if as_json:
+        emit(report.to_dict())
+    else:
+        click.echo(f"index: {report.added} added, {report.removed} removed, {report.total} chunks indexed"
+                   + (" (rebuilt)" if report.rebuilt else ""))
+
+
+def read_questions(arg: str, key: str = "question") -> list[str]:
+    """One argument, or `-`: JSON Lines objects with `key` (plain lines also accepted) on stdin."""
+    if arg != "-":
+        return [arg]
+    out = []
+    for n, line in enumerate(sys.stdin, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"<stdin>:{n}: malformed JSON ({err.msg})") from None
+            if not isinstance(obj.get(key), str):
+                raise UsageError(f'<stdin>:{n}: expected {{"{key}": "..."}}')
+            out.append(obj[key])
+        else:
+            out.append(line)
+    if not out:
+        raise UsageError("no questions on stdin")
+    return out
+
+
+def print_sources(hits) -> None:
+    for h in hits:
+        snippet = " ".join(h.text.split())
+        snippet = snippet if len(snippet) <= 160 else snippet[:157] + "..."
+        click.echo(f"  [{h.rank}] {h.source}:{h.start}-{h.end} (score {h.score:.3f})\n      {snippet}")
+
+
+@cli.command()
+@click.argument("query")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1))
+@model_options
+@json_option
+@click.pass_context
+def search(ctx, query, k, model_spec, base_model, device, dtype, as_json):
+    """Find the chunks closest to QUERY (- reads JSON Lines queries from stdin).
+
+    \b
+    Example:
+      clara search "tallest building in Paris" -k 3 --json
+    """
+    from .answer import Retriever
+    from .answer import search as run_search
+
+    snapshot = open_store(ctx).snapshot()
+    model = load_model(snapshot, model_spec, base_model, device, dtype)
+    queries = read_questions(query, key="query") if query == "-" else [query]
+    results = run_search(snapshot, model, queries, k, Retriever(snapshot))
+    for q, hits in zip(queries, results, strict=True):
+        if as_json:
+            for h in hits:
+                emit(h.to_dict() if len(queries) == 1 else {"query": q, **h.to_dict()})
+        else:
+            if len(queries) > 1:
+                click.echo(q)
+            print_sources(hits)
+
+
+@cli.command()
+@click.argument("question")
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1), help="Chunks read per answer.")
+@click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(1))
+@model_options
+@json_option
+@click.pass_context
+def ask(ctx, question, k, max_new_tokens, model_spec, base_model, device, dtype, as_json):
+    """Answer QUESTION from the compressed store, with sources (- reads JSON Lines from stdin).
+
+    \b
+    Example:
+      clara ask "When was the Eiffel Tower completed?"
+      echo '{"question": "Who wrote Hamlet?"}' | clara ask - --json
+    """
+    from .answer import Retriever
+    from .answer import ask as run_ask
+
+    snapshot = open_store(ctx).snapshot()
+    model = load_model(snapshot, model_spec, base_model, device, dtype)
+    retriever = Retriever(snapshot)
+    for q in read_questions(question):
+        answer = run_ask(snapshot, model, [q], k, max_new_tokens, retriever)[0]
+        if as_json:
+            emit(answer.to_dict())
+        else:
+            click.echo(answer.answer or "(empty answer)")
+            click.echo("Sources:")
+            print_sources(answer.sources)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def info(ctx, as_json):
+    """Model, counts, sizes and compression ratio of the store.
+
+    \b
+    Example:
+      clara info --json
+    """
+    snapshot = open_store(ctx).snapshot()
+    stats = snapshot.stats()
+    model = snapshot.model or {}
+    chunks = snapshot.chunks(columns=["n_tokens"]) if stats.get("chunks") else None
+    text_tokens = int(sum(chunks.column("n_tokens").to_pylist())) if chunks is not None else 0
+    n_mem = int(model.get("n_mem", 0))
+    ratio = (text_tokens / (stats.get("chunks", 0) * n_mem)) if n_mem and stats.get("chunks") else None
+    out = {"store": str(snapshot.root), "version": snapshot.version,
+           "model": model.get("spec"), "fingerprint": model.get("fingerprint"),
+           "documents": stats.get("documents", 0), "chunks": stats.get("chunks", 0),
+           "compressed": stats.get("compressed", 0), "bytes": stats["total_bytes"],
+           "bytes_by_kind": stats["bytes"],
+           "text_tokens": text_tokens, "memory_tokens": stats.get("compressed", 0) * n_mem,
+           "compression_ratio": round(ratio, 2) if ratio else None,
+           "indexed": (snapshot.manifest.get("index") or {}).get("ntotal", 0)}
+    if as_json:
+        emit(out)
+    else:
+        for key, value in out.items():
+            click.echo(f"{key:>18}: {value}")
+
+
+@cli.command()
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.argument("dst", type=click.Path())
+@click.option("--base-model", default=None, metavar="PATH", help="Base LM folder, if the checkpoint's is not found.")
+@json_option
+def convert(src, dst, base_model, as_json):
+    """Convert a CLaRa checkpoint (Apple's format) into clara's safetensors format.
+
+    \b
+    Example:
+      clara convert CLaRa-7B-Instruct/compression-16 ./clara-7b-16
+    """
+    from .checkpoint import convert as run_convert
+
+    out = run_convert(src, dst, base_model=base_model)
+    meta = json.loads((out / "clara.json").read_text())
+    if as_json:
+        emit({"src": str(src), "dst": str(out), "fingerprint": meta["fingerprint"]})
+    else:
+        click.echo(f"wrote {out} (fingerprint {meta['fingerprint']})")
+
+
+def main() -> None:
+    cli(prog_name="clara")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
