@@ -44,6 +44,10 @@ def attention_reference(
     return out.to(q.dtype)
 
 
+#: Causal sequences are right-padded to a multiple of this before batching into SDPA.
+CAUSAL_BUCKET = 64
+
+
 def varlen_attention_torch(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -53,28 +57,46 @@ def varlen_attention_torch(
     softmax_scale: float | None = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """Varlen attention through SDPA, one batched call per distinct sequence length."""
+    """Varlen attention through a few batched SDPA calls.
+
+    Under a causal mask a real token never sees the positions after its sequence, so
+    sequences can be right-padded (with any values) to a bucket length and batched
+    without a mask; the padded rows are discarded (and get no gradient). This keeps
+    the number of SDPA calls at ``max_len / CAUSAL_BUCKET`` instead of one per
+    distinct length (each call is a thread barrier on a CPU). Non-causal calls group
+    exact lengths only.
+    """
     n_rep = q.shape[1] // k.shape[1]
+    total = q.shape[0]
     out = q.new_zeros(q.shape)
     starts = cu_seqlens[:-1].long()
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    for length in torch.unique(lengths).tolist():
-        if length == 0:
+    bucket = CAUSAL_BUCKET if causal else 1
+    padded = (lengths + bucket - 1) // bucket * bucket
+    for width in torch.unique(padded).tolist():
+        if width == 0:
             continue
-        seq_starts = starts[lengths == length]
-        index = seq_starts[:, None] + torch.arange(length, device=q.device)  # [n, L]
-        # [n, L, H, D] -> [n, H, L, D]
-        qs, ks, vs = (t[index].transpose(1, 2) for t in (q, k, v))
+        group = padded == width
+        offsets = torch.arange(width, device=q.device)
+        rows = starts[group, None] + offsets  # [n, width]
+        valid = offsets < lengths[group, None]
+        # index_select / index_copy_: CPU advanced indexing is much slower here.
+        flat = rows.clamp(max=total - 1).reshape(-1)
+        # [n * width, H, D] -> [n, H, width, D]
+        qs, ks, vs = (
+            t.index_select(0, flat).view(-1, width, *t.shape[1:]).transpose(1, 2) for t in (q, k, v)
+        )
         ys = F.scaled_dot_product_attention(
             qs,
             ks,
             vs,
             dropout_p=dropout_p,
-            is_causal=causal and length > 1,
+            is_causal=causal and width > 1,
             scale=softmax_scale,
             enable_gqa=n_rep > 1,
         )
-        out[index.reshape(-1)] = ys.transpose(1, 2).reshape(-1, *q.shape[1:])
+        ys = ys.transpose(1, 2)[valid]  # [n_valid, H, D]
+        out.index_copy_(0, rows[valid], ys)
     return out
 
 

@@ -98,13 +98,14 @@ def test_flash_attn_packed_very_different_lengths():
     torch.testing.assert_close(out, ck.attention_reference(q, k, v, cu), atol=2e-5, rtol=0)
 
 
-def test_torch_fallback_matches_reference_with_gradients():
-    lengths = [3, 11, 3, 1]
+@pytest.mark.parametrize("causal", [True, False])
+def test_torch_fallback_matches_reference_with_gradients(causal):
+    lengths = [3, 70, 64, 1, 65, 3]  # across the causal padding buckets, the last one clamped
     q, k, v, cu = (t.cpu() for t in _qkv(lengths, 6, 2, 16, torch.float32, seed=2))
     q.requires_grad_(True)
     k.requires_grad_(True)
-    out = ck.flash_attn_varlen(q, k, v, cu)  # needs grad -> torch path on every backend
-    ref = ck.attention_reference(q, k, v, cu)
+    out = ck.flash_attn_varlen(q, k, v, cu, causal=causal)  # needs grad -> torch path
+    ref = ck.attention_reference(q, k, v, cu, causal=causal)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
     grads = torch.autograd.grad(out.square().sum(), (q, k))
     ref_grads = torch.autograd.grad(ref.square().sum(), (q, k))
