@@ -7,6 +7,7 @@ job is cheap; a bad input is reported and never stops the good ones.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import fnmatch
 import glob
@@ -298,20 +299,18 @@ def _read_parquet(path: Path, source: str, name: str) -> Iterator[SourceDocument
 def _read_file(path: Path, name: str, source: str) -> Iterator[SourceDocument | RejectedInput]:
     """One file by its extension; anything unknown is read as plain text."""
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with open(path, "rb") as f:
-            found = False
-            for item in _read_jsonl_lines(f, source, name):
-                found = True
+    if suffix in RECORD_SUFFIXES:
+        count = 0
+        with contextlib.ExitStack() as stack:
+            if suffix == ".jsonl":
+                items = _read_jsonl_lines(stack.enter_context(open(path, "rb")), source, name)
+            else:
+                items = (_read_csv if suffix == ".csv" else _read_parquet)(path, source, name)
+            for item in items:
+                count += 1
                 yield item
-            if not found:
-                raise _Reject(f"{name}: empty (no records)")
-        return
-    if suffix == ".csv":
-        yield from _read_csv(path, source, name)
-        return
-    if suffix == ".parquet":
-        yield from _read_parquet(path, source, name)
+        if count == 0:
+            raise _Reject(f"{name}: empty (no records)")
         return
     text = _decode(path.read_bytes(), name)
     if suffix in HTML_SUFFIXES:

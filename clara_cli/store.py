@@ -54,6 +54,7 @@ LOCK = "LOCK"
 DATA_DIR = "data"
 HISTORY_DIR = "manifests"
 DEFAULT_GRACE_SECONDS = 600.0
+HISTORY_KEEP = 100  # history copies kept beyond the grace period (a compress run commits per batch)
 
 DOCUMENT_SCHEMA = pa.schema([
     ("doc_id", pa.string()),
@@ -128,10 +129,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def _write_json_atomic(path: Path, obj: Any, compact: bool = False) -> None:
     """Temp file in the same directory, fsync, rename, fsync the directory: all or nothing."""
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    data = (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+    text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=1, sort_keys=True)
+    data = (text + "\n").encode()
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -325,6 +327,7 @@ class Store:
         """
         with _exclusive_lock(self.root, wait):
             self._collect_garbage(DEFAULT_GRACE_SECONDS)
+            self._prune_history(DEFAULT_GRACE_SECONDS, HISTORY_KEEP)
             txn = Transaction(self, self.snapshot())
             try:
                 yield txn
@@ -338,12 +341,12 @@ class Store:
                 txn._closed = True
 
     def gc(self, grace_seconds: float = DEFAULT_GRACE_SECONDS, wait: bool = True,
-           keep_manifests: int | None = None) -> list[str]:
+           keep_manifests: int | None = HISTORY_KEEP) -> list[str]:
         """Remove data files no manifest needs any more; returns their names.
 
         A file survives while it is younger than the grace period or belongs to a manifest that
-        was current within it (a reader of that snapshot may still be reading). keep_manifests
-        additionally prunes the history copies to the newest N (None keeps them all).
+        was current within it (a reader of that snapshot may still be reading). History copies
+        beyond the newest keep_manifests are pruned once out of the grace period (None keeps all).
         """
         with _exclusive_lock(self.root, wait):
             removed = self._collect_garbage(grace_seconds)
@@ -394,15 +397,16 @@ class Store:
         return removed
 
     def _prune_history(self, grace_seconds: float, keep: int) -> list[str]:
+        """Drop old history copies, never one that gc still needs (superseded within grace)."""
         cutoff = time.time() - grace_seconds
         folder = self.root / HISTORY_DIR
         names = sorted(p.name for p in folder.glob("v*.json"))
         removed = []
-        for name in names[:max(0, len(names) - max(1, keep))]:
-            path = folder / name
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed.append(f"{HISTORY_DIR}/{name}")
+        for name, newer in zip(names[:max(0, len(names) - max(1, keep))], names[1:], strict=False):
+            with contextlib.suppress(FileNotFoundError):
+                if (folder / newer).stat().st_mtime < cutoff:
+                    (folder / name).unlink()
+                    removed.append(f"{HISTORY_DIR}/{name}")
         return removed
 
     # -- cached reads of immutable files ---------------------------------------------------------
@@ -602,28 +606,35 @@ class Snapshot:
     # -- memory ------------------------------------------------------------------------------------
 
     def _memory_rows(self) -> list[tuple[dict, np.ndarray, np.ndarray]]:
-        """Per shard: (entry, live row numbers, their keys). Deleted chunks and (defensively)
-        repeated keys are dropped; the first live row of a key wins."""
+        """Per shard: (entry, live row numbers, their keys). Rows of deleted chunks and
+        (defensively) repeated keys are dropped; the first live row of a key wins."""
         if "memory_rows" not in self._memo:
-            live_chunks = np.sort(self.chunk_keys())
+            shards = self.files("memory")
+            per_shard = [self._shard_keys(e) for e in shards]
+            if not per_shard:
+                self._memo["memory_rows"] = []
+                return []
+            keys = np.concatenate(per_shard)
+            shard = np.repeat(np.arange(len(shards)), [len(k) for k in per_shard])
+            rows = np.concatenate([np.arange(len(k)) for k in per_shard])
+            live = np.isin(keys, self.chunk_keys())
             del_ids, del_seq = self._deletions("chunk")
-            del_keys = chunk_ids_to_keys(del_ids)
-            del_order = np.argsort(del_keys)
-            del_keys, del_seq = del_keys[del_order], del_seq[del_order]
-            seen = np.zeros(0, np.int64)
+            if len(del_ids):
+                del_keys = chunk_ids_to_keys(del_ids)
+                order = np.argsort(del_keys)
+                pos, found = _find(del_keys[order], keys)
+                seq = np.array([e["seq"] for e in shards], np.int64)[shard]
+                live &= ~(found & (del_seq[order][pos] > seq))
+            first = np.zeros(len(keys), bool)
+            idx = np.nonzero(live)[0]
+            first[idx[np.unique(keys[idx], return_index=True)[1]]] = True
+            keep = np.nonzero(first)[0]  # in shard order, since the keys were concatenated so
+            bounds = np.searchsorted(shard[keep], np.arange(len(shards) + 1))
             out = []
-            for entry in self.files("memory"):
-                keys = self._shard_keys(entry)
-                mask = np.isin(keys, live_chunks, assume_unique=False)
-                if len(del_keys):
-                    pos = np.minimum(np.searchsorted(del_keys, keys), len(del_keys) - 1)
-                    mask &= ~((del_keys[pos] == keys) & (del_seq[pos] > entry["seq"]))
-                if len(seen):
-                    mask &= ~np.isin(keys, seen)
-                rows = np.nonzero(mask)[0]
-                if len(rows):
-                    out.append((entry, rows, keys[rows]))
-                    seen = np.union1d(seen, keys[rows])
+            for i, entry in enumerate(shards):
+                sel = keep[bounds[i]:bounds[i + 1]]
+                if len(sel):
+                    out.append((entry, rows[sel], keys[sel]))
             self._memo["memory_rows"] = out
         return self._memo["memory_rows"]
 
@@ -1028,6 +1039,7 @@ class Transaction:
         if not self._dirty:
             return self._committed_version
         root = self._store.root
+        _fsync_dir(root / DATA_DIR)  # the new files' names must be durable before the manifest
         on_disk = self._store._read_manifest()
         if int(on_disk["version"]) != self._committed_version:  # cannot happen under the lock
             raise ClaraError(f"store {root} changed under this writer (version {on_disk['version']})")
@@ -1035,7 +1047,7 @@ class Transaction:
         manifest = copy.deepcopy(self._manifest)
         manifest["version"] = version
         manifest["committed_at"] = time.time()
-        _write_json_atomic(root / HISTORY_DIR / f"v{version:08d}.json", manifest)
+        _write_json_atomic(root / HISTORY_DIR / f"v{version:08d}.json", manifest, compact=True)
         _write_json_atomic(root / MANIFEST, manifest)
         self._manifest = manifest
         self._committed_version = version

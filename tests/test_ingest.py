@@ -148,11 +148,13 @@ def test_rejections_name_the_input(tmp_path):
     (tmp_path / "empty.md").write_text("  \n\t ")
     (tmp_path / "bad.jsonl").write_text('{"text": "good one"}\n{"text": \n{"text": 5}\n[1]\n{"text": "ok", "id": true}\n')
     (tmp_path / "notext.csv").write_text("title,body\nx,y\n")
+    (tmp_path / "header-only.csv").write_text("id,text\n")
     docs, rejects = docs_and_rejects(
-        [tmp_path / n for n in ("bin.txt", "latin.txt", "empty.md", "bad.jsonl", "notext.csv", "missing.txt")])
+        [tmp_path / n for n in ("bin.txt", "latin.txt", "empty.md", "bad.jsonl", "notext.csv", "missing.txt",
+                                "header-only.csv")])
     assert [d.text for d in docs] == ["good one"]
     messages = [r.message for r in rejects]
-    assert len(messages) == 9 and all("\n" not in m for m in messages)
+    assert len(messages) == 10 and all("\n" not in m for m in messages)
     bad = str(tmp_path / "bad.jsonl")
     assert messages[0] == f"{tmp_path / 'bin.txt'}: binary file (contains NUL bytes)"
     assert messages[1].startswith(f"{tmp_path / 'latin.txt'}: not UTF-8 text")
@@ -163,6 +165,7 @@ def test_rejections_name_the_input(tmp_path):
     assert messages[6] == f"{bad}:5: \"id\" must be a string or an integer"
     assert messages[7] == f"{tmp_path / 'notext.csv'}: no \"text\" column (columns: title, body)"
     assert messages[8] == f"{tmp_path / 'missing.txt'}: no such file or directory"
+    assert messages[9] == f"{tmp_path / 'header-only.csv'}: empty (no records)"
 
 
 def test_ingest_commits_good_inputs_and_reports_bad_ones(tmp_path, store, tokenizer):

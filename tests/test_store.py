@@ -392,3 +392,19 @@ def test_gc_removes_stale_temp_files(store):
     old = time.time() - 3600
     os.utime(tmp, (old, old))
     assert store.gc() == [".manifest.json.dead.tmp"]
+
+
+def test_history_is_pruned_only_beyond_keep_and_grace(store):
+    with store.writer() as txn:
+        for i in range(5):
+            txn.add_documents(*tables([f"d{i}"], first_key=10 * i + 1))
+            txn.commit()
+    folder = store.root / "manifests"
+    assert len(list(folder.glob("v*.json"))) == 6
+    assert store.gc(keep_manifests=2) == []  # all within the grace period
+    old = time.time() - 3600
+    for path in folder.glob("v*.json"):
+        os.utime(path, (old, old))
+    removed = store.gc(keep_manifests=2)
+    assert removed == [f"manifests/v{v:08d}.json" for v in range(4)]
+    assert store.snapshot().documents().num_rows == 5
