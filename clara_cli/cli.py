@@ -127,7 +127,7 @@ def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, model_spec, bas
                         model_info=model_info(model), progress=not as_json,
                         **({"follow_symlinks": True} if follow_symlinks else {}))
     for bad in report.rejected:
-        click.echo(f"clara: rejected: {bad.source}: {bad.message}", err=True)
+        click.echo(f"clara: rejected: {bad.message}", err=True)
     summary = {"added": report.added, "changed": report.changed, "removed": report.removed,
                "unchanged": report.unchanged, "chunks_added": report.chunks_added,
                "rejected": len(report.rejected)}
