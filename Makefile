@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(VENV)/bin/pip
 STORE  ?= demo-store
-QUESTION ?= When was the Eiffel Tower built?
+QUESTION ?= How tall is the Burj Khalifa?
 
 .PHONY: install demo test lint bench clean
 

@@ -219,7 +219,8 @@ def print_sources(hits) -> None:
     for h in hits:
         snippet = " ".join(h.text.split())
         snippet = snippet if len(snippet) <= 160 else snippet[:157] + "..."
-        click.echo(f"  [{h.rank}] {h.source}:{h.start}-{h.end} (score {h.score:.3f})\n      {snippet}")
+        where = h.doc_id if h.source in ("", "<stdin>") else h.source  # records from stdin have only ids
+        click.echo(f"  [{h.rank}] {where}:{h.start}-{h.end} (score {h.score:.3f})\n      {snippet}")
 
 
 @cli.command()
