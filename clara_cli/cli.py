@@ -36,7 +36,10 @@ def emit(obj: dict) -> None:
 
 
 def model_options(f):
-    """--model/--base-model/--device/--dtype, the same on every command that loads a model."""
+    """--model/--base-model/--device/--dtype/--attn, the same on every command that loads a model."""
+    f = click.option("--attn", type=click.Choice(["auto", "triton", "sdpa"]), default="auto", show_default=True,
+                     help="Attention: clara_kernels' Triton varlen kernel (packed batches) or SDPA; "
+                          "auto = Triton on CUDA.")(f)
     f = click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                      show_default=True, help="Compute precision (auto: bf16 where the CPU/GPU is fast at it).")(f)
     f = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)(f)
@@ -58,14 +61,14 @@ def open_store(ctx, create: bool = False):
     return Store.open(ctx.obj["store"], create=create)
 
 
-def load_model(snapshot, model_spec, base_model, device, dtype, warn_untrained: bool = True):
+def load_model(snapshot, model_spec, base_model, device, dtype, attn="auto", warn_untrained: bool = True):
     """The model named by --model, else the one the store is bound to, else the default."""
     from .model import ClaraModel
 
     bound = snapshot.model if snapshot is not None else None
     spec = model_spec or (bound.get("spec") if bound else None) or "default"
     model = ClaraModel.from_pretrained(None if spec == "default" else spec, device=device, dtype=dtype,
-                                       base_model=base_model)
+                                       base_model=base_model, attn=attn)
     if warn_untrained and not model.trained:
         notice("the default model has fresh, untrained adapters: retrieval and answers are not meaningful "
                "until trained adapters ship (see README)")
@@ -103,7 +106,8 @@ def cli(ctx, store):
 @model_options
 @json_option
 @click.pass_context
-def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, model_spec, base_model, device, dtype, as_json):
+def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, model_spec, base_model, device, dtype, attn,
+           as_json):
     """Read documents into the store, chunked to the model's doc_max_length.
 
     PATHS are files, folders (recursive), globs, or - for JSON Lines on stdin
@@ -148,7 +152,7 @@ def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, model_spec, bas
 @model_options
 @json_option
 @click.pass_context
-def compress(ctx, batch_size, memory_dtype, model_spec, base_model, device, dtype, as_json):
+def compress(ctx, batch_size, memory_dtype, model_spec, base_model, device, dtype, attn, as_json):
     """Compress every chunk that has no memory yet into memory tokens.
 
     Commits after every batch: a killed run loses at most the batch in flight, a rerun continues.
@@ -160,7 +164,7 @@ def compress(ctx, batch_size, memory_dtype, model_spec, base_model, device, dtyp
     from .compress import compress_store
 
     store = open_store(ctx)
-    model = load_model(store.snapshot(), model_spec, base_model, device, dtype)
+    model = load_model(store.snapshot(), model_spec, base_model, device, dtype, attn)
     report = compress_store(store, model, batch_size=batch_size, memory_dtype=memory_dtype, progress=not as_json)
     if as_json:
         emit(report.to_dict())
@@ -229,7 +233,7 @@ def print_sources(hits) -> None:
 @model_options
 @json_option
 @click.pass_context
-def search(ctx, query, k, model_spec, base_model, device, dtype, as_json):
+def search(ctx, query, k, model_spec, base_model, device, dtype, attn, as_json):
     """Find the chunks closest to QUERY (- reads JSON Lines queries from stdin).
 
     \b
@@ -240,7 +244,7 @@ def search(ctx, query, k, model_spec, base_model, device, dtype, as_json):
     from .answer import search as run_search
 
     snapshot = open_store(ctx).snapshot()
-    model = load_model(snapshot, model_spec, base_model, device, dtype)
+    model = load_model(snapshot, model_spec, base_model, device, dtype, attn)
     queries = read_questions(query, key="query") if query == "-" else [query]
     results = run_search(snapshot, model, queries, k, Retriever(snapshot))
     for q, hits in zip(queries, results, strict=True):
@@ -260,7 +264,7 @@ def search(ctx, query, k, model_spec, base_model, device, dtype, as_json):
 @model_options
 @json_option
 @click.pass_context
-def ask(ctx, question, k, max_new_tokens, model_spec, base_model, device, dtype, as_json):
+def ask(ctx, question, k, max_new_tokens, model_spec, base_model, device, dtype, attn, as_json):
     """Answer QUESTION from the compressed store, with sources (- reads JSON Lines from stdin).
 
     \b
@@ -272,7 +276,7 @@ def ask(ctx, question, k, max_new_tokens, model_spec, base_model, device, dtype,
     from .answer import ask as run_ask
 
     snapshot = open_store(ctx).snapshot()
-    model = load_model(snapshot, model_spec, base_model, device, dtype)
+    model = load_model(snapshot, model_spec, base_model, device, dtype, attn)
     retriever = Retriever(snapshot)
     for q in read_questions(question):
         answer = run_ask(snapshot, model, [q], k, max_new_tokens, retriever)[0]

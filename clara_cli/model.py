@@ -146,16 +146,40 @@ class ClaraModel(nn.Module):
         self.n_base_tokens = min(self.mem_token_ids + [self.enc_token_id, self.sep_token_id])
         self.full_rows = False  # True when a checkpoint also changed base vocabulary rows
         self._merged: dict[str, nn.Module] = {}
+        self.attn = "sdpa"  # or "triton": clara_kernels' varlen attention, packed compressor batches
         self.eval()
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, path: str | None = None, device: str = "auto", dtype: str = "auto",
-                        base_model: str | None = None) -> ClaraModel:
+                        base_model: str | None = None, attn: str = "auto") -> ClaraModel:
         """Load our checkpoint, an official CLaRa checkpoint folder, or (None) the default model."""
         from .checkpoint import load_model
 
-        return load_model(path, device=device, dtype=dtype, base_model=base_model)
+        model = load_model(path, device=device, dtype=dtype, base_model=base_model)
+        model.set_attention(attn)
+        return model
+
+    def set_attention(self, attn: str = "auto") -> str:
+        """"sdpa", or "triton" (clara_kernels' varlen flash attention; the compressor then packs
+        each batch into one row without padding). "auto": Triton on CUDA, SDPA elsewhere."""
+        if attn == "auto":
+            from clara_kernels import backend
+
+            attn = "triton" if self.device.type == "cuda" and backend(self.device) == "triton" else "sdpa"
+        if attn == "triton":
+            from clara_kernels import register_transformers_attention
+
+            self.decoder.set_attn_implementation(register_transformers_attention())
+        elif attn == "sdpa":
+            self.decoder.set_attn_implementation("sdpa")
+        else:
+            from .errors import UsageError
+
+            raise UsageError(f"unknown attention {attn!r} (use auto, triton or sdpa)")
+        self._merged = {}  # merged copies were made with the previous implementation
+        self.attn = attn
+        return attn
 
     @classmethod
     def from_base(cls, decoder, tokenizer, config: ClaraConfig, seed: int = 0, mean_resizing: bool = True,
@@ -221,6 +245,19 @@ class ClaraModel(nn.Module):
         hidden = trunk(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         return hidden[:, -self.config.n_mem:, :]
 
+    def _memory_states_packed(self, trunk: nn.Module, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """The same states from one packed row: documents back to back, positions restarting
+        at 0 per document, no padding FLOPs (needs the Triton varlen attention)."""
+        import clara_kernels as ck
+
+        lengths = [len(r) for r in rows]
+        ids = torch.tensor([t for r in rows for t in r], device=self.device).unsqueeze(0)  # [1, total]
+        cu = ck.cu_seqlens_from_lengths(lengths, device=self.device)  # [B+1] int32
+        hidden = trunk(input_ids=ids, position_ids=ck.pack_position_ids(lengths, device=self.device),
+                       cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths),
+                       max_length_k=max(lengths), use_cache=False).last_hidden_state  # [1, total, h]
+        return hidden[0, ck.tail_indices(cu, self.config.n_mem)]  # [B, n_mem, h]
+
     def _trunk(self, adapter: str, merged: bool) -> nn.Module:
         """The transformer body (no LM head) with `adapter` active, merged into the weights if asked."""
         if merged:
@@ -242,8 +279,11 @@ class ClaraModel(nn.Module):
         trunk = self._trunk(adapter, merged)
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            ids, mask = self.pad_left([rows[i] for i in idx])
-            out[idx] = self._memory_states(trunk, ids, mask).float().cpu()
+            if self.attn == "triton":
+                out[idx] = self._memory_states_packed(trunk, [rows[i] for i in idx]).float().cpu()
+            else:
+                ids, mask = self.pad_left([rows[i] for i in idx])
+                out[idx] = self._memory_states(trunk, ids, mask).float().cpu()
             if progress is not None:
                 progress(len(idx))
         return out
