@@ -108,3 +108,27 @@ def test_base_model_override_and_missing_base(fixture_dir, tmp_path):
         ClaraModel.from_pretrained(str(moved), device="cpu", dtype="fp32")
     model = ClaraModel.from_pretrained(str(moved), device="cpu", dtype="fp32", base_model=str(fixture_dir / "base"))
     assert model.config.n_mem == 4
+
+
+def test_base_found_in_local_hugging_face_cache(fixture_dir, tmp_path, monkeypatch):
+    """decoder_model_name as a hub id resolves to a cached snapshot, offline."""
+    import shutil
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--tiny-org--tiny-base" / "snapshots" / ("0" * 40)
+    shutil.copytree(fixture_dir / "base", snapshot)
+    (cache / "models--tiny-org--tiny-base" / "refs").mkdir()
+    (cache / "models--tiny-org--tiny-base" / "refs" / "main").write_text("0" * 40)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(fixture_dir, ckpt, ignore=shutil.ignore_patterns("base", "reference.*"))
+    config = json.loads((ckpt / "config.json").read_text())
+    config["decoder_model_name"] = "tiny-org/tiny-base"
+    (ckpt / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
+    model = ClaraModel.from_pretrained(str(ckpt), device="cpu", dtype="fp32")
+    reference = ClaraModel.from_pretrained(str(fixture_dir), device="cpu", dtype="fp32")
+    assert model.fingerprint == reference.fingerprint
