@@ -28,7 +28,8 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check clara_cli kernels tests benchmarks
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --ignore=tests/test_kernels.py
+	TRITON_INTERPRET=1 $(PY) -m pytest -q tests/test_kernels.py  # own process: see the file's docstring
 
 bench: install
 	$(PY) benchmarks/compress_throughput.py

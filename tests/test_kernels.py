@@ -27,9 +27,22 @@ ATOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 needs_triton = pytest.mark.skipif(not dispatch.triton_available(), reason="triton not installed")
 
 
+def interpreter_usable() -> bool:
+    """Triton decorates its own library functions when triton.language is imported: if that
+    happened before TRITON_INTERPRET=1 (transformers' Llama imports it), the interpreter fails."""
+    if "triton.language" not in sys.modules:
+        return True
+    from triton.language import standard
+
+    return type(standard.zeros).__name__ == "InterpretedFunction"
+
+
 @pytest.fixture(scope="module", autouse=True)
 def kernel_backend():
     """Interpreter on for this module only (CPU), or the real GPU kernels."""
+    if not ON_GPU and dispatch.triton_available() and not interpreter_usable():
+        pytest.skip("triton.language was imported before TRITON_INTERPRET=1: run this file in its own "
+                    "process (`make test` does)")
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv(dispatch.FORCE_ENV, raising=False)
         if not ON_GPU:
