@@ -1,0 +1,655 @@
+"""`clara eval`: CLaRa over a store against text RAG with the same base LM, side by side.
+
+Metrics are the RAG literature's (DESIGN.md §1), on SQuAD-normalised strings, each the max
+over the gold answers of a question:
+  EM        normalised prediction == normalised gold
+  F1        token-level F1 of the normalised strings
+  Cover-EM  normalised gold occurs (as a substring, as FlashRAG's "acc") in the normalised
+            prediction
+  Recall@k  share of a question's gold items (chunk ids, or titles) found among the top k
+            (with one gold item: the hit rate)
+
+Systems: `clara` (query reasoner retrieval + generator reading memory tokens) and
+`text-<retriever>` (BM25 / all-MiniLM-L6-v2 retrieval + the same base LM with its adapters
+switched off, reading the raw chunk text with the same system prompt). Every question is
+answered one at a time (batch 1), greedy, so latencies are per query as the paper reports.
+
+Timing: `prefill` runs from the call into `generate` until the logits of the first new token
+exist (stamped by a logits processor: one forward over the whole prompt plus generate's small
+setup); `decode` is the rest of `generate` (one forward per further token). `retrieve` is the
+query encoding, the search and (clara) reading the memory rows. Index building (MiniLM
+embeddings of the corpus, BM25 statistics) and compression are offline costs, reported apart.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import string
+import time
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ClaraError, UsageError
+from .model import SYSTEM_PROMPT, ClaraModel
+from .progress import notice, progress_bar
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lowercase, drop punctuation, drop a/an/the, collapse whitespace."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _golds(golds: str | Sequence[str]) -> list[str]:
+    return [golds] if isinstance(golds, str) else list(golds)
+
+
+def exact_match(prediction: str, golds: str | Sequence[str]) -> float:
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(g) for g in _golds(golds)))
+
+
+def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
+    common = Counter(pred_tokens) & Counter(gold_tokens)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def token_f1(prediction: str, golds: str | Sequence[str]) -> float:
+    pred = normalize_answer(prediction).split()
+    return max((_f1(pred, normalize_answer(g).split()) for g in _golds(golds)), default=0.0)
+
+
+def cover_em(prediction: str, golds: str | Sequence[str]) -> float:
+    """1 when some normalised gold answer occurs inside the normalised prediction. A gold that
+    normalises to nothing (e.g. "The") never counts: it would occur in every prediction."""
+    pred = normalize_answer(prediction)
+    return float(any(g and g in pred for g in (normalize_answer(x) for x in _golds(golds))))
+
+
+def answer_scores(prediction: str, golds: str | Sequence[str]) -> dict[str, float]:
+    return {"em": exact_match(prediction, golds), "f1": token_f1(prediction, golds),
+            "cover_em": cover_em(prediction, golds)}
+
+
+def recall_at_k(retrieved: Sequence[tuple[str, str, str]], gold_chunk_ids: Sequence[str],
+                gold_titles: Sequence[str]) -> float | None:
+    """Share of gold items among retrieved (chunk_id, doc_id, title) triples; None without gold.
+
+    Gold chunk ids are matched exactly; gold titles match a chunk's document title or doc id
+    (case-insensitively, a `wiki:` id prefix ignored)."""
+    if gold_chunk_ids:
+        found = {c for c, _, _ in retrieved}
+        return sum(g in found for g in gold_chunk_ids) / len(gold_chunk_ids)
+    if gold_titles:
+        names = set()
+        for _, doc_id, title in retrieved:
+            names.update({title.casefold(), doc_id.casefold(), doc_id.removeprefix("wiki:").casefold()})
+        return sum(g.casefold() in names for g in gold_titles) / len(gold_titles)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# questions
+
+
+@dataclass
+class EvalQuestion:
+    question: str
+    answers: list[str]
+    gold_chunk_ids: list[str] = field(default_factory=list)
+    gold_titles: list[str] = field(default_factory=list)
+
+
+def _string_list(obj: dict, key: str, where: str, required: bool = False) -> list[str]:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise UsageError(f"{where}: missing \"{key}\"")
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise UsageError(f"{where}: \"{key}\" must be a list of non-empty strings")
+    return value
+
+
+def parse_question(obj, where: str) -> EvalQuestion:
+    """{question, answers|answer|golden_answers, gold_chunk_ids?, gold_titles?} -> EvalQuestion."""
+    if not isinstance(obj, dict):
+        raise UsageError(f"{where}: expected a JSON object")
+    if not isinstance(obj.get("question"), str) or not obj["question"].strip():
+        raise UsageError(f"{where}: \"question\" must be a non-empty string")
+    key = next((k for k in ("answers", "answer", "golden_answers") if k in obj), "answers")
+    answers = _string_list(obj, key, where, required=True)
+    if not answers:
+        raise UsageError(f"{where}: \"{key}\" is empty")
+    return EvalQuestion(obj["question"], answers, _string_list(obj, "gold_chunk_ids", where),
+                        _string_list(obj, "gold_titles", where))
+
+
+def load_questions(path: str | Path, limit: int | None = None, stdin=None) -> list[EvalQuestion]:
+    """Questions from a JSON Lines file (or `-` with stdin); errors name the line."""
+    name = "<stdin>" if str(path) == "-" else str(path)
+    try:
+        lines = stdin if str(path) == "-" else Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as err:
+        raise UsageError(f"cannot read {name}: {err.strerror or err}") from None
+    out: list[EvalQuestion] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{name}:{number}: malformed JSON ({err.msg})") from None
+        out.append(parse_question(obj, f"{name}:{number}"))
+        if limit is not None and len(out) >= limit:
+            break
+    if not out:
+        raise UsageError(f"{name}: no questions")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# timed greedy generation
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    new_tokens: int
+    prefill_s: float
+    decode_s: float
+
+
+class _FirstLogitsStamp:
+    """A logits processor that only records when generate first produced logits (end of prefill)."""
+
+    def __init__(self):
+        self.t: float | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.t is None:
+            self.t = time.perf_counter()
+        return scores
+
+
+@torch.inference_mode()
+def timed_generate(decoder, tokenizer, attention_mask: torch.Tensor, max_new_tokens: int,
+                   input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> Generation:
+    """Greedy generation of one prompt, split into prefill and decode time (module docstring)."""
+    from transformers import LogitsProcessorList
+
+    stamp = _FirstLogitsStamp()
+    kwargs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
+    t0 = time.perf_counter()
+    out = decoder.generate(**kwargs, attention_mask=attention_mask, do_sample=False, top_p=None, top_k=None,
+                           temperature=None, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                           logits_processor=LogitsProcessorList([stamp]))
+    t1 = time.perf_counter()
+    new = out[0] if inputs_embeds is not None else out[0, input_ids.shape[1]:]
+    prefill = (stamp.t or t1) - t0
+    return Generation(text=tokenizer.decode(new, skip_special_tokens=True).strip(),
+                      prompt_tokens=int(attention_mask.sum()), new_tokens=int(len(new)),
+                      prefill_s=prefill, decode_s=t1 - t0 - prefill)
+
+
+def clara_generate(model: ClaraModel, question: str, memory: torch.Tensor, max_new_tokens: int) -> Generation:
+    """The generator with the decoder adapter over memory [k, n_mem, h]: ClaraModel.generate, timed."""
+    model.use_adapter("decoder_adapter")
+    _, mask, embeds = model.prompt_inputs([question], [memory])
+    return timed_generate(model.decoder, model.tokenizer, mask, max_new_tokens, inputs_embeds=embeds)
+
+
+@contextmanager
+def adapters_disabled(decoder):
+    """The bare base LM for the duration (transformers' PEFT integration keeps the adapters)."""
+    decoder.disable_adapters()
+    try:
+        yield decoder
+    finally:
+        decoder.enable_adapters()
+
+
+class TextRAG:
+    """The text-RAG baseline: the CLaRa model's base LM with no adapter, reading raw passages.
+
+    It shares the CLaRa model's weights (adapters switched off) unless a checkpoint changed the
+    base vocabulary rows, in which case the untouched base LM is loaded beside it."""
+
+    def __init__(self, model: ClaraModel):
+        self.tokenizer = model.tokenizer
+        self.model = model
+        self.separate = None
+        if model.full_rows:
+            from transformers import AutoModelForCausalLM
+
+            from .checkpoint import resolve_base
+
+            path = resolve_base(model.config.base_model)
+            self.separate = AutoModelForCausalLM.from_pretrained(path, dtype=model.dtype).to(model.device).eval()
+
+    def prompt(self, question: str, passages: Sequence[str]) -> str:
+        """The CLaRa generator prompt with the passages' text where the memory slots would be."""
+        user = "Background:\n" + "\n\n".join(p.strip() for p in passages) + f"\n\nQuestion:{question}"
+        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+        try:
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as err:  # templates without a system role: merged into the user turn
+            if "system" not in str(err).lower():
+                raise
+            merged = [{"role": "user", "content": SYSTEM_PROMPT + "\n" + user}]
+            return self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
+
+    def generate(self, question: str, passages: Sequence[str], max_new_tokens: int) -> Generation:
+        enc = self.tokenizer(self.prompt(question, passages), add_special_tokens=False, return_tensors="pt")
+        ids, mask = enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
+        if self.separate is not None:
+            return timed_generate(self.separate, self.tokenizer, mask, max_new_tokens, input_ids=ids)
+        with adapters_disabled(self.model.decoder) as decoder:
+            return timed_generate(decoder, self.tokenizer, mask, max_new_tokens, input_ids=ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# the evaluation
+
+
+@dataclass
+class QuestionResult:
+    system: str
+    question: str
+    answers: list[str]
+    prediction: str
+    em: float
+    f1: float
+    cover_em: float
+    recall: float | None
+    retrieved: list[str]  # chunk ids, rank order
+    retrieved_titles: list[str]
+    context_tokens: int  # the whole prompt the generator reads
+    passage_tokens: int  # the part of it that carries the retrieved documents
+    new_tokens: int
+    retrieve_s: float
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.retrieve_s + self.prefill_s + self.decode_s
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["total_s"] = self.total_s
+        return d
+
+
+@dataclass
+class SystemSummary:
+    system: str
+    retriever: str
+    reader: str
+    n: int
+    em: float
+    f1: float
+    cover_em: float
+    recall_at_k: float | None
+    n_recall: int
+    context_tokens: float
+    passage_tokens: float
+    new_tokens: float
+    retrieve_ms: float
+    prefill_ms: float
+    decode_ms: float
+    total_ms: float
+    total_p50_ms: float
+    total_p90_ms: float
+    answers_per_s: float
+    correct: int
+    tokens_per_correct: float | None
+    seconds_per_correct: float | None
+    index_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(system: str, retriever: str, reader: str, results: list[QuestionResult],
+              index_s: float = 0.0) -> SystemSummary:
+    n = len(results)
+    recalls = [r.recall for r in results if r.recall is not None]
+    totals = np.array([r.total_s for r in results]) if results else np.zeros(1)
+    correct = int(sum(r.cover_em for r in results))
+    tokens = float(sum(r.context_tokens for r in results))
+
+    def mean(values) -> float:
+        values = list(values)
+        return float(sum(values) / len(values)) if values else 0.0
+
+    return SystemSummary(
+        system=system, retriever=retriever, reader=reader, n=n,
+        em=100 * mean(r.em for r in results), f1=100 * mean(r.f1 for r in results),
+        cover_em=100 * mean(r.cover_em for r in results),
+        recall_at_k=100 * mean(recalls) if recalls else None, n_recall=len(recalls),
+        context_tokens=mean(r.context_tokens for r in results),
+        passage_tokens=mean(r.passage_tokens for r in results),
+        new_tokens=mean(r.new_tokens for r in results),
+        retrieve_ms=1000 * mean(r.retrieve_s for r in results),
+        prefill_ms=1000 * mean(r.prefill_s for r in results),
+        decode_ms=1000 * mean(r.decode_s for r in results),
+        total_ms=1000 * float(totals.mean()),
+        total_p50_ms=1000 * float(np.percentile(totals, 50)),
+        total_p90_ms=1000 * float(np.percentile(totals, 90)),
+        answers_per_s=n / float(totals.sum()) if totals.sum() > 0 else 0.0,
+        correct=correct,
+        tokens_per_correct=tokens / correct if correct else None,
+        seconds_per_correct=float(totals.sum()) / correct if correct else None,
+        index_s=index_s)
+
+
+@dataclass
+class EvalReport:
+    k: int
+    max_new_tokens: int
+    n_questions: int
+    store: str
+    store_version: int
+    chunks: int
+    model: str
+    fingerprint: str
+    trained: bool
+    dtype: str
+    systems: list[SystemSummary]
+    results: list[QuestionResult]
+    seconds: float
+
+    def meta(self) -> dict:
+        return {"k": self.k, "max_new_tokens": self.max_new_tokens, "n_questions": self.n_questions,
+                "store": self.store, "store_version": self.store_version, "chunks": self.chunks,
+                "model": self.model, "fingerprint": self.fingerprint, "trained": self.trained,
+                "dtype": self.dtype, "seconds": round(self.seconds, 2)}
+
+
+def _scored(system: str, q: EvalQuestion, gen: Generation, retrieved: list[tuple[str, str, str]],
+            passage_tokens: int, retrieve_s: float) -> QuestionResult:
+    s = answer_scores(gen.text, q.answers)
+    return QuestionResult(system=system, question=q.question, answers=q.answers, prediction=gen.text,
+                          em=s["em"], f1=s["f1"], cover_em=s["cover_em"],
+                          recall=recall_at_k(retrieved, q.gold_chunk_ids, q.gold_titles),
+                          retrieved=[c for c, _, _ in retrieved], retrieved_titles=[t for _, _, t in retrieved],
+                          context_tokens=gen.prompt_tokens, passage_tokens=passage_tokens,
+                          new_tokens=gen.new_tokens, retrieve_s=retrieve_s, prefill_s=gen.prefill_s,
+                          decode_s=gen.decode_s)
+
+
+def run_clara(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int, max_new_tokens: int,
+              titles: dict[str, str], tick=None) -> list[QuestionResult]:
+    """CLaRa end to end: query reasoner -> top-k memories -> generator, one question at a time."""
+    from .answer import Retriever, search
+
+    retriever = Retriever(snapshot)
+    slot_tokens = model.config.n_mem + (1 if model.config.sep else 0)
+    warm = search(snapshot, model, [questions[0].question], k, retriever)[0]  # first-call costs, untimed
+    clara_generate(model, questions[0].question, snapshot.read_memory([h.key for h in warm]), 2)
+    out = []
+    for q in questions:
+        t0 = time.perf_counter()
+        hits = search(snapshot, model, [q.question], k, retriever)[0]
+        memory = snapshot.read_memory(np.array([h.key for h in hits], dtype=np.int64))
+        retrieve_s = time.perf_counter() - t0
+        gen = clara_generate(model, q.question, memory, max_new_tokens)
+        retrieved = [(h.chunk_id, h.doc_id, titles.get(h.chunk_id, h.doc_id)) for h in hits]
+        out.append(_scored("clara", q, gen, retrieved, slot_tokens * len(hits), retrieve_s))
+        if tick:
+            tick()
+    return out
+
+
+def run_text_rag(reader: TextRAG, retriever, corpus, questions: Sequence[EvalQuestion], k: int,
+                 max_new_tokens: int, tick=None) -> list[QuestionResult]:
+    """A standard retriever's top-k chunk texts read by the bare base LM."""
+    system = f"text-{retriever.name}"
+    warm = retriever.search([questions[0].question], k)[0]
+    reader.generate(questions[0].question, [corpus.texts[r] for r, _ in warm], 2)
+    out = []
+    for q in questions:
+        t0 = time.perf_counter()
+        ranked = retriever.search([q.question], k)[0]
+        retrieve_s = time.perf_counter() - t0
+        passages = [corpus.texts[r] for r, _ in ranked]
+        gen = reader.generate(q.question, passages, max_new_tokens)
+        passage_tokens = sum(len(reader.tokenizer(p, add_special_tokens=False).input_ids) for p in passages)
+        retrieved = [(corpus.chunk_ids[r], corpus.doc_ids[r], corpus.titles[r]) for r, _ in ranked]
+        out.append(_scored(system, q, gen, retrieved, passage_tokens, retrieve_s))
+        if tick:
+            tick()
+    return out
+
+
+def parse_baselines(spec: str | Sequence[str] | None) -> list[str]:
+    """"bm25,minilm" -> ["bm25", "minilm"]; "none" or "" -> []."""
+    from .retrievers import RETRIEVERS
+
+    if spec is None:
+        return []
+    names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if names in ([], ["none"]):
+        return []
+    bad = [n for n in names if n not in RETRIEVERS]
+    if bad:
+        raise UsageError(f"unknown baseline retriever {bad[0]!r} (use {', '.join(RETRIEVERS)} or none)")
+    return list(dict.fromkeys(names))
+
+
+def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int = 5,
+             max_new_tokens: int = 64, baselines: Sequence[str] = ("bm25", "minilm"),
+             progress: bool = True) -> EvalReport:
+    """Every question through clara and through text RAG with each baseline retriever."""
+    from .answer import check_model
+    from .retrievers import ChunkCorpus, build_retriever
+
+    if not questions:
+        raise UsageError("no questions to evaluate")
+    check_model(snapshot, model)
+    t_start = time.perf_counter()
+    corpus = ChunkCorpus.from_snapshot(snapshot)
+    if not len(corpus):
+        raise ClaraError("the store has no chunks")
+    titles = dict(zip(corpus.chunk_ids, corpus.titles, strict=True))
+    summaries, results = [], []
+    bar = progress_bar(total=len(questions) * (1 + len(baselines)), desc="eval", unit="q", enabled=progress)
+    try:
+        res = run_clara(snapshot, model, questions, k, max_new_tokens, titles, tick=lambda: bar.update(1))
+        summaries.append(summarize("clara", "clara query reasoner", "clara generator (memory tokens)", res))
+        results += res
+        reader = TextRAG(model) if baselines else None
+        for name in baselines:
+            t0 = time.perf_counter()
+            retriever = build_retriever(name, corpus.texts)
+            index_s = time.perf_counter() - t0
+            res = run_text_rag(reader, retriever, corpus, questions, k, max_new_tokens, tick=lambda: bar.update(1))
+            label = {"bm25": "BM25", "minilm": "all-MiniLM-L6-v2"}.get(name, name)
+            summaries.append(summarize(f"text-{name}", label, "base LM, raw text", res, index_s=index_s))
+            results += res
+    finally:
+        bar.close()
+    return EvalReport(k=k, max_new_tokens=max_new_tokens, n_questions=len(questions), store=str(snapshot.root),
+                      store_version=snapshot.version, chunks=len(corpus), model=model.source,
+                      fingerprint=model.fingerprint, trained=model.trained,
+                      dtype=str(model.dtype).removeprefix("torch."), systems=summaries, results=results,
+                      seconds=time.perf_counter() - t_start)
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+TABLE_COLUMNS = [
+    ("system", "system", None), ("EM", "em", 1), ("F1", "f1", 1), ("Cover-EM", "cover_em", 1),
+    ("R@k", "recall_at_k", 1), ("ctx tok", "context_tokens", 0), ("prefill ms", "prefill_ms", 0),
+    ("decode ms", "decode_ms", 0), ("retr ms", "retrieve_ms", 0), ("ans/s", "answers_per_s", 2),
+    ("tok/correct", "tokens_per_correct", 0), ("s/correct", "seconds_per_correct", 2),
+]
+
+
+def table_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
+    header = [h.replace("R@k", f"R@{report.k}") for h, _, _ in TABLE_COLUMNS]
+    rows = []
+    for s in report.systems:
+        d = s.to_dict()
+        rows.append([d[key] if digits is None else _fmt(d[key], digits) for _, key, digits in TABLE_COLUMNS])
+    return header, rows
+
+
+def caveats(report: EvalReport) -> list[str]:
+    notes = [f"{report.n_questions} questions, top-{report.k} of {report.chunks} chunks, greedy, "
+             f"max {report.max_new_tokens} new tokens, {report.dtype}, batch 1.",
+             "EM/F1/Cover-EM/R@k in %; ctx tok = prompt tokens the generator reads; "
+             "tok/correct and s/correct = totals per Cover-EM-correct answer (retrieve + prefill + decode)."]
+    if not report.trained:
+        notes.append("clara's adapters are UNTRAINED (fresh LoRA): its retrieval and answers are not "
+                     "meaningful yet; the text-RAG rows are the reference.")
+    return notes
+
+
+def format_table(report: EvalReport) -> str:
+    """The side-by-side table as aligned plain text."""
+    header, rows = table_rows(report)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+
+    def line(cells) -> str:
+        return "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    out = [line(header)] + [line(r) for r in rows]
+    return "\n".join(out + [""] + caveats(report))
+
+
+def markdown_table(report: EvalReport) -> str:
+    header, rows = table_rows(report)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(report: EvalReport, out_dir: str | Path) -> list[Path]:
+    """report.md (table, settings, sample answers), summary.jsonl, predictions.jsonl and PNG plots."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    md = ["# clara eval", "", markdown_table(report), ""] + [f"- {c}" for c in caveats(report)]
+    md += ["", "## Settings", "", "```json", json.dumps(report.meta(), indent=2), "```", "",
+           "Timing: prefill = generate() until the first new token's logits (one forward over the prompt); "
+           "decode = the rest of generate(); retrieve = query encoding + search (+ reading memory rows). "
+           "Index build (offline): " + ", ".join(f"{s.system} {s.index_s:.1f} s" for s in report.systems
+                                                  if s.index_s) + ".",
+           "", "![accuracy](accuracy.png)", "![context tokens](context_tokens.png)", "![latency](latency.png)",
+           "", "## Sample answers", ""]
+    by_q: dict[str, list[QuestionResult]] = {}
+    for r in report.results:
+        by_q.setdefault(r.question, []).append(r)
+    for question, rs in list(by_q.items())[:8]:
+        md.append(f"**{question}** (gold: {', '.join(rs[0].answers)})")
+        md += [f"- {r.system}: {' '.join(r.prediction.split())[:200] or '(empty)'}" for r in rs]
+        md.append("")
+    (out / "report.md").write_text("\n".join(md), encoding="utf-8")
+    (out / "summary.jsonl").write_text("".join(json.dumps({**report.meta(), **s.to_dict()}) + "\n"
+                                               for s in report.systems), encoding="utf-8")
+    (out / "predictions.jsonl").write_text("".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n"
+                                                   for r in report.results), encoding="utf-8")
+    written += [out / "report.md", out / "summary.jsonl", out / "predictions.jsonl"]
+    try:
+        written += plot_report(report, out)
+    except ImportError:
+        notice("matplotlib is not installed: report written without plots")
+    return written
+
+
+def plot_report(report: EvalReport, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = [s.system for s in report.systems]
+    colors = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]
+    files = []
+
+    metrics = [("EM", "em"), ("F1", "f1"), ("Cover-EM", "cover_em"), (f"Recall@{report.k}", "recall_at_k")]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(1, len(systems))
+    x = np.arange(len(metrics))
+    for i, s in enumerate(report.systems):
+        vals = [getattr(s, key) or 0.0 for _, key in metrics]
+        bars = ax.bar(x + (i - (len(systems) - 1) / 2) * width, vals, width, label=s.system,
+                      color=colors[i % len(colors)])
+        ax.bar_label(bars, fmt="%.0f", fontsize=8, padding=2)
+    ax.set_xticks(x, [m for m, _ in metrics])
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.set_title(f"Accuracy, {report.n_questions} questions, top-{report.k}"
+                 + ("" if report.trained else "  (clara adapters untrained)"))
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    files.append(out / "accuracy.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    passage = [s.passage_tokens for s in report.systems]
+    other = [s.context_tokens - s.passage_tokens for s in report.systems]
+    ax.bar(systems, passage, color=[colors[i % len(colors)] for i in range(len(systems))], label="documents")
+    ax.bar(systems, other, bottom=passage, color="#bbbbbb", label="prompt + question")
+    for i, s in enumerate(report.systems):
+        ax.text(i, s.context_tokens, f"{s.context_tokens:.0f}", ha="center", va="bottom", fontsize=9)
+    ax.set_ylabel("tokens read by the generator per question")
+    ax.set_title("Generator context")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    files.append(out / "context_tokens.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    data = [[r.total_s * 1000 for r in report.results if r.system == name] for name in systems]
+    ax1.boxplot(data, tick_labels=systems, showfliers=True)
+    ax1.set_ylabel("ms per question (retrieve + prefill + decode)")
+    ax1.set_title("Latency distribution")
+    parts = [("retrieve", "retrieve_ms", "#999999"), ("prefill", "prefill_ms", "#1f77b4"),
+             ("decode", "decode_ms", "#ff7f0e")]
+    bottom = np.zeros(len(systems))
+    for label, key, color in parts:
+        vals = np.array([getattr(s, key) for s in report.systems])
+        ax2.bar(systems, vals, bottom=bottom, label=label, color=color)
+        bottom += vals
+    ax2.set_ylabel("mean ms per question")
+    ax2.set_title("Where the time goes")
+    ax2.legend(frameon=False)
+    fig.tight_layout()
+    files.append(out / "latency.png")
+    fig.savefig(files[-1], dpi=120)
+    plt.close(fig)
+    return files
