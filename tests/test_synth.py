@@ -1,0 +1,175 @@
+"""`clara synth`: rule QA grounded verbatim, official formats, seeded determinism, no held-out data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clara_cli.cli import cli
+from clara_cli.corpora import is_held_out
+from clara_cli.evaluate import normalize_answer
+from clara_cli.synth import (
+    HeldOutGuard,
+    QAPair,
+    SynthConfig,
+    SynthDoc,
+    candidate_pairs,
+    clean_title,
+    split_sentences,
+    synthesize,
+    validate_instruct,
+    validate_pretrain,
+    verbatim_ok,
+)
+
+TRAIN = [
+    ("Dracula (novel)", "Dracula is a Gothic horror novel from 1897 by the Irish author Bram Stoker. It was first published "
+                        "on 26 May 1897. The story is told through letters, diary entries and newspaper articles."),
+    ("Erie Canal (waterway)", "The Erie Canal is a historic canal in upstate New York. It was completed in 1825. The canal "
+                   "has 36 locks and connects the Hudson River to Lake Erie."),
+    ("Tereshkova (cosmonaut)", "Valentina Tereshkova is a Russian engineer and former cosmonaut. She was the first "
+                             "woman in space, flying on Vostok 6 on 16 June 1963. She orbited the Earth 48 times."),
+    ("Polaris (star)", "Polaris, also known as the North Star, is a star in the constellation of Ursa Minor. It is "
+                "about 433 light-years from the Sun."),
+    ("Gdansk harbour", "Gdansk harbour is a seaport on the Baltic coast of Poland, at the mouth of the Vistula. "
+                       "It handled 68 million tonnes of cargo in 2022."),
+    ("Haiku (poem)", "A haiku form is a short poem from Japan. Traditional haiku have 17 morae in three phrases, "
+                   "a form developed by Matsuo Basho in the 17th century."),
+]
+
+
+def docs_with_held_out() -> tuple[list[SynthDoc], list[str]]:
+    """Training docs plus real held-out Wikipedia paragraphs, some disguised under other names."""
+    from clara_cli.corpora import wiki_paragraphs
+
+    docs = [SynthDoc(f"wiki:{t}", t, x) for t, x in TRAIN]
+    assert not any(is_held_out(t) for t, _ in TRAIN)
+    held = []
+    for n, p in enumerate(wiki_paragraphs("heldout")):
+        if n >= 6:
+            break
+        held.append(p["text"])
+        if n % 2:  # renamed: the title rule cannot see it, the sentence guard must
+            docs.append(SynthDoc(f"notes.txt#{n}", "notes", p["text"]))
+        else:
+            docs.append(SynthDoc(p["id"], p["title"], p["text"]))
+    return docs, held
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_rules_produce_verbatim_answers():
+    pairs = {(p.rule, p.answer): p.question for t, x in TRAIN for p in candidate_pairs(SynthDoc(t, t, x))}
+    assert pairs[("year", "1825")] == "Erie Canal was completed in what year?"  # "It" -> the title
+    assert pairs[("date", "16 June 1963")].endswith("flying on Vostok 6 on what date?")
+    assert pairs[("number", "36")] == "The canal has how many locks and connects the Hudson River to Lake Erie?"
+    assert pairs[("alias", "North Star")] == "What is Polaris also known as?"
+    assert pairs[("definition", "Gothic horror novel")] == "What is Dracula?"  # "(novel)" dropped
+    assert pairs[("name", "Bram Stoker")].endswith("from 1897 by the Irish author who?")
+    assert pairs[("name", "Matsuo Basho")].endswith("a form developed by whom in the 17th century?")
+    assert ("name", "Basho") not in pairs
+    assert not any(a == "6" for _, a in pairs)  # "Vostok 6 on ..." counts nothing
+    for (_, answer), question in pairs.items():
+        assert normalize_answer(answer) not in normalize_answer(question).split()
+
+
+def test_verbatim_check_and_helpers():
+    text = "It was completed in 1825 by the state."
+    assert verbatim_ok(QAPair("It was completed in what year?", "1825", "year"), text)
+    assert not verbatim_ok(QAPair("When?", "1826", "year"), text)  # not in the document
+    assert not verbatim_ok(QAPair("Was it completed in 1825 or not?", "1825", "year"), text)  # given away
+    assert not verbatim_ok(QAPair("It was completed in what year?", "1825", "year"), text, max_answer_char=10)
+    assert split_sentences("Sgt. Pepper is an album. It was released in 1967. J. S. Bach wrote it.") == [
+        "Sgt. Pepper is an album.", "It was released in 1967.", "J. S. Bach wrote it."]
+    assert clean_title("Club (weapon)") == "Club" and clean_title("Robert Baden-Powell, 1st Baron") == "Robert Baden-Powell"
+
+
+def test_synth_formats_grounding_and_no_held_out(tmp_path):
+    docs, held = docs_with_held_out()
+    report = synthesize(docs, tmp_path, SynthConfig(seed=3, top_k=3, candidates=5), source="test", progress=False)
+    assert report.held_out_skipped == 6 and report.documents == len(TRAIN)
+    pretrain, instruct, e2e = (read_jsonl(tmp_path / f) for f in ("pretrain.jsonl", "instruct.jsonl", "e2e.jsonl"))
+    assert report.pretrain == len(pretrain) and instruct and e2e
+    for n, rec in enumerate(pretrain):
+        validate_pretrain(rec, f"pretrain:{n}")
+        assert set(rec) == {"data_type", "question", "answers", "docs"} and len(rec["docs"]) == 1
+        if rec["data_type"] == "qa":
+            assert all(a in rec["docs"][0] for a in rec["answers"])
+        else:
+            assert rec["answers"] == rec["docs"] and rec["question"] == [""]
+    for name, records, size in (("instruct", instruct, 3), ("e2e", e2e, 5)):
+        for n, rec in enumerate(records):
+            validate_instruct(rec, f"{name}:{n}")
+            assert len(rec["docs"]) == size and len(rec["pos_index"]) == 1
+            pos = rec["pos_index"][0]
+            assert rec["answer"] in rec["docs"][pos]
+            negatives = [d for i, d in enumerate(rec["docs"]) if i != pos]
+            assert not any(normalize_answer(rec["answer"]) in normalize_answer(d) for d in negatives)
+    everything = "".join((tmp_path / f).read_text() for f in ("pretrain.jsonl", "instruct.jsonl", "e2e.jsonl"))
+    for text in held:
+        assert json.dumps(text[:60], ensure_ascii=False)[1:-1] not in everything
+    meta = json.loads((tmp_path / "synth.json").read_text())
+    assert meta["config"]["seed"] == 3 and meta["qa_pairs"] == sum(meta["rules"].values())
+
+
+def test_synth_is_deterministic_for_a_seed(tmp_path):
+    docs, _ = docs_with_held_out()
+    guard = HeldOutGuard()
+    outs = []
+    for run, seed in enumerate((7, 7, 8)):
+        synthesize(docs, tmp_path / str(run), SynthConfig(seed=seed, limit=4, top_k=3, candidates=4), guard=guard,
+                   progress=False)
+        outs.append([(tmp_path / str(run) / f).read_bytes() for f in ("pretrain.jsonl", "instruct.jsonl", "e2e.jsonl")])
+    assert outs[0] == outs[1]
+    assert outs[0] != outs[2]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"data_type": "summary", "question": ["q"], "answers": ["a"], "docs": ["d"]}, "data_type"),
+    ({"data_type": "qa", "question": ["q", "r"], "answers": ["a"], "docs": ["d"]}, "2 questions but 1 answers"),
+    ({"data_type": "qa", "question": ["q"], "answers": ["a"], "docs": []}, "docs"),
+])
+def test_validate_pretrain_rejects(bad, message):
+    with pytest.raises(ValueError, match=message):
+        validate_pretrain(bad)
+
+
+def test_validate_instruct_rejects():
+    good = {"question": "q", "docs": ["a", "b"], "answer": "x", "pos_index": [1]}
+    validate_instruct(good)
+    validate_instruct({**{k: v for k, v in good.items() if k != "answer"}, "golden_answers": ["x"]})
+    with pytest.raises(ValueError, match="pos_index"):
+        validate_instruct({**good, "pos_index": [2]})
+    with pytest.raises(ValueError, match="answer"):
+        validate_instruct({k: v for k, v in good.items() if k != "answer"})
+
+
+def test_cli_synth_from_store_skips_held_out(tmp_path, fixture_dir):
+    from transformers import AutoTokenizer
+
+    from clara_cli.ingest import ingest
+    from clara_cli.store import Store
+
+    docs, held = docs_with_held_out()
+    src = tmp_path / "docs.jsonl"
+    src.write_text("".join(json.dumps({"id": d.doc_id, "text": d.text, "metadata": {"title": d.title}}) + "\n"
+                           for d in docs))
+    store = Store.open(tmp_path / "store", create=True)
+    tokenizer = AutoTokenizer.from_pretrained(fixture_dir / "base")
+    ingest(store, [str(src)], tokenizer, max_tokens=64, progress=False)  # 64-token chunks: paragraphs split
+    result = CliRunner().invoke(cli, ["--store", str(tmp_path / "store"), "synth", "--out", str(tmp_path / "out"),
+                                      "--seed", "1", "--candidates", "4", "--top-k", "2", "--json"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["held_out_skipped"] >= 6 and summary["instruct"] > 0 and summary["source"].startswith("store:")
+    everything = "".join((tmp_path / "out" / f).read_text() for f in ("pretrain.jsonl", "instruct.jsonl", "e2e.jsonl"))
+    assert not any(json.dumps(t[:60], ensure_ascii=False)[1:-1] in everything for t in held)
+    for rec in read_jsonl(tmp_path / "out" / "e2e.jsonl"):
+        validate_instruct(rec)
+        assert len(rec["docs"]) == 4
