@@ -347,7 +347,8 @@ def convert(src, dst, base_model, as_json):
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1), help="Chunks read per answer.")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(1))
 @click.option("--baseline", "baseline", default="bm25,minilm", show_default=True, metavar="LIST",
-              help="Text-RAG retrievers to compare with: bm25, minilm (comma-separated) or none.")
+              help="Text-RAG retrievers to compare with: bm25, minilm, gold (the gold chunks: the "
+                   "reader's ceiling), comma-separated, or none.")
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Also write report.md, PNG plots, summary.jsonl and predictions.jsonl here.")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N questions.")

@@ -11,12 +11,14 @@ over the gold answers of a question:
 
 Systems: `clara` (query reasoner retrieval + generator reading memory tokens) and
 `text-<retriever>` (BM25 / all-MiniLM-L6-v2 retrieval + the same base LM with its adapters
-switched off, reading the raw chunk text with the same system prompt). Every question is
+switched off, reading the raw chunk text with the same system prompt); optionally `text-gold`,
+the same reader given the gold chunks (perfect retrieval: the reader's ceiling). Every question is
 answered one at a time (batch 1), greedy, so latencies are per query as the paper reports.
 
-Timing: `prefill` runs from the call into `generate` until the logits of the first new token
-exist (stamped by a logits processor: one forward over the whole prompt plus generate's small
-setup); `decode` is the rest of `generate` (one forward per further token). `retrieve` is the
+Timing: `prefill` runs from building the prompt (chat template, tokenizing, for clara writing
+the memory vectors into the embeddings) until the logits of the first new token exist (stamped
+by a logits processor: one forward over the whole prompt plus generate's small setup);
+`decode` is the rest of `generate` (one forward per further token). `retrieve` is the
 query encoding, the search and (clara) reading the memory rows. Index building (MiniLM
 embeddings of the corpus, BM25 statistics) and compression are offline costs, reported apart.
 """
@@ -194,13 +196,16 @@ class _FirstLogitsStamp:
 
 @torch.inference_mode()
 def timed_generate(decoder, tokenizer, attention_mask: torch.Tensor, max_new_tokens: int,
-                   input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> Generation:
-    """Greedy generation of one prompt, split into prefill and decode time (module docstring)."""
+                   input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                   started: float | None = None) -> Generation:
+    """Greedy generation of one prompt, split into prefill and decode time (module docstring).
+
+    `started`: when building the prompt began (tokenizing, memory overwrite), counted as prefill."""
     from transformers import LogitsProcessorList
 
     stamp = _FirstLogitsStamp()
     kwargs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
-    t0 = time.perf_counter()
+    t0 = started if started is not None else time.perf_counter()
     out = decoder.generate(**kwargs, attention_mask=attention_mask, do_sample=False, top_p=None, top_k=None,
                            temperature=None, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                            logits_processor=LogitsProcessorList([stamp]))
@@ -214,9 +219,11 @@ def timed_generate(decoder, tokenizer, attention_mask: torch.Tensor, max_new_tok
 
 def clara_generate(model: ClaraModel, question: str, memory: torch.Tensor, max_new_tokens: int) -> Generation:
     """The generator with the decoder adapter over memory [k, n_mem, h]: ClaraModel.generate, timed."""
+    started = time.perf_counter()
     model.use_adapter("decoder_adapter")
     _, mask, embeds = model.prompt_inputs([question], [memory])
-    return timed_generate(model.decoder, model.tokenizer, mask, max_new_tokens, inputs_embeds=embeds)
+    return timed_generate(model.decoder, model.tokenizer, mask, max_new_tokens, inputs_embeds=embeds,
+                          started=started)
 
 
 @contextmanager
@@ -260,12 +267,13 @@ class TextRAG:
             return self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
 
     def generate(self, question: str, passages: Sequence[str], max_new_tokens: int) -> Generation:
+        started = time.perf_counter()
         enc = self.tokenizer(self.prompt(question, passages), add_special_tokens=False, return_tensors="pt")
         ids, mask = enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
         if self.separate is not None:
-            return timed_generate(self.separate, self.tokenizer, mask, max_new_tokens, input_ids=ids)
+            return timed_generate(self.separate, self.tokenizer, mask, max_new_tokens, input_ids=ids, started=started)
         with adapters_disabled(self.model.decoder) as decoder:
-            return timed_generate(decoder, self.tokenizer, mask, max_new_tokens, input_ids=ids)
+            return timed_generate(decoder, self.tokenizer, mask, max_new_tokens, input_ids=ids, started=started)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -452,10 +460,34 @@ def parse_baselines(spec: str | Sequence[str] | None) -> list[str]:
     names = [s.strip().lower() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if names in ([], ["none"]):
         return []
-    bad = [n for n in names if n not in RETRIEVERS]
+    known = [*RETRIEVERS, "gold"]
+    bad = [n for n in names if n not in known]
     if bad:
-        raise UsageError(f"unknown baseline retriever {bad[0]!r} (use {', '.join(RETRIEVERS)} or none)")
+        raise UsageError(f"unknown baseline retriever {bad[0]!r} (use {', '.join(known)} or none)")
     return list(dict.fromkeys(names))
+
+
+class GoldLookup:
+    """The `gold` baseline: the chunks a question's gold ids or titles name, in corpus order — the
+    reader's accuracy when retrieval is perfect (questions without gold get no passage)."""
+
+    name = "gold"
+
+    def __init__(self, corpus, questions: Sequence[EvalQuestion]):
+        by_id = {c: i for i, c in enumerate(corpus.chunk_ids)}
+        by_title: dict[str, list[int]] = {}
+        for i, (doc_id, title) in enumerate(zip(corpus.doc_ids, corpus.titles, strict=True)):
+            for name in {title.casefold(), doc_id.casefold(), doc_id.removeprefix("wiki:").casefold()}:
+                by_title.setdefault(name, []).append(i)
+        self.rows: dict[str, list[int]] = {}
+        for q in questions:
+            rows = [by_id[c] for c in q.gold_chunk_ids if c in by_id]
+            if not q.gold_chunk_ids:
+                rows = sorted({i for t in q.gold_titles for i in by_title.get(t.casefold(), [])})
+            self.rows[q.question] = rows
+
+    def search(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
+        return [[(i, 1.0) for i in self.rows.get(q, [])[:k]] for q in queries]
 
 
 def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int = 5,
@@ -482,10 +514,10 @@ def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: 
         reader = TextRAG(model) if baselines else None
         for name in baselines:
             t0 = time.perf_counter()
-            retriever = build_retriever(name, corpus.texts)
+            retriever = GoldLookup(corpus, questions) if name == "gold" else build_retriever(name, corpus.texts)
             index_s = time.perf_counter() - t0
             res = run_text_rag(reader, retriever, corpus, questions, k, max_new_tokens, tick=lambda: bar.update(1))
-            label = {"bm25": "BM25", "minilm": "all-MiniLM-L6-v2"}.get(name, name)
+            label = {"bm25": "BM25", "minilm": "all-MiniLM-L6-v2", "gold": "gold chunks (oracle)"}.get(name, name)
             summaries.append(summarize(f"text-{name}", label, "base LM, raw text", res, index_s=index_s))
             results += res
     finally:
@@ -562,7 +594,7 @@ def write_report(report: EvalReport, out_dir: str | Path) -> list[Path]:
     written = []
     md = ["# clara eval", "", markdown_table(report), ""] + [f"- {c}" for c in caveats(report)]
     md += ["", "## Settings", "", "```json", json.dumps(report.meta(), indent=2), "```", "",
-           "Timing: prefill = generate() until the first new token's logits (one forward over the prompt); "
+           "Timing: prefill = prompt building + generate() until the first new token's logits (one forward over the prompt); "
            "decode = the rest of generate(); retrieve = query encoding + search (+ reading memory rows). "
            "Index build (offline): " + ", ".join(f"{s.system} {s.index_s:.1f} s" for s in report.systems
                                                   if s.index_s) + ".",

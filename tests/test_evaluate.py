@@ -177,12 +177,13 @@ def test_eval_text_table(eval_env, tiny_model):
     from clara_cli.evaluate import evaluate, format_table
 
     questions = load_questions(eval_env["data"], limit=2)
-    report = evaluate(eval_env["store"].snapshot(), tiny_model, questions, k=1, max_new_tokens=2, baselines=[],
-                      progress=False)
+    report = evaluate(eval_env["store"].snapshot(), tiny_model, questions, k=1, max_new_tokens=2,
+                      baselines=["gold"], progress=False)
     lines = format_table(report).splitlines()
     assert lines[0].split()[:5] == ["system", "EM", "F1", "Cover-EM", "R@1"]
     assert lines[1].startswith("clara") and len(lines[1].split()) == len(lines[0].split()) - 4  # 4 two-word heads
-    assert "2 questions, top-1 of 5 chunks" in lines[3]
+    assert lines[2].startswith("text-gold") and report.systems[1].recall_at_k == 100.0  # the oracle reader
+    assert "2 questions, top-1 of 5 chunks" in lines[4]
 
 
 def test_clara_generate_matches_model_generate(tiny_model, tmp_path):
@@ -216,3 +217,15 @@ def test_text_rag_reads_the_bare_base_model(tiny_model, tiny_model_dir):
     assert not torch.allclose(with_adapter, without, atol=1e-3)  # the adapters really were off
     torch.testing.assert_close(after, with_adapter)
     assert "Background:\nA passage.\n\nQuestion:Who?" in rag.prompt("Who?", ["A passage."])
+
+
+def test_heldout_set_is_grounded_in_held_out_paragraphs():
+    """data/heldout_qa.jsonl: every gold title is held out and its first answer is verbatim in it."""
+    from clara_cli.corpora import is_held_out, wiki_paragraphs
+
+    questions = load_questions(Path(__file__).resolve().parents[1] / "data" / "heldout_qa.jsonl")
+    assert 60 <= len(questions) <= 120 and len({q.question for q in questions}) == len(questions)
+    paragraphs = {p["title"]: p["text"] for p in wiki_paragraphs("heldout")}
+    for q in questions:
+        assert len(q.gold_titles) == 1 and is_held_out(q.gold_titles[0]), q.question
+        assert q.answers[0] in paragraphs[q.gold_titles[0]], q.question
