@@ -44,7 +44,7 @@ def load_index(snapshot: Snapshot) -> faiss.Index | None:
     info = snapshot.manifest.get("index")
     if not info:
         return None
-    path = snapshot.data_path(info["file"])
+    path = snapshot.check_file(info["file"])  # size and sha256: a damaged index is refused, not searched
     try:
         return faiss.read_index(str(path))
     except Exception as err:  # faiss raises RuntimeError with a C++ trace: keep one line
@@ -81,7 +81,10 @@ def update_index(store: Store, progress: bool = True, rebuild: bool = False, wai
                 index.add_with_ids(flatten_normalized(view.read_memory(keys)), keys)
                 bar.update(len(keys))
         path = tx.new_data_path("index", ".faiss")
-        faiss.write_index(index, str(path))
+        try:
+            faiss.write_index(index, str(path))
+        except RuntimeError as err:  # a full disk, say: one line, and the writer removes the file
+            raise ClaraError(f"{path}: cannot write the FAISS index ({str(err).splitlines()[0][:160]})") from None
         tx.track_file(path.name)
         tx.set_index({"file": path.name, "kind": "flat", "metric": "cosine", "dim": dim,
                       "ntotal": int(index.ntotal), "fingerprint": model["fingerprint"]})

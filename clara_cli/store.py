@@ -6,6 +6,7 @@ Layout (DESIGN.md §3)::
     <root>/manifests/v00000007.json   a copy of every committed manifest (cheap history)
     <root>/data/                  immutable Parquet tables, safetensors shards, index files
     <root>/LOCK                   flock'ed by the one writer; holds pid/host/time for messages
+    <root>/readers/v00000007      a reader of version 7 holds a shared flock on it (its lease)
 
 Readers read the manifest once (`Store.snapshot()`) and see a consistent state however
 long they run. A writer holds the lock, writes new files, then swaps the manifest; a crash
@@ -13,6 +14,10 @@ leaves at most orphan files, which the next writer removes once they are older t
 period. Removing documents never rewrites a file: a small deletion table is added instead
 (Delta-Lake style), and every data file carries a sequence number so that a deletion only
 hides rows written *before* it (a changed document is removed and re-added with the same id).
+
+Readers take a lease on their version (a shared flock, so they never wait for the writer):
+`gc` removes the files of old snapshots as soon as no reader holds them. Data files carry
+checksums in the manifest (and memory rows their own CRC), checked when they are read.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ import fcntl
 import hashlib
 import json
 import os
+import signal
 import socket
+import sys
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +61,7 @@ MANIFEST = "manifest.json"
 LOCK = "LOCK"
 DATA_DIR = "data"
 HISTORY_DIR = "manifests"
+READERS_DIR = "readers"
 DEFAULT_GRACE_SECONDS = 600.0
 HISTORY_KEEP = 100  # history copies kept beyond the grace period (a compress run commits per batch)
 
@@ -83,6 +92,72 @@ MEMORY_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.flo
 _DTYPE_BY_NAME = {v: k for k, v in MEMORY_DTYPES.items()}
 _TABLE_KINDS = ("documents", "chunks", "deletions")
 _COMPACT_SHARD_BYTES = 256 << 20  # compaction writes memory shards of at most this size
+# Every commit rewrites the manifest; a compress run adds one shard per batch. Merging MERGE_FANOUT
+# small shards of one tier into one of the next keeps the manifest O(log rows) long during a run.
+MERGE_FANOUT = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# fault injection: CLARA_FAULT="point:n[:action],..." kills this process (SIGKILL, or raises
+# ENOSPC with action "enospc") the n-th time it passes `point`. Points are named "write",
+# "commit", "swap", "committed", "locked", "doc", qualified by the stage update() is in
+# ("compress/commit:3"). CLARA_FAULT_TRACE=FILE appends every point passed to FILE. When neither
+# is set, fault_point() is one global test: nothing to pay in production.
+
+
+def _parse_faults(spec: str | None) -> dict[str, tuple[int, str]] | None:
+    if not spec:
+        return None
+    faults = {}
+    for part in spec.split(","):
+        bits = part.strip().split(":")
+        if len(bits) not in (2, 3) or not bits[1].isdigit():
+            raise ValueError(f"bad CLARA_FAULT entry {part!r} (expected point:n[:kill|enospc])")
+        faults[bits[0]] = (int(bits[1]), bits[2] if len(bits) == 3 else "kill")
+    return faults
+
+
+_FAULTS = _parse_faults(os.environ.get("CLARA_FAULT"))
+_FAULT_TRACE = os.environ.get("CLARA_FAULT_TRACE") or None
+_FAULT_ON = _FAULTS is not None or _FAULT_TRACE is not None
+_fault_stage = ""
+_fault_counts: dict[str, int] = {}
+
+
+def configure_faults(spec: str | None, trace: str | None = None) -> None:
+    """Set (or clear, with None) the fault plan in-process, e.g. in a forked test child."""
+    global _FAULTS, _FAULT_TRACE, _FAULT_ON
+    _FAULTS, _FAULT_TRACE = _parse_faults(spec), trace
+    _FAULT_ON = _FAULTS is not None or _FAULT_TRACE is not None
+    _fault_counts.clear()
+
+
+def set_fault_stage(stage: str) -> None:
+    """Name the pipeline stage (ingest/compress/index) that qualifies fault point names."""
+    global _fault_stage
+    _fault_stage = stage
+
+
+def fault_point(name: str) -> None:
+    """A place where tests may kill this process; free unless CLARA_FAULT(_TRACE) is set."""
+    if _FAULT_ON:
+        _fault_hit(name)
+
+
+def _fault_hit(name: str) -> None:
+    full = f"{_fault_stage}/{name}" if _fault_stage else name
+    for key in {name, full}:
+        _fault_counts[key] = _fault_counts.get(key, 0) + 1
+    if _FAULT_TRACE:
+        with open(_FAULT_TRACE, "a") as f:
+            f.write(full + "\n")
+    for key in (full, name):
+        plan = (_FAULTS or {}).get(key)
+        if plan and _fault_counts[key] == plan[0]:
+            if plan[1] == "enospc":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f"<fault {full}>")
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,6 +261,15 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _row_crcs(keys: np.ndarray, memory: torch.Tensor) -> np.ndarray:
+    """CRC32 of each (key, memory row) pair: lets a reader check just the rows it reads."""
+    ks = np.ascontiguousarray(np.asarray(keys, dtype="<i8"))
+    if len(ks) == 0:
+        return np.zeros(0, np.int64)
+    raw = memory.detach().to("cpu").contiguous().reshape(len(ks), -1).view(torch.uint8).numpy()
+    return np.array([zlib.crc32(raw[i], zlib.crc32(ks[i].tobytes())) for i in range(len(ks))], dtype=np.int64)
+
+
 def _is_tmp(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
@@ -206,33 +290,55 @@ def _mismatch(root: Path, bound: dict, info: dict) -> ModelMismatchError:
 # the lock
 
 
-_HELD_LOCKS: dict[str, int] = {}  # lock path -> pid holding it in this process
+class _LockState:
+    """This process's hold on one store's writer lock."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.in_transaction = False  # a writer() is open (a session may hold the lock without one)
+
+
+_HELD_LOCKS: dict[str, _LockState] = {}  # lock path -> this process's hold on it
+
+
+def _held(root: Path) -> tuple[str, _LockState | None]:
+    key = str((root / LOCK).resolve())
+    state = _HELD_LOCKS.get(key)
+    return key, state if state is not None and state.pid == os.getpid() else None  # not a fork's parent's
 
 
 @contextlib.contextmanager
-def _exclusive_lock(root: Path, wait: bool) -> Iterator[None]:
-    """flock on <root>/LOCK: the kernel drops it when the holder dies, so no stale locks."""
+def _exclusive_lock(root: Path, wait: bool) -> Iterator[_LockState]:
+    """flock on <root>/LOCK: the kernel drops it when the holder dies, so a killed writer leaves
+    no stale lock. Waiting writers say once on stderr whom they wait for."""
     path = root / LOCK
-    key = str(path.resolve())
-    if _HELD_LOCKS.get(key) == os.getpid():
+    key, state = _held(root)
+    if state is not None:
         raise StoreBusyError(f"store {root} is busy: this process already holds its writer")
     f = open(path, "a+")
     try:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             if err.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise
             f.seek(0)
-            raise StoreBusyError(f"store {root} is busy: {_describe_holder(f.read())}; "
-                                 "try again when it finishes") from None
-        _HELD_LOCKS[key] = os.getpid()
+            holder = _describe_holder(f.read())
+            if not wait:
+                raise StoreBusyError(f"store {root} is busy: {holder}; try again when it finishes "
+                                     "(or leave out --no-wait to wait)") from None
+            print(f"clara: waiting for the store {root}: {holder}", file=sys.stderr, flush=True)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        state = _LockState(os.getpid())
+        _HELD_LOCKS[key] = state
         try:
-            f.seek(0)
-            f.truncate()
-            f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
-            f.flush()
-            yield
+            with contextlib.suppress(OSError):  # informational only: a full disk must not stop us
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+                f.flush()
+            fault_point("locked")
+            yield state
         finally:
             _HELD_LOCKS.pop(key, None)
             with contextlib.suppress(OSError):
@@ -241,6 +347,24 @@ def _exclusive_lock(root: Path, wait: bool) -> Iterator[None]:
                 f.flush()
     finally:
         f.close()  # closing the descriptor releases the flock
+
+
+@contextlib.contextmanager
+def _writer_lock(root: Path, wait: bool) -> Iterator[None]:
+    """The lock for one transaction: taken here, or borrowed from this process's session."""
+    _, state = _held(root)
+    if state is not None:
+        if state.in_transaction:
+            raise StoreBusyError(f"store {root} is busy: this process already holds its writer")
+        state.in_transaction = True
+        try:
+            yield
+        finally:
+            state.in_transaction = False
+        return
+    with _exclusive_lock(root, wait) as state:
+        state.in_transaction = True
+        yield
 
 
 def _describe_holder(text: str) -> str:
@@ -273,7 +397,7 @@ class Store:
         root = Path(root)
         if (root / MANIFEST).is_file():
             store = cls(root)
-            store.snapshot()  # fail now on an unreadable or newer-format manifest
+            store._read_manifest()  # fail now on an unreadable or newer-format manifest
             return store
         if not create:
             raise ClaraError(f"no store at {root} (run `clara ingest` first)")
@@ -281,17 +405,19 @@ class Store:
             raise ClaraError(f"cannot create a store at {root}: it exists and is not a directory")
         if root.is_dir():
             foreign = [p.name for p in root.iterdir()
-                       if p.name not in (LOCK, DATA_DIR, HISTORY_DIR) and not _is_tmp(p.name)]
+                       if p.name not in (LOCK, DATA_DIR, HISTORY_DIR, READERS_DIR) and not _is_tmp(p.name)]
             if foreign:
                 raise ClaraError(f"cannot create a store at {root}: the directory is not empty "
                                  f"and holds no {MANIFEST}")
         (root / DATA_DIR).mkdir(parents=True, exist_ok=True)
         (root / HISTORY_DIR).mkdir(exist_ok=True)
+        (root / READERS_DIR).mkdir(exist_ok=True)
         store = cls(root)
         with _exclusive_lock(root, wait=True):
             if not (root / MANIFEST).is_file():  # another process may have won the race
                 manifest = _empty_manifest()
                 _write_json_atomic(root / HISTORY_DIR / "v00000000.json", manifest)
+                store._create_lease_file(0)
                 _write_json_atomic(root / MANIFEST, manifest)
         return store
 
@@ -313,10 +439,89 @@ class Store:
         return manifest
 
     def snapshot(self) -> Snapshot:
-        """The last committed state, read once: later commits do not change it."""
-        return Snapshot(self, self._read_manifest())
+        """The last committed state, read once: later commits do not change it.
+
+        The snapshot holds a lease on its version (a shared flock on readers/vN, released by
+        Snapshot.close() or when it is garbage-collected) so that gc keeps its files.
+        """
+        for _ in range(1000):
+            manifest = self._read_manifest()
+            version = int(manifest["version"])
+            lease = self._take_lease(version)
+            if lease is None:  # a read-only store we cannot lease in: the grace period protects us
+                return Snapshot(self, manifest)
+            # Leased after reading: if the version is still current, no gc can have judged it unused.
+            try:
+                current = int(json.loads((self.root / MANIFEST).read_text())["version"])
+            except (OSError, ValueError, KeyError, TypeError):
+                current = -1
+            if current == version:
+                return Snapshot(self, manifest, lease)
+            lease.close()
+        raise StoreBusyError(f"store {self.root}: the manifest keeps changing; cannot take a snapshot")
+
+    def _lease_path(self, version: int) -> Path:
+        return self.root / READERS_DIR / f"v{version:08d}"
+
+    def _create_lease_file(self, version: int) -> None:
+        """Writers create the lease file of each version so read-only readers can lock it."""
+        with contextlib.suppress(OSError):
+            (self.root / READERS_DIR).mkdir(exist_ok=True)
+            os.close(os.open(self._lease_path(version), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+
+    def _take_lease(self, version: int):
+        path = self._lease_path(version)
+        for flags in (os.O_RDONLY, os.O_RDWR | os.O_CREAT):
+            try:
+                fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)  # never blocks: only gc takes it exclusively, with NB
+            except OSError:
+                os.close(fd)
+                return None
+            return os.fdopen(fd, "rb")
+        return None
+
+    def _leased_versions(self, current: int) -> set[int]:
+        """Versions some reader holds a lease on; lease files of unused old versions are removed."""
+        folder = self.root / READERS_DIR
+        leased: set[int] = set()
+        if not folder.is_dir():
+            return leased
+        for entry in os.scandir(folder):
+            name = entry.name
+            if not (name.startswith("v") and name[1:].isdigit()):
+                continue
+            version = int(name[1:])
+            if version == current:
+                continue
+            try:
+                fd = os.open(entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                leased.add(version)
+            else:  # unlinked while we hold it: a reader opening it now re-checks the manifest
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            finally:
+                os.close(fd)
+        return leased
 
     # -- writing -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def session(self, wait: bool = True) -> Iterator[Store]:
+        """Hold the writer lock across several writers (update: ingest, compress, index) so no
+        other writer slips in between; writers inside borrow it, one at a time."""
+        with _exclusive_lock(self.root, wait):
+            yield self
 
     @contextlib.contextmanager
     def writer(self, wait: bool = True) -> Iterator[Transaction]:
@@ -325,10 +530,10 @@ class Store:
         A clean exit commits pending changes; an exception commits nothing more (files written
         since the last commit are removed) and the lock is released either way.
         """
-        with _exclusive_lock(self.root, wait):
+        with _writer_lock(self.root, wait):
             self._collect_garbage(DEFAULT_GRACE_SECONDS)
             self._prune_history(DEFAULT_GRACE_SECONDS, HISTORY_KEEP)
-            txn = Transaction(self, self.snapshot())
+            txn = Transaction(self, Snapshot(self, self._read_manifest()))
             try:
                 yield txn
             except BaseException:
@@ -342,34 +547,47 @@ class Store:
 
     def gc(self, grace_seconds: float = DEFAULT_GRACE_SECONDS, wait: bool = True,
            keep_manifests: int | None = HISTORY_KEEP) -> list[str]:
-        """Remove data files no manifest needs any more; returns their names.
+        """Remove data files no snapshot needs any more; returns their names.
 
-        A file survives while it is younger than the grace period or belongs to a manifest that
-        was current within it (a reader of that snapshot may still be reading). History copies
-        beyond the newest keep_manifests are pruned once out of the grace period (None keeps all).
+        Kept: the current snapshot's files, those of every snapshot a reader holds a lease on,
+        those of snapshots superseded within the grace period (readers that could not take a
+        lease), and any file younger than it. History copies beyond the newest keep_manifests
+        go too once out of the grace period (None keeps all); a leased version's copy stays.
         """
-        with _exclusive_lock(self.root, wait):
+        with _writer_lock(self.root, wait):
             removed = self._collect_garbage(grace_seconds)
             if keep_manifests is not None:
                 removed += self._prune_history(grace_seconds, keep_manifests)
             return removed
 
+    def _history(self, version: int) -> dict | None:
+        try:
+            return json.loads((self.root / HISTORY_DIR / f"v{version:08d}.json").read_text())
+        except (OSError, ValueError):
+            return None
+
     def _collect_garbage(self, grace_seconds: float) -> list[str]:
         cutoff = time.time() - grace_seconds
         current = self._read_manifest()
+        version = int(current["version"])
         keep = {e["name"] for e in current["files"]}
-        # Manifests superseded within the grace period may still have readers.
+        # Manifests superseded within the grace period may still have readers without a lease.
         superseded_at = float(current.get("committed_at", 0))
-        version = int(current["version"]) - 1
-        while version >= 0 and superseded_at >= cutoff:
-            path = self.root / HISTORY_DIR / f"v{version:08d}.json"
-            try:
-                old = json.loads(path.read_text())
-            except (OSError, ValueError):
+        older = version - 1
+        while older >= 0 and superseded_at >= cutoff:
+            old = self._history(older)
+            if old is None:
                 break
             keep.update(e["name"] for e in old.get("files", []))
             superseded_at = float(old.get("committed_at", 0))
-            version -= 1
+            older -= 1
+        leased_unknown = False
+        for leased in self._leased_versions(version):
+            old = self._history(leased)
+            if old is None:
+                leased_unknown = True  # a reader's files we cannot name: remove no committed file
+            else:
+                keep.update(e["name"] for e in old.get("files", []))
 
         removed: list[str] = []
 
@@ -382,7 +600,7 @@ class Store:
                 pass
 
         data = self.root / DATA_DIR
-        if data.is_dir():
+        if data.is_dir() and not leased_unknown:
             for entry in sorted(os.scandir(data), key=lambda e: e.name):
                 if entry.name not in keep and entry.is_file(follow_symlinks=False):
                     remove_if_old(Path(entry.path), entry.name)
@@ -392,17 +610,23 @@ class Store:
                     if _is_tmp(entry.name):
                         remove_if_old(Path(entry.path), str(Path(entry.path).relative_to(self.root)))
         if removed:
-            for key in [k for k in self._cache if k[0] in set(removed)]:
+            gone = set(removed)
+            for key in [k for k in self._cache if k[0] in gone]:
                 del self._cache[key]
         return removed
 
     def _prune_history(self, grace_seconds: float, keep: int) -> list[str]:
-        """Drop old history copies, never one that gc still needs (superseded within grace)."""
+        """Drop old history copies, never one that gc still needs (superseded within grace, or
+        leased by a reader)."""
         cutoff = time.time() - grace_seconds
         folder = self.root / HISTORY_DIR
         names = sorted(p.name for p in folder.glob("v*.json"))
         removed = []
-        for name, newer in zip(names[:max(0, len(names) - max(1, keep))], names[1:], strict=False):
+        candidates = list(zip(names[:max(0, len(names) - max(1, keep))], names[1:], strict=False))
+        leased = self._leased_versions(int(self._read_manifest()["version"])) if candidates else set()
+        for name, newer in candidates:
+            if name[1:-5].isdigit() and int(name[1:-5]) in leased:
+                continue
             with contextlib.suppress(FileNotFoundError):
                 if (folder / newer).stat().st_mtime < cutoff:
                     (folder / name).unlink()
@@ -425,16 +649,29 @@ class Store:
 class Snapshot:
     """One committed (or, for Transaction.view, pending) state of the store; immutable."""
 
-    def __init__(self, store: Store, manifest: dict):
+    def __init__(self, store: Store, manifest: dict, lease=None):
         self._store = store
         self.root: Path = store.root
         self.manifest: dict = manifest
         self.version: int = int(manifest["version"])
         self._entries = {e["name"]: e for e in manifest["files"]}
         self._memo: dict[str, Any] = {}
+        self._lease = lease  # an open file holding a shared flock on readers/vN (see Store.snapshot)
 
     def __repr__(self) -> str:
         return f"Snapshot({str(self.root)!r}, version={self.version})"
+
+    def close(self) -> None:
+        """Give up the lease: gc may remove this snapshot's files once it is not current."""
+        if self._lease is not None:
+            self._lease.close()
+            self._lease = None
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def model(self) -> dict | None:
@@ -470,8 +707,29 @@ class Snapshot:
                                    "or overwritten)")
         return path
 
-    def _read_table(self, entry: dict, columns: list[str] | None = None) -> pa.Table:
+    def _verified_path(self, entry: dict) -> Path:
+        """Size and sha256 checked against the manifest, once per file and Store object (the
+        files are immutable): a flipped byte is refused instead of read as data."""
         path = self._checked_path(entry)
+
+        def check() -> bool:
+            if _sha256_file(path) != entry["sha256"]:
+                raise CorruptDataError(f"{path}: sha256 differs from the manifest (content changed; "
+                                       "run `clara verify`)")
+            return True
+        self._store._cached(entry["name"], "sha256-ok", check)
+        return path
+
+    def check_file(self, name: str) -> Path:
+        """The path of a data file of this snapshot after checking its size and sha256 (for
+        files other modules read themselves, like FAISS indexes)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ClaraError(f"{name} is not a file of store {self.root} (version {self.version})")
+        return self._verified_path(entry)
+
+    def _read_table(self, entry: dict, columns: list[str] | None = None) -> pa.Table:
+        path = self._verified_path(entry)
         try:
             return pq.read_table(path, columns=columns)
         except (pa.ArrowException, OSError) as err:
@@ -506,8 +764,31 @@ class Snapshot:
 
     def _shard_keys(self, entry: dict) -> np.ndarray:
         def load():
-            return self._open_shard(entry).get_tensor("chunk_keys").numpy().astype(np.int64)
+            handle = self._open_shard(entry)
+            keys = handle.get_tensor("chunk_keys").numpy().astype(np.int64)
+            expect = (handle.metadata() or {}).get("keys_crc")
+            if expect is not None and str(zlib.crc32(keys.astype("<i8").tobytes())) != expect:
+                raise CorruptDataError(f"{self.data_path(entry['name'])}: chunk keys fail their CRC "
+                                       "(content changed; run `clara verify`)")
+            return keys
         return self._store._cached(entry["name"], "keys", load)
+
+    def _check_rows(self, entry: dict, rows: np.ndarray, keys: np.ndarray, block: torch.Tensor) -> None:
+        """Compare rows read from a shard with their stored CRCs (shards written before CRCs
+        existed have none)."""
+        crcs = self._store._cached(entry["name"], "row_crc", lambda: self._row_crcs(entry))
+        if crcs is None or len(rows) == 0:
+            return
+        bad = np.nonzero(_row_crcs(keys, block) != crcs[rows])[0]
+        if len(bad):
+            raise CorruptDataError(f"{self.data_path(entry['name'])}: memory row {int(rows[bad[0]])} fails its "
+                                   "CRC (content changed; run `clara verify`)")
+
+    def _row_crcs(self, entry: dict) -> np.ndarray | None:
+        handle = self._open_shard(entry)
+        if "row_crc" not in handle.keys():
+            return None
+        return handle.get_tensor("row_crc").numpy().astype(np.int64)
 
     # -- deletions ---------------------------------------------------------------------------------
 
@@ -610,21 +891,10 @@ class Snapshot:
         (defensively) repeated keys are dropped; the first live row of a key wins."""
         if "memory_rows" not in self._memo:
             shards = self.files("memory")
-            per_shard = [self._shard_keys(e) for e in shards]
-            if not per_shard:
+            if not shards:
                 self._memo["memory_rows"] = []
                 return []
-            keys = np.concatenate(per_shard)
-            shard = np.repeat(np.arange(len(shards)), [len(k) for k in per_shard])
-            rows = np.concatenate([np.arange(len(k)) for k in per_shard])
-            live = np.isin(keys, self.chunk_keys())
-            del_ids, del_seq = self._deletions("chunk")
-            if len(del_ids):
-                del_keys = chunk_ids_to_keys(del_ids)
-                order = np.argsort(del_keys)
-                pos, found = _find(del_keys[order], keys)
-                seq = np.array([e["seq"] for e in shards], np.int64)[shard]
-                live &= ~(found & (del_seq[order][pos] > seq))
+            keys, shard, rows, live = self._memory_live()
             first = np.zeros(len(keys), bool)
             idx = np.nonzero(live)[0]
             first[idx[np.unique(keys[idx], return_index=True)[1]]] = True
@@ -637,6 +907,51 @@ class Snapshot:
                     out.append((entry, rows[sel], keys[sel]))
             self._memo["memory_rows"] = out
         return self._memo["memory_rows"]
+
+    def _memory_live(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every row of every shard: (key, shard number, row, live?) before duplicates are dropped."""
+        shards = self.files("memory")
+        per_shard = [self._shard_keys(e) for e in shards]
+        if not per_shard:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty, np.zeros(0, bool)
+        keys = np.concatenate(per_shard)
+        shard = np.repeat(np.arange(len(shards)), [len(k) for k in per_shard])
+        rows = np.concatenate([np.arange(len(k)) for k in per_shard])
+        live = np.isin(keys, self.chunk_keys())
+        del_ids, del_seq = self._deletions("chunk")
+        if len(del_ids):
+            del_keys = chunk_ids_to_keys(del_ids)
+            order = np.argsort(del_keys)
+            pos, found = _find(del_keys[order], keys)
+            seq = np.array([e["seq"] for e in shards], np.int64)[shard]
+            live &= ~(found & (del_seq[order][pos] > seq))
+        return keys, shard, rows, live
+
+    def consistency(self) -> list[str]:
+        """Logical problems of a snapshot whose files are sound: a document or chunk id live
+        twice, a chunk of a document that is not live, a chunk with more than one memory row."""
+        problems = []
+        doc_ids = self.documents().column("doc_id")
+        counts = pc.value_counts(doc_ids)
+        twice = [v["values"] for v in counts.to_pylist() if v["counts"] > 1]
+        if twice:
+            problems.append(f"{len(twice)} document id(s) are live more than once, e.g. {twice[0]!r}")
+        keys = self.chunk_keys()
+        uniq, n = np.unique(keys, return_counts=True)
+        if (n > 1).any():
+            problems.append(f"{int((n > 1).sum())} chunk id(s) are live more than once, e.g. "
+                            f"{chunk_id_from_key(uniq[np.argmax(n > 1)])}")
+        chunk_docs = self.chunks(["doc_id"]).column("doc_id")
+        orphans = pc.filter(chunk_docs, pc.invert(pc.is_in(chunk_docs, value_set=doc_ids.unique())))
+        if len(orphans):
+            problems.append(f"{len(orphans)} chunk(s) belong to no live document, e.g. of {orphans[0].as_py()!r}")
+        mem_keys, _, _, live = self._memory_live()
+        uniq, n = np.unique(mem_keys[live], return_counts=True)
+        if (n > 1).any():
+            problems.append(f"{int((n > 1).sum())} chunk(s) have more than one memory row, e.g. "
+                            f"{chunk_id_from_key(uniq[np.argmax(n > 1)])}")
+        return problems
 
     def _memory_lookup(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sorted live memory keys with, per key, its shard number and row (built once)."""
@@ -676,28 +991,31 @@ class Snapshot:
         shard_idx, rows = shard_of[pos], row_of[pos]
         for s in np.unique(shard_idx):
             where = np.nonzero(shard_idx == s)[0]
-            block = self._read_rows(shards[s][0], rows[where])
+            block = self._read_rows(shards[s][0], rows[where], keys[where])
             if out is None:
                 out = torch.empty((len(keys), *block.shape[1:]), dtype=dtype)
             out[torch.from_numpy(where)] = block.to(dtype)
         assert out is not None
         return out
 
-    def _read_rows(self, entry: dict, rows: np.ndarray) -> torch.Tensor:
-        """Rows of one shard in the order given, through safetensors' memory map."""
+    def _read_rows(self, entry: dict, rows: np.ndarray, keys: np.ndarray) -> torch.Tensor:
+        """Rows of one shard in the order given, through safetensors' memory map, CRC-checked."""
         handle = self._open_shard(entry)
         sl = handle.get_slice("memory")
         lo, hi = int(rows.min()), int(rows.max()) + 1
         if hi - lo <= 4 * len(rows):  # dense enough: one read of the span
-            return sl[lo:hi][torch.from_numpy(rows - lo)]
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        breaks = np.nonzero(np.diff(sorted_rows) != 1)[0] + 1
-        pieces = [sl[int(run[0]):int(run[-1]) + 1] for run in np.split(sorted_rows, breaks)]
-        block = torch.cat(pieces)
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        return block[torch.from_numpy(inverse)]
+            block = sl[lo:hi][torch.from_numpy(rows - lo)]
+        else:
+            order = np.argsort(rows, kind="stable")
+            sorted_rows = rows[order]
+            breaks = np.nonzero(np.diff(sorted_rows) != 1)[0] + 1
+            pieces = [sl[int(run[0]):int(run[-1]) + 1] for run in np.split(sorted_rows, breaks)]
+            block = torch.cat(pieces)
+            inverse = np.empty_like(order)
+            inverse[order] = np.arange(len(order))
+            block = block[torch.from_numpy(inverse)]
+        self._check_rows(entry, rows, keys, block)
+        return block
 
     def iter_memory(self, batch_rows: int = 4096, dtype: torch.dtype | None = None
                     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
@@ -711,6 +1029,7 @@ class Snapshot:
                 block = sl[start:stop]
                 if stop - start != len(part):
                     block = block[torch.from_numpy(part - start)]
+                self._check_rows(entry, part, keys[lo:lo + batch_rows], block)
                 yield keys[lo:lo + batch_rows], block if dtype is None else block.to(dtype)
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -744,7 +1063,7 @@ class Snapshot:
                     problems.append(f"{path}: sha256 differs from the manifest (content changed)")
                     continue
                 if entry["kind"] == "memory":
-                    self._open_shard(entry)
+                    self._shard_keys(entry)
                 elif entry["kind"] in _TABLE_KINDS:
                     pq.read_metadata(path)
             except CorruptDataError as err:
@@ -782,6 +1101,7 @@ class Transaction:
         self._closed = False
         self._view: Snapshot | None = None
         self._keysets: tuple[set[int], set[int]] | None = None  # live chunk keys, keys with memory
+        self._new_docs: set[str] = set()  # documents added since the last commit (may get more chunks)
 
     @property
     def dirty(self) -> bool:
@@ -829,26 +1149,37 @@ class Transaction:
             sink = _HashingFile(f)
             pq.write_table(table, sink, compression="zstd")
             f.flush()
+            fault_point("write")
             os.fsync(f.fileno())
         return self._add_entry({"name": path.name, "kind": kind, "bytes": sink.bytes,
                                 "sha256": sink.sha256.hexdigest(), "rows": table.num_rows})
 
-    def _write_shard(self, keys: np.ndarray, memory: torch.Tensor) -> dict:
+    def _write_shard(self, keys: np.ndarray, memory: torch.Tensor, tier: int = 0) -> dict:
         model = self._manifest["model"]
         dtype = MEMORY_DTYPES[memory.dtype]
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        memory = memory.detach().to("cpu").contiguous()
         data = safetensors_save(
-            {"memory": memory.detach().to("cpu").contiguous(), "chunk_keys": torch.from_numpy(keys.copy())},
+            {"memory": memory, "chunk_keys": torch.from_numpy(keys.copy()),
+             "row_crc": torch.from_numpy(_row_crcs(keys, memory))},
             metadata={"model_fingerprint": str(model["fingerprint"]), "n_mem": str(memory.shape[1]),
-                      "hidden": str(memory.shape[2]), "dtype": dtype})
+                      "hidden": str(memory.shape[2]), "dtype": dtype,
+                      "keys_crc": str(zlib.crc32(keys.astype("<i8").tobytes()))})
         path = self.new_data_path("memory", ".safetensors")
         with open(path, "wb") as f:
-            f.write(data)
+            half = len(data) // 2
+            f.write(data[:half])
+            fault_point("write")  # a kill here leaves half a file: an orphan for gc
+            f.write(data[half:])
             f.flush()
             os.fsync(f.fileno())
-        return self._add_entry({"name": path.name, "kind": "memory", "bytes": len(data),
-                                "sha256": hashlib.sha256(data).hexdigest(), "rows": int(memory.shape[0]),
-                                "n_mem": int(memory.shape[1]), "hidden": int(memory.shape[2]),
-                                "dtype": dtype, "fingerprint": str(model["fingerprint"])})
+        entry = {"name": path.name, "kind": "memory", "bytes": len(data),
+                 "sha256": hashlib.sha256(data).hexdigest(), "rows": int(memory.shape[0]),
+                 "n_mem": int(memory.shape[1]), "hidden": int(memory.shape[2]),
+                 "dtype": dtype, "fingerprint": str(model["fingerprint"])}
+        if tier:
+            entry["tier"] = tier
+        return self._add_entry(entry)
 
     def _get_keysets(self) -> tuple[set[int], set[int]]:
         if self._keysets is None:
@@ -873,7 +1204,10 @@ class Transaction:
         self._changed(keysets_too=False)
 
     def add_documents(self, documents: pa.Table, chunks: pa.Table) -> None:
-        """Add new documents and their chunks (remove an old version of a document first)."""
+        """Add new documents and their chunks (remove an old version of a document first).
+
+        Chunks may also belong to documents added earlier in this transaction since its last
+        commit: a long document's chunks are written in several tables, never all in memory."""
         self._check_open()
         documents = _conform(documents, DOCUMENT_SCHEMA, "documents")
         chunks = _conform(chunks, CHUNK_SCHEMA, "chunks")
@@ -887,7 +1221,7 @@ class Transaction:
         clash = new_docs & live_docs
         if clash:
             raise ClaraError(f"document {sorted(clash)[0]!r} is already in the store (remove it first)")
-        orphans = set(chunks.column("doc_id").to_pylist()) - new_docs
+        orphans = set(chunks.column("doc_id").to_pylist()) - new_docs - self._new_docs
         if orphans:
             raise ClaraError(f"chunk of document {sorted(orphans)[0]!r}, which is not in this documents table")
         keys = chunk_ids_to_keys(chunks.column("chunk_id"))
@@ -901,6 +1235,7 @@ class Transaction:
             self._write_table("documents", documents)
         if chunks.num_rows:
             self._write_table("chunks", chunks)
+        self._new_docs.update(new_docs)
         self._changed()
 
     def remove_documents(self, doc_ids: Iterable[str]) -> None:
@@ -920,6 +1255,7 @@ class Transaction:
         kinds = ["document"] * len(gone) + ["chunk"] * len(gone_chunks)
         self._write_table("deletions", pa.table({"kind": pa.array(kinds, pa.string()), "id": ids},
                                                 schema=DELETION_SCHEMA))
+        self._new_docs.difference_update(gone.to_pylist())
         self._changed()
 
     def add_memory(self, chunk_keys: np.ndarray, memory: torch.Tensor) -> str:
@@ -982,6 +1318,7 @@ class Transaction:
         path = self._store.root / DATA_DIR / name
         if not path.is_file():
             raise ClaraError(f"cannot track {path}: no such file")
+        fault_point("write")
         with open(path, "rb") as f:
             os.fsync(f.fileno())
         self._manifest["files"] = [e for e in self._manifest["files"] if e["name"] != name]
@@ -1039,7 +1376,9 @@ class Transaction:
         if not self._dirty:
             return self._committed_version
         root = self._store.root
+        self._merge_small_shards()
         _fsync_dir(root / DATA_DIR)  # the new files' names must be durable before the manifest
+        fault_point("commit")
         on_disk = self._store._read_manifest()
         if int(on_disk["version"]) != self._committed_version:  # cannot happen under the lock
             raise ClaraError(f"store {root} changed under this writer (version {on_disk['version']})")
@@ -1048,13 +1387,43 @@ class Transaction:
         manifest["version"] = version
         manifest["committed_at"] = time.time()
         _write_json_atomic(root / HISTORY_DIR / f"v{version:08d}.json", manifest, compact=True)
+        self._store._create_lease_file(version)
+        fault_point("swap")
         _write_json_atomic(root / MANIFEST, manifest)
+        fault_point("committed")
         self._manifest = manifest
         self._committed_version = version
         self._pending.clear()
+        self._new_docs.clear()
         self._dirty = False
         self._view = None
         return version
+
+    def _merge_small_shards(self) -> None:
+        """Merge MERGE_FANOUT small memory shards of one tier (and dtype) into one of the next:
+        a compress run then keeps O(log rows) shards in the manifest instead of one per batch.
+        Only live rows move; the old files stay for readers of older snapshots until gc."""
+        while True:
+            groups: dict[tuple[int, str], list[dict]] = {}
+            for e in self._manifest["files"]:
+                if e["kind"] == "memory" and e["bytes"] * MERGE_FANOUT <= _COMPACT_SHARD_BYTES:
+                    groups.setdefault((int(e.get("tier", 0)), e["dtype"]), []).append(e)
+            full = [(key, group) for key, group in sorted(groups.items()) if len(group) >= MERGE_FANOUT]
+            if not full:
+                return
+            (tier, _), group = full[0]
+            names = {e["name"] for e in group}
+            view = self.view
+            parts = [(entry, rows, keys) for entry, rows, keys in view._memory_rows() if entry["name"] in names]
+            keys_out, blocks = [], []
+            for entry, rows, keys in parts:
+                block = view._read_rows(entry, rows, keys)
+                keys_out.append(keys)
+                blocks.append(block)
+            self._manifest["files"] = [e for e in self._manifest["files"] if e["name"] not in names]
+            if keys_out:
+                self._write_shard(np.concatenate(keys_out), torch.cat(blocks), tier=tier + 1)
+            self._changed()
 
     def _abort(self) -> None:
         """Remove files written since the last commit: no committed manifest references them."""
@@ -1062,6 +1431,7 @@ class Transaction:
             with contextlib.suppress(OSError):
                 (self._store.root / DATA_DIR / name).unlink()
         self._pending.clear()
+        self._new_docs.clear()
         self._dirty = False
         self._view = None
 

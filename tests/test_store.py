@@ -226,6 +226,8 @@ def test_memory_round_trip(store, dtype):
     with safe_open(str(snap.data_path(name)), framework="pt") as f:
         meta = f.metadata()
         assert f.get_tensor("chunk_keys").dtype == torch.int64
+        assert f.get_tensor("row_crc").shape == (3,)  # one CRC per row: readers check what they read
+    assert meta.pop("keys_crc").isdigit()
     assert meta == {"model_fingerprint": "fp-a", "n_mem": "2", "hidden": "4",
                     "dtype": {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]}
 
@@ -297,9 +299,12 @@ def test_compact_rewrites_live_rows_and_gc_waits_for_old_readers(store):
     assert snap.chunks().equals(expect_chunks)
     assert torch.equal(snap.read_memory([3, 4]), expect_mem)
     assert snap.verify() == []
-    # The old files are unreferenced now, but a reader of the old snapshot may still use them.
+    # The old files are unreferenced now, but a reader of the old snapshot may still use them:
+    # its lease keeps them even without a grace period, until it lets go.
     assert store.gc() == []
+    assert store.gc(grace_seconds=0) == []
     assert old.chunks(["chunk_id"]).num_rows == 2
+    old.close()
     assert sorted(store.gc(grace_seconds=0)) == sorted(e["name"] for e in old.files())
     assert {e["name"] for e in snap.files()} == data_files(store)
 
