@@ -26,6 +26,11 @@ class ClaraGroup(click.Group):
         except ClaraError as err:
             click.echo(f"clara: error: {err}", err=True)
             ctx.exit(err.exit_code)
+        except OSError as err:  # a full disk, a folder we may not write: one line, not a traceback
+            where = f"{err.filename}: " if err.filename else ""
+            click.echo(f"clara: error: {where}{err.strerror or err} (the last committed snapshot is intact)",
+                       err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("clara: interrupted", err=True)
             ctx.exit(130)
@@ -53,6 +58,12 @@ def model_options(f):
 
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, for scripts.")(f)
+
+
+def no_wait_option(f):
+    """--no-wait on every command that writes the store."""
+    return click.option("--no-wait", is_flag=True,
+                        help="If another writer holds the store, fail at once (exit code 4) instead of waiting.")(f)
 
 
 def open_store(ctx, create: bool = False):
@@ -103,10 +114,11 @@ def cli(ctx, store):
 @click.option("--overlap", default=0, show_default=True, type=click.IntRange(0), help="Tokens shared by consecutive chunks.")
 @click.option("--delete-missing", is_flag=True, help="Drop chunks whose source file is gone.")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that leave the folder given.")
+@no_wait_option
 @model_options
 @json_option
 @click.pass_context
-def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, model_spec, base_model, device, dtype, attn,
+def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, no_wait, model_spec, base_model, device, dtype, attn,
            as_json):
     """Read documents into the store, chunked to the model's doc_max_length.
 
@@ -128,10 +140,12 @@ def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, model_spec, bas
     stdin = sys.stdin if "-" in paths else None
     report = run_ingest(store, list(paths), model.tokenizer, max_tokens=model.config.doc_max_length,
                         overlap=overlap, delete_missing=delete_missing, stdin=stdin,
-                        model_info=model_info(model), progress=not as_json,
-                        **({"follow_symlinks": True} if follow_symlinks else {}))
+                        model_info=model_info(model), progress=not as_json, follow_symlinks=follow_symlinks,
+                        wait=not no_wait)
     for bad in report.rejected:
         click.echo(f"clara: rejected: {bad.message}", err=True)
+    for skip in report.skipped:
+        click.echo(f"clara: skipped: {skip.message}", err=True)
     summary = {"added": report.added, "changed": report.changed, "removed": report.removed,
                "unchanged": report.unchanged, "chunks_added": report.chunks_added,
                "rejected": len(report.rejected)}
@@ -149,10 +163,11 @@ def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, model_spec, bas
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--memory-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="Shard dtype (default: the compute dtype, which is lossless).")
+@no_wait_option
 @model_options
 @json_option
 @click.pass_context
-def compress(ctx, batch_size, memory_dtype, model_spec, base_model, device, dtype, attn, as_json):
+def compress(ctx, batch_size, memory_dtype, no_wait, model_spec, base_model, device, dtype, attn, as_json):
     """Compress every chunk that has no memory yet into memory tokens.
 
     Commits after every batch: a killed run loses at most the batch in flight, a rerun continues.
@@ -165,7 +180,8 @@ def compress(ctx, batch_size, memory_dtype, model_spec, base_model, device, dtyp
 
     store = open_store(ctx)
     model = load_model(store.snapshot(), model_spec, base_model, device, dtype, attn)
-    report = compress_store(store, model, batch_size=batch_size, memory_dtype=memory_dtype, progress=not as_json)
+    report = compress_store(store, model, batch_size=batch_size, memory_dtype=memory_dtype, progress=not as_json,
+                            wait=not no_wait)
     if as_json:
         emit(report.to_dict())
     else:
@@ -176,9 +192,10 @@ def compress(ctx, batch_size, memory_dtype, model_spec, base_model, device, dtyp
 
 @cli.command()
 @click.option("--rebuild", is_flag=True, help="Build from scratch instead of updating.")
+@no_wait_option
 @json_option
 @click.pass_context
-def index(ctx, rebuild, as_json):
+def index(ctx, rebuild, no_wait, as_json):
     """Build or update the FAISS index over the compressed chunks (exact cosine).
 
     \b
@@ -187,12 +204,124 @@ def index(ctx, rebuild, as_json):
     """
     from .index import update_index
 
-    report = update_index(open_store(ctx), progress=not as_json, rebuild=rebuild)
+    report = update_index(open_store(ctx), progress=not as_json, rebuild=rebuild, wait=not no_wait)
     if as_json:
         emit(report.to_dict())
     else:
         click.echo(f"index: {report.added} added, {report.removed} removed, {report.total} chunks indexed"
                    + (" (rebuilt)" if report.rebuilt else ""))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--overlap", default=0, show_default=True, type=click.IntRange(0), help="Tokens shared by consecutive chunks.")
+@click.option("--delete-missing", is_flag=True,
+              help="Drop documents whose file (or JSONL/CSV/Parquet record) under PATHS is gone.")
+@click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that leave the folder given.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
+@click.option("--memory-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="Shard dtype (default: the compute dtype, which is lossless).")
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress, notes or summary: only rejected inputs and errors, on stderr (for cron).")
+@no_wait_option
+@model_options
+@json_option
+@click.pass_context
+def update(ctx, paths, overlap, delete_missing, follow_symlinks, batch_size, memory_dtype, quiet, no_wait, model_spec,
+           base_model, device, dtype, attn, as_json):
+    """Ingest, compress and index PATHS in one incremental run (made for cron).
+
+    Only new or changed content is compressed; unchanged input writes nothing. One writer lock
+    for the whole run; a killed run leaves the last committed snapshot intact and the next run
+    continues. Exit codes: 0 done, 3 some inputs rejected (each named on stderr; the rest is
+    committed), 4 store busy (with --no-wait), 1 error, 5 model mismatch, 6 corrupt data.
+
+    \b
+    Example:
+      clara update docs/ --delete-missing
+      # crontab: every night at 02:00, silent unless something is wrong
+      0 2 * * * clara --store /srv/kb update /srv/docs --delete-missing --quiet --no-wait
+    """
+    from .update import update as run_update
+
+    store = open_store(ctx, create=True)
+    model = load_model(store.snapshot(), model_spec, base_model, device, dtype, attn, warn_untrained=not quiet)
+    report = run_update(store, list(paths), model, overlap=overlap, delete_missing=delete_missing,
+                        follow_symlinks=follow_symlinks, stdin=sys.stdin if "-" in paths else None,
+                        batch_size=batch_size, memory_dtype=memory_dtype, progress=not (quiet or as_json),
+                        wait=not no_wait)
+    for bad in report.rejected:
+        click.echo(f"clara: rejected: {bad.message}", err=True)
+    if not quiet:
+        for skip in report.skipped:
+            click.echo(f"clara: skipped: {skip.message}", err=True)
+    if as_json:
+        emit(report.summary())
+    elif not quiet:
+        click.echo(f"{report.added} added, {report.changed} changed, {report.removed} removed, "
+                   f"{report.unchanged} unchanged documents; {report.chunks_added} new chunks, "
+                   f"{report.compressed} compressed, {report.indexed} indexed; version {report.version} "
+                   f"in {report.seconds:.1f} s"
+                   + (f"; {len(report.rejected)} inputs rejected" if report.rejected else ""))
+    if report.rejected:
+        raise PartialFailure(f"{len(report.rejected)} of the inputs were rejected (the rest is committed)")
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def verify(ctx, as_json):
+    """Check every store file against the size and sha256 in the manifest, then the store's
+    logic (ids, one memory row per chunk, the index); exit code 6 names what is damaged.
+
+    \b
+    Example:
+      clara verify || echo "store damaged"
+    """
+    from .errors import CorruptDataError
+    from .update import check_store
+
+    with open_store(ctx).snapshot() as snapshot:
+        report = check_store(snapshot)
+    if as_json:
+        emit(report.to_dict())
+    else:
+        for problem in report.problems:
+            click.echo(f"damaged: {problem}")
+        for note in report.notes:
+            click.echo(f"note: {note}")
+        if report.ok:
+            counts = ", ".join(f"{v} {k}" for k, v in report.counts.items())
+            click.echo(f"ok: version {report.version}: {counts}")
+    if not report.ok:
+        raise CorruptDataError(f"store {snapshot.root} (version {report.version}) has {len(report.problems)} "
+                               f"problem(s): {report.problems[0]}")
+
+
+@cli.command()
+@click.option("--grace", default=0.0, show_default=True, type=click.FloatRange(0), metavar="SECONDS",
+              help="Also keep files of snapshots replaced in the last SECONDS (readers that hold no lease, "
+                   "e.g. on another host over a network file system).")
+@no_wait_option
+@json_option
+@click.pass_context
+def gc(ctx, grace, no_wait, as_json):
+    """Remove files no snapshot in use needs: leftovers of killed runs, and files of old
+    snapshots that no running reader holds (readers lease their snapshot).
+
+    \b
+    Example:
+      clara gc --json
+    """
+    store = open_store(ctx)
+    data = store.root / "data"
+    before = {p.name: p.stat().st_size for p in data.iterdir()} if data.is_dir() else {}
+    removed = store.gc(grace_seconds=grace, wait=not no_wait)
+    freed = sum(before.get(name, 0) for name in removed)
+    if as_json:
+        emit({"removed": len(removed), "bytes_freed": freed, "files": removed})
+    else:
+        click.echo(f"removed {len(removed)} files ({freed / 2**20:.1f} MiB)")
 
 
 def read_questions(arg: str, key: str = "question") -> list[str]:
