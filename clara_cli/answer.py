@@ -7,10 +7,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .errors import ClaraError, ModelMismatchError
-from .index import flatten_normalized, index_ids, load_index
+from .errors import ClaraError, ModelMismatchError, UsageError
+from .index import VectorSearch, flatten_normalized
 from .model import ClaraModel
-from .progress import notice
 from .store import Snapshot
 
 HIT_FIELDS = ("chunk_id", "doc_id", "source", "start", "end", "text")
@@ -43,41 +42,65 @@ def check_model(snapshot: Snapshot, model: ClaraModel) -> None:
                                  f"({bound.get('spec')}); this model is {model.fingerprint} ({model.source})")
 
 
-class Retriever:
-    """The FAISS index of a snapshot plus exact search over rows not indexed yet."""
+RETRIEVER_MODES = ("latent", "bm25", "hybrid")
+RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
+FUSION_DEPTH = 50  # ranks fused from each side
 
-    def __init__(self, snapshot: Snapshot):
-        self.snapshot = snapshot
-        self.index = load_index(snapshot)
+
+def rrf(rankings: list[list[tuple[int, float]]], k: int, c: int = RRF_K) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: sum of 1/(c + rank) over the rankings a key appears in."""
+    fused: dict[int, float] = {}
+    for ranked in rankings:
+        for rank, (key, _) in enumerate(ranked, start=1):
+            fused[key] = fused.get(key, 0.0) + 1.0 / (c + rank)
+    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
+class Retriever:
+    """latent (the method's cosine through the store's index), bm25 (the store's BM25), or
+    hybrid (both fused by reciprocal rank); only live chunks with memory are returned."""
+
+    def __init__(self, snapshot: Snapshot, mode: str = "latent", nprobe: int | None = None,
+                 ef_search: int | None = None, rerank: int | None = None):
+        if mode not in RETRIEVER_MODES:
+            raise UsageError(f"unknown retriever {mode!r} (use {', '.join(RETRIEVER_MODES)})")
+        self.snapshot, self.mode = snapshot, mode
+        self.vector = VectorSearch(snapshot, nprobe, ef_search, rerank) if mode != "bm25" else None
         self.live = np.asarray(snapshot.memory_keys(), dtype=np.int64)
-        indexed = index_ids(self.index) if self.index is not None else np.zeros(0, np.int64)
-        self.n_stale = int((~np.isin(indexed, self.live)).sum())
-        self.unindexed = self.live[~np.isin(self.live, indexed)]
-        if self.index is None and len(self.live) == 0:
+        if len(self.live) == 0 and mode != "bm25":
             raise ClaraError("nothing to search: no chunk is compressed yet (run `clara compress`)")
-        if len(self.unindexed):
-            notice(f"{len(self.unindexed)} compressed chunks are not indexed yet (searched exactly; "
-                   "run `clara index`)")
+        if len(self.live) == 0:  # bm25 can search chunks that are not compressed yet
+            self.live = np.asarray(snapshot.chunk_keys(), dtype=np.int64)
+        self.lexical = None
+        if mode != "latent":
+            from .lexical import StoreBM25
+
+            self.lexical = StoreBM25.load(snapshot) or StoreBM25.over(snapshot)
         chunks = snapshot.chunks(columns=list(HIT_FIELDS))
         self.rows = {int(cid, 16): i for i, cid in enumerate(chunks.column("chunk_id").to_pylist())}
         self.chunks = chunks
 
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
-        """(key, score) per query, best first, over live rows only."""
-        results: list[list[tuple[int, float]]] = [[] for _ in range(len(queries))]
-        if self.index is not None and self.index.ntotal:
-            fetch = min(self.index.ntotal, k + self.n_stale)
-            scores, keys = self.index.search(queries, fetch)
-            live = set(self.live.tolist())
-            for qi in range(len(queries)):
-                results[qi] = [(int(key), float(s)) for key, s in zip(keys[qi], scores[qi], strict=True)
-                               if key >= 0 and int(key) in live]
-        if len(self.unindexed):
-            extra = flatten_normalized(self.snapshot.read_memory(self.unindexed))
-            scores = queries @ extra.T
-            for qi in range(len(queries)):
-                results[qi] += [(int(key), float(s)) for key, s in zip(self.unindexed, scores[qi], strict=True)]
-        return [sorted(r, key=lambda x: -x[1])[:k] for r in results]
+        """(key, cosine) per query, best first: queries are L2-normalised flattened vectors."""
+        if self.vector is None:
+            raise ClaraError("this retriever is bm25 only")
+        return self.vector.search(queries, k)
+
+    def search(self, model: ClaraModel | None, texts: list[str], k: int) -> list[list[tuple[int, float]]]:
+        """(key, score) per query text: cosine (latent), BM25 score (bm25), or RRF score (hybrid)."""
+        depth = max(k, FUSION_DEPTH) if self.mode == "hybrid" else k
+        latent = lexical = None
+        if self.vector is not None:
+            if model is None:
+                raise ClaraError("latent retrieval needs the model (query reasoner)")
+            latent = self.search_vectors(flatten_normalized(model.encode_queries(texts)), depth)
+        if self.lexical is not None:
+            lexical = self.lexical.search_keys(texts, depth, self.live)
+        if self.mode == "latent":
+            return latent
+        if self.mode == "bm25":
+            return lexical
+        return [rrf([a, b], k) for a, b in zip(latent, lexical, strict=True)]
 
     def hits(self, ranked: list[tuple[int, float]]) -> list[Hit]:
         out = []
@@ -88,13 +111,14 @@ class Retriever:
         return out
 
 
-def search(snapshot: Snapshot, model: ClaraModel, queries: list[str], k: int = 5,
+def search(snapshot: Snapshot, model: ClaraModel | None, queries: list[str], k: int = 5,
            retriever: Retriever | None = None) -> list[list[Hit]]:
-    """Top-k chunks per query by cosine of flattened query-reasoner and memory vectors."""
-    check_model(snapshot, model)
+    """Top-k chunks per query: by cosine of flattened query-reasoner and memory vectors (latent),
+    BM25, or both fused (hybrid)."""
     retriever = retriever or Retriever(snapshot)
-    q = flatten_normalized(model.encode_queries(queries))
-    return [retriever.hits(r) for r in retriever.search_vectors(q, k)]
+    if retriever.mode != "bm25" or (model is not None and snapshot.model is not None):
+        check_model(snapshot, model)
+    return [retriever.hits(r) for r in retriever.search(model, queries, k)]
 
 
 @dataclass

@@ -1,33 +1,89 @@
-"""FAISS indexes over L2-normalised flattened memory: inner product = the method's cosine.
+"""Vector search over flattened memory (DESIGN.md §1: cosine of n_mem*hidden vectors).
 
-An index file is immutable like every data file: an update loads the current one, removes
-the ids of deleted chunks, adds the new ones, and writes a new file under a new manifest.
+Kinds (`clara index --kind`):
+
+* ``flat``: no ANN structure. A search scans the memory-mapped shards in their stored dtype
+  (bf16/fp16/int8 are read as they are, never copied to fp32 whole) and reranks the best rows
+  exactly in fp32. Nothing to build; every live row is always searched.
+* ``ivf`` / ``hnsw``: FAISS over a *compact* vector per chunk gives candidates, which are then
+  reranked exactly against the full flattened memory read from the shards. The compact vector
+  is an uncentred PCA projection of the L2-normalised flattened memory (its inner products
+  approximate the cosine; real CLaRa memory is strongly anisotropic, so a few hundred
+  directions hold >99.8% of the energy — measured in benchmarks/index_scale.py, which also
+  compares mean pooling and PQ codes).
+* ``auto``: flat below ``AUTO_ANN_ROWS`` live rows, ``AUTO_KIND`` above (see the benchmark).
+
+Index files are immutable like every data file: an update loads the current one, removes
+deleted ids (IVF) or leaves them as tombstones hidden at search time (HNSW cannot delete;
+rebuilt once tombstones pass ``TOMBSTONE_REBUILD``), adds the new rows, and writes a new file
+under a new manifest. The PCA basis and IVF centroids are retrained when the store has grown
+``RETRAIN_GROWTH``-fold since they were trained.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import struct
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
-from .errors import ClaraError, CorruptDataError
-from .progress import progress_bar
+from .errors import ClaraError, CorruptDataError, UsageError
+from .progress import notice, progress_bar
 from .store import Snapshot, Store
+
+KINDS = ("flat", "ivf", "hnsw")
+#: Below this many rows `auto` keeps flat: an exact scan is then within a few ms of the ANN
+#: search and there is nothing to train (measured crossover in benchmarks/index_scale.py).
+AUTO_ANN_ROWS = 20_000
+AUTO_KIND = "ivf"
+COMPACT_DIM = 256
+TOMBSTONE_REBUILD = 0.10
+RETRAIN_GROWTH = 4.0
+PCA_SAMPLE_BYTES = 512 << 20
+DEFAULTS = {"nprobe": 32, "ef_search": 128, "hnsw_m": 32, "ef_construction": 80, "rerank": 100}
+# Options that change the file (a rebuild) vs. ones read at search time only.
+BUILD_PARAMS = ("nlist", "hnsw_m", "ef_construction", "compact_dim")
+SEARCH_PARAMS = ("nprobe", "ef_search", "rerank")
 
 
 @dataclass
 class IndexReport:
+    kind: str
     added: int
     removed: int
     total: int
     rebuilt: bool
     seconds: float
+    tombstones: int = 0
+    params: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class IndexOptions:
+    """What `clara index` was asked; None means "keep what the manifest has, else the default"."""
+
+    kind: str = "auto"
+    nlist: int | None = None
+    nprobe: int | None = None
+    ef_search: int | None = None
+    hnsw_m: int | None = None
+    ef_construction: int | None = None
+    rerank: int | None = None
+    compact_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in (*KINDS, "auto"):
+            raise UsageError(f"unknown index kind {self.kind!r} (use flat, ivf, hnsw or auto)")
 
 
 def flatten_normalized(memory: torch.Tensor) -> np.ndarray:
@@ -36,57 +92,432 @@ def flatten_normalized(memory: torch.Tensor) -> np.ndarray:
     return torch.nn.functional.normalize(flat, dim=-1).numpy()
 
 
+def default_nlist(n: int) -> int:
+    """~4*sqrt(n) lists, at least 39 training points each (FAISS' rule), a power of two."""
+    target = max(1.0, min(4 * math.sqrt(n), n / 39))
+    return int(max(1, 2 ** round(math.log2(target))))
+
+
+# ---------------------------------------------------------------------------------------------
+# memory-mapped shards
+
+
+_ST_DTYPES = {"F32": (np.float32, torch.float32), "BF16": (np.uint16, torch.bfloat16),
+              "F16": (np.float16, torch.float16), "I8": (np.int8, torch.int8)}
+
+
+def _mmap_tensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Zero-copy views of safetensors tensors (np.memmap copy-on-write: pages are read lazily,
+    never written back). safetensors' own reader copies every slice; a scan cannot afford that."""
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    out = {}
+    for name in names:
+        info = header.get(name)
+        if info is None:
+            continue
+        np_dtype, t_dtype = _ST_DTYPES[info["dtype"]]
+        start, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if end == start:
+            out[name] = torch.zeros(shape, dtype=t_dtype)
+            continue
+        arr = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + n + start, shape=shape)
+        t = torch.from_numpy(arr)
+        out[name] = t.view(t_dtype) if t_dtype == torch.bfloat16 else t
+    return out
+
+
+class MemoryMap:
+    """The live memory rows of a snapshot as memory-mapped tensors, shard by shard."""
+
+    def __init__(self, snapshot: Snapshot):
+        self.snapshot = snapshot
+        self.parts: list[tuple[str, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor | None]] = []
+        for entry, rows, keys in snapshot._memory_rows():
+            path = snapshot.data_path(entry["name"])
+            if not path.is_file() or path.stat().st_size != entry["bytes"]:
+                raise CorruptDataError(f"{path}: memory shard missing or of the wrong size")
+            t = _mmap_tensors(path, ("memory", "scales"))
+            if "memory" not in t:
+                raise CorruptDataError(f"{path}: not a memory shard")
+            mem = t["memory"]
+            self.parts.append((entry["name"], rows, keys, mem.reshape(mem.shape[0], -1), t.get("scales")))
+        self.n = sum(len(k) for _, _, k, _, _ in self.parts)
+
+    def blocks(self, block_rows: int = 4096) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
+        """(keys, rows [b, D] stored dtype, per-token scales [b, n_mem] or None); zero-copy where
+        the live rows are contiguous."""
+        for _, rows, keys, mem, scales in self.parts:
+            for lo in range(0, len(rows), block_rows):
+                part = rows[lo:lo + block_rows]
+                start, stop = int(part[0]), int(part[-1]) + 1
+                if stop - start == len(part):
+                    block, sc = mem[start:stop], None if scales is None else scales[start:stop]
+                else:
+                    idx = torch.from_numpy(part)
+                    block, sc = mem[idx], None if scales is None else scales[idx]
+                yield keys[lo:lo + block_rows], block, sc
+
+
+def dequantize(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int) -> torch.Tensor:
+    """Rows [b, D] in fp32 (int8 rows times their per-token scales)."""
+    if scales is None:
+        return block.float()
+    b = block.shape[0]
+    return (block.reshape(b, n_mem, -1).float() * scales.float()[:, :, None]).reshape(b, -1)
+
+
+def block_scores(qn: torch.Tensor, block: torch.Tensor, scales: torch.Tensor | None, n_mem: int
+                 ) -> torch.Tensor:
+    """Approximate cosines [Q, b] computed in the block's dtype (bf16 on CPU uses AMX); the
+    caller reranks the best in fp32. int8 is upcast to bf16 (exact: |v| <= 127)."""
+    if block.dtype == torch.int8:
+        b = block.shape[0]
+        m = block.reshape(b, n_mem, -1).to(torch.bfloat16)
+        q = qn.reshape(qn.shape[0], n_mem, -1).to(torch.bfloat16)
+        per_tok = torch.einsum("qth,bth->qbt", q, m).float()
+        s = scales.float()
+        dots = (per_tok * s[None]).sum(-1)
+        norms = (torch.linalg.vector_norm(m, dim=2, dtype=torch.float32) ** 2 * s ** 2).sum(-1).sqrt()
+        return dots / norms.clamp_min(1e-12)
+    dots = (qn.to(block.dtype) @ block.T).float()
+    norms = torch.linalg.vector_norm(block, dim=1, dtype=torch.float32)
+    return dots / norms.clamp_min(1e-12)
+
+
+def exact_rerank(snapshot: Snapshot, qn: torch.Tensor, keys: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """fp32 cosine of one query against the full memory of candidate keys (read from the
+    shards, CRC-checked): the exact answer among the candidates."""
+    from clara_kernels import cosine_topk
+
+    if len(keys) == 0:
+        return []
+    memory = snapshot.read_memory(keys, dtype=torch.float32)
+    scores, idx = cosine_topk(qn[None], memory, min(k, len(keys)))
+    return [(int(keys[i]), float(s)) for s, i in zip(scores[0].tolist(), idx[0].tolist(), strict=True)]
+
+
+def scan_topk(mm: MemoryMap, qn: torch.Tensor, k: int, exclude: np.ndarray | None = None,
+              block_rows: int = 4096) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query (keys, approximate scores) of the best k rows over every live row."""
+    n_mem = int(mm.snapshot.model["n_mem"])
+    best_s = torch.full((qn.shape[0], 0), -2.0)
+    best_k = np.zeros((qn.shape[0], 0), np.int64)
+    for keys, block, scales in mm.blocks(block_rows):
+        s = block_scores(qn, block, scales, n_mem)
+        if exclude is not None and len(exclude):
+            s[:, torch.from_numpy(np.isin(keys, exclude))] = -2.0
+        s = torch.cat([best_s, s], 1)
+        allk = np.concatenate([best_k, np.broadcast_to(keys, (qn.shape[0], len(keys)))], 1)
+        best_s, top = s.topk(min(k, s.shape[1]), dim=1)
+        best_k = np.take_along_axis(allk, top.numpy(), 1)
+    return [(best_k[i], best_s[i].numpy()) for i in range(qn.shape[0])]
+
+
+# ---------------------------------------------------------------------------------------------
+# FAISS structures over the compact vector
+
+
+def _chain(index: faiss.Index) -> list:
+    """The index and every index it wraps, downcast (IDMap2 -> PreTransform -> IVF/HNSW)."""
+    out = [faiss.downcast_index(index)]
+    while hasattr(out[-1], "index") and out[-1].index is not None:
+        out.append(faiss.downcast_index(out[-1].index))
+    return out
+
+
 def index_ids(index: faiss.Index) -> np.ndarray:
-    return faiss.vector_to_array(index.id_map).astype(np.int64) if index.ntotal else np.zeros(0, np.int64)
+    """The chunk keys held by an index (IDMap2's map, or the IVF inverted lists)."""
+    if index is None or index.ntotal == 0:
+        return np.zeros(0, np.int64)
+    top = faiss.downcast_index(index)
+    if isinstance(top, faiss.IndexIDMap2 | faiss.IndexIDMap):
+        return faiss.vector_to_array(top.id_map).astype(np.int64)
+    ivf = faiss.extract_index_ivf(index)
+    inv = ivf.invlists
+    parts = [faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy()
+             for i in range(ivf.nlist) if inv.list_size(i)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def set_search_params(index: faiss.Index, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    for part in _chain(index):
+        if nprobe is not None and isinstance(part, faiss.IndexIVF):
+            part.nprobe = min(int(nprobe), part.nlist)
+        if ef_search is not None and isinstance(part, faiss.IndexHNSW):
+            part.hnsw.efSearch = int(ef_search)
+
+
+def train_projection(sample: np.ndarray, dim: int) -> np.ndarray:
+    """[D, dim] orthonormal basis of the top right singular vectors of the (uncentred) sample:
+    the rank-dim subspace that best preserves inner products, hence cosines of unit rows."""
+    x = torch.from_numpy(np.ascontiguousarray(sample, dtype=np.float32))
+    q = min(dim + 16, min(x.shape))
+    _, _, v = torch.svd_lowrank(x, q=q, niter=3, M=None)
+    return np.ascontiguousarray(v[:, :dim].numpy())
+
+
+def _projection_transform(basis: np.ndarray) -> faiss.LinearTransform:
+    d_in, d_out = basis.shape
+    lt = faiss.LinearTransform(d_in, d_out, False)
+    faiss.copy_array_to_vector(np.ascontiguousarray(basis.T, dtype=np.float32).ravel(), lt.A)
+    lt.is_trained = True
+    return lt
 
 
 def load_index(snapshot: Snapshot) -> faiss.Index | None:
-    info = snapshot.manifest.get("index")
-    if not info:
+    info = snapshot.manifest.get("index") or {}
+    if not info.get("file") or info.get("kind", "flat") == "flat":
         return None
-    path = snapshot.check_file(info["file"])  # size and sha256: a damaged index is refused, not searched
+    path = snapshot.data_path(info["file"])
     try:
         return faiss.read_index(str(path))
     except Exception as err:  # faiss raises RuntimeError with a C++ trace: keep one line
         raise CorruptDataError(f"{path}: cannot read FAISS index ({str(err).splitlines()[0][:120]})") from None
 
 
-def update_index(store: Store, progress: bool = True, rebuild: bool = False, wait: bool = True) -> IndexReport:
-    """Bring the index in line with the live memory rows; no work when nothing changed."""
+def _sample_keys(keys: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    if len(keys) <= n:
+        return keys
+    return np.sort(np.random.default_rng(seed).choice(keys, n, replace=False))
+
+
+def _build(view: Snapshot, kind: str, params: dict, live: np.ndarray, dim: int, progress: bool
+           ) -> tuple[faiss.Index, dict]:
+    """Train the projection (and IVF centroids) on a sample of the live rows; empty index."""
+    compact = min(int(params["compact_dim"]), dim)
+    pca_rows = max(compact + 16, min(20_000, PCA_SAMPLE_BYTES // (4 * dim)))
+    nlist = int(params.get("nlist") or default_nlist(len(live)))
+    train_rows = max(pca_rows, min(len(live), 50 * nlist)) if kind == "ivf" else pca_rows
+    sample = _sample_keys(live, train_rows)
+    x = flatten_normalized(view.read_memory(sample))
+    if compact < dim:
+        basis = train_projection(x[_sample_keys(np.arange(len(x)), pca_rows)], compact)
+        y = x @ basis
+    else:
+        basis, y = None, x
+    y = np.ascontiguousarray(y / np.linalg.norm(y, axis=1, keepdims=True).clip(1e-12), dtype=np.float32)
+    if kind == "ivf":
+        nlist = max(1, min(nlist, len(y)))
+        inner = faiss.IndexIVFFlat(faiss.IndexFlatL2(compact), compact, nlist, faiss.METRIC_L2)
+        inner.cp.seed = 1234
+        inner.train(y)
+        params = {**params, "nlist": nlist}
+    else:
+        inner = faiss.IndexHNSWFlat(compact, int(params["hnsw_m"]), faiss.METRIC_L2)
+        inner.hnsw.efConstruction = int(params["ef_construction"])
+    # Normalised compact vectors under L2: the neighbours of the projected cosine. (Inner
+    # product would let the dominant shared direction of real memory swamp IVF's clustering.)
+    index = faiss.IndexPreTransform(faiss.NormalizationTransform(compact, 2.0), inner)
+    if basis is not None:
+        index.prepend_transform(_projection_transform(basis))
+    if kind == "hnsw":
+        index = faiss.IndexIDMap2(index)
+    params = {**params, "compact_dim": compact, "trained_on": int(len(live))}
+    return index, params
+
+
+def resolve_kind(kind: str, n_rows: int) -> str:
+    if kind != "auto":
+        return kind
+    return "flat" if n_rows < AUTO_ANN_ROWS else AUTO_KIND
+
+
+def update_index(store: Store, options: IndexOptions | None = None, progress: bool = True, rebuild: bool = False,
+                 wait: bool = True, bm25: bool = True) -> IndexReport:
+    """Bring the index (and the BM25 index) in line with the live rows; no work when nothing
+    changed. Search-time parameters are recorded without touching the file."""
+    options = options or IndexOptions()
     t0 = time.perf_counter()
     with store.writer(wait=wait) as tx:
         view = tx.view
+        info = dict(view.manifest.get("index") or {})
+        lexical = None
+        if bm25:
+            from .lexical import update_bm25
+
+            lexical = update_bm25(tx, info.get("bm25"), progress=progress)
         model = view.model
-        if model is None:
-            raise ClaraError("the store has no compressed chunks yet (run `clara compress` first)")
+        live = np.asarray(view.memory_keys(), dtype=np.int64) if model else np.zeros(0, np.int64)
+        if len(live) == 0:
+            if lexical is None:
+                raise ClaraError("the store has no compressed chunks yet (run `clara compress` first)")
+            if lexical != info.get("bm25"):
+                tx.set_index({**info, "bm25": lexical, "files": _files(info, lexical)})
+                tx.commit()
+            notice("no chunk is compressed yet: only the BM25 index was built")
+            return IndexReport("none", 0, 0, 0, False, round(time.perf_counter() - t0, 3))
         dim = int(model["n_mem"]) * int(model["hidden"])
-        live = np.asarray(view.memory_keys(), dtype=np.int64)
-        info = view.manifest.get("index")
-        index = None
-        if info and not rebuild and info.get("fingerprint") == model["fingerprint"] and info.get("dim") == dim:
+        old_params = dict(info.get("params") or {})
+        requested = {k: getattr(options, k) for k in (*BUILD_PARAMS, *SEARCH_PARAMS)
+                     if getattr(options, k) is not None}
+        auto = options.kind == "auto" and info.get("auto") is not False  # an explicit kind sticks
+        kind = info.get("kind") if options.kind == "auto" and not auto else None
+        kind = kind or resolve_kind(options.kind, len(live))
+        params = {**DEFAULTS, "compact_dim": COMPACT_DIM, **old_params, **requested}
+        same = (info.get("kind") == kind and info.get("fingerprint") == model["fingerprint"]
+                and info.get("dim") == dim and not rebuild
+                and all(old_params.get(k) == params.get(k) for k in BUILD_PARAMS if k in requested))
+        index, present, reason = None, np.zeros(0, np.int64), ""
+        if same and kind == "flat" and info.get("keys_file"):
+            present = np.load(view.data_path(info["keys_file"]))
+        elif same and kind != "flat":
             index = load_index(view)
-        rebuilt = index is None
-        if index is None:
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        present = index_ids(index)
+            present = index_ids(index) if index is not None else present
+            stale = present[~np.isin(present, live)]
+            if kind == "hnsw" and len(stale) > TOMBSTONE_REBUILD * max(1, len(present)):
+                index, reason = None, f"{len(stale)} tombstones"
+            elif len(live) > RETRAIN_GROWTH * int(params.get("trained_on") or len(live)):
+                index, reason = None, "the store outgrew the trained projection"
+            if index is None:
+                present = np.zeros(0, np.int64)
+        if reason:
+            notice(f"index: rebuilding ({reason})")
+        rebuilt = not same or bool(reason) or (kind != "flat" and index is None)
         stale = present[~np.isin(present, live)]
         new = live[~np.isin(live, present)]
-        if len(stale) == 0 and len(new) == 0 and not rebuilt:
-            return IndexReport(0, 0, int(index.ntotal), False, round(time.perf_counter() - t0, 3))
-        if len(stale):
-            index.remove_ids(faiss.IDSelectorBatch(stale))
-        with progress_bar(total=len(new), desc="index", unit="chunk", enabled=progress) as bar:
-            for start in range(0, len(new), 4096):
-                keys = new[start:start + 4096]
-                index.add_with_ids(flatten_normalized(view.read_memory(keys)), keys)
-                bar.update(len(keys))
-        path = tx.new_data_path("index", ".faiss")
-        try:
+        tombstones = len(stale) if kind == "hnsw" else 0
+        unchanged = not rebuilt and len(new) == 0 and len(stale) == tombstones
+        public = _public(params, kind)
+        if unchanged and all(public[k] == old_params.get(k) for k in SEARCH_PARAMS if k in public) \
+                and lexical == info.get("bm25"):
+            return IndexReport(kind, 0, 0, int(info.get("ntotal", 0)), False, round(time.perf_counter() - t0, 3),
+                               tombstones=tombstones, params=_public(params, kind))
+        record = {"kind": kind, "auto": auto, "metric": "cosine", "dim": dim,
+                  "fingerprint": model["fingerprint"], "file": info.get("file") if unchanged else None,
+                  "keys_file": info.get("keys_file") if unchanged else None}
+        if not unchanged and kind == "flat":
+            path = tx.new_data_path("index", ".keys.npy")
+            with open(path, "wb") as f:
+                np.save(f, live)
+            record["keys_file"], ntotal = path.name, len(live)
+        elif not unchanged:
+            if index is None:
+                index, params = _build(view, kind, params, live, dim, progress)
+            if kind == "ivf" and len(stale):
+                index.remove_ids(faiss.IDSelectorBatch(stale))
+            add_rows(index, view, new, progress)
+            path = tx.new_data_path("index", ".faiss")
             faiss.write_index(index, str(path))
-        except RuntimeError as err:  # a full disk, say: one line, and the writer removes the file
-            raise ClaraError(f"{path}: cannot write the FAISS index ({str(err).splitlines()[0][:160]})") from None
-        tx.track_file(path.name)
-        tx.set_index({"file": path.name, "kind": "flat", "metric": "cosine", "dim": dim,
-                      "ntotal": int(index.ntotal), "fingerprint": model["fingerprint"]})
+            record["file"], ntotal = path.name, int(index.ntotal)
+        else:
+            ntotal = int(info.get("ntotal", 0))
+        record.update(ntotal=ntotal, live=len(live), tombstones=tombstones, params=_public(params, kind),
+                      bm25=lexical)
+        record["files"] = _files(record, lexical)
+        tx.set_index(record)
         tx.commit()
-    return IndexReport(len(new), len(stale), int(index.ntotal), rebuilt, round(time.perf_counter() - t0, 3))
+    removed = 0 if kind == "hnsw" or rebuilt else len(stale)
+    return IndexReport(kind, len(new), removed, ntotal, rebuilt, round(time.perf_counter() - t0, 3),
+                       tombstones=tombstones, params=record["params"])
+
+
+def _files(record: dict, lexical: dict | None) -> list[str]:
+    names = [record[k] for k in ("file", "keys_file") if record.get(k)]
+    return names + list((lexical or {}).get("files", []))
+
+
+def _public(params: dict, kind: str) -> dict:
+    keep = {"flat": ("rerank",), "ivf": ("nlist", "nprobe", "rerank", "compact_dim", "trained_on"),
+            "hnsw": ("hnsw_m", "ef_construction", "ef_search", "rerank", "compact_dim", "trained_on")}[kind]
+    return {k: params[k] for k in keep if params.get(k) is not None}
+
+
+def add_rows(index: faiss.Index, view: Snapshot, keys: np.ndarray, progress: bool, block: int = 4096) -> None:
+    """Add rows (normalised full vectors; the index projects them) in blocks."""
+    with progress_bar(total=len(keys), desc="index", unit="chunk", enabled=progress) as bar:
+        for start in range(0, len(keys), block):
+            part = keys[start:start + block]
+            index.add_with_ids(flatten_normalized(view.read_memory(part)), part)
+            bar.update(len(part))
+
+
+# ---------------------------------------------------------------------------------------------
+# searching
+
+
+class VectorSearch:
+    """Top-k live rows by the method's cosine, through whatever index the snapshot has.
+
+    Rows compressed after the index was built are searched exactly and merged in; rows deleted
+    since (or HNSW tombstones) are never returned. Search parameters default to the manifest's.
+    """
+
+    def __init__(self, snapshot: Snapshot, nprobe: int | None = None, ef_search: int | None = None,
+                 rerank: int | None = None):
+        self.snapshot = snapshot
+        info = snapshot.manifest.get("index") or {}
+        params = {**DEFAULTS, **(info.get("params") or {})}
+        self.rerank = int(rerank or params["rerank"])
+        self.kind = info.get("kind") or "flat"
+        self.live = np.asarray(snapshot.memory_keys(), dtype=np.int64)
+        if len(self.live) == 0:
+            raise ClaraError("nothing to search: no chunk is compressed yet (run `clara compress`)")
+        model = snapshot.model or {}
+        self.dim = int(model["n_mem"]) * int(model["hidden"])
+        self.index = None
+        if info and info.get("fingerprint") not in (None, model.get("fingerprint")):
+            notice("the index was built for another model: searching exactly (run `clara index --rebuild`)")
+        elif info.get("dim") not in (None, self.dim):
+            notice("the index does not match the memory shape: searching exactly (run `clara index --rebuild`)")
+        else:
+            self.index = load_index(snapshot)
+        self.stale = np.zeros(0, np.int64)
+        self.unindexed = np.zeros(0, np.int64)
+        if self.index is not None:
+            set_search_params(self.index, nprobe or params.get("nprobe"), ef_search or params.get("ef_search"))
+            indexed = index_ids(self.index)
+            self.stale = indexed[~np.isin(indexed, self.live)]
+            self.unindexed = self.live[~np.isin(self.live, indexed)]
+            if len(self.unindexed):
+                notice(f"{len(self.unindexed)} compressed chunks are not indexed yet (searched exactly; "
+                       "run `clara index`)")
+        elif not info and len(self.live) > AUTO_ANN_ROWS:
+            notice(f"{len(self.live)} chunks and no index: searching exactly (run `clara index`)")
+        self._mm: MemoryMap | None = None
+
+    @property
+    def memory_map(self) -> MemoryMap:
+        if self._mm is None:
+            self._mm = MemoryMap(self.snapshot)
+        return self._mm
+
+    def _candidates(self, queries: np.ndarray, depth: int) -> list[np.ndarray]:
+        """Per query, candidate keys (ANN over the compact vectors, plus every unindexed row)."""
+        n = len(queries)
+        if self.index is None:
+            qn = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+            return [k for k, _ in scan_topk(self.memory_map, qn, min(depth, len(self.live)))]
+        fetch = min(int(self.index.ntotal), depth)
+        params = None
+        if len(self.stale):
+            sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(self.stale))
+            params = faiss.SearchParametersHNSW() if self.kind == "hnsw" else faiss.SearchParametersIVF()
+            for part in _chain(self.index):
+                if isinstance(part, faiss.IndexHNSW):
+                    params.efSearch = part.hnsw.efSearch
+                if isinstance(part, faiss.IndexIVF):
+                    params.nprobe = part.nprobe
+            params.sel = sel
+        _, keys = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch, params=params)
+        out = []
+        for qi in range(n):
+            got = keys[qi][keys[qi] >= 0]
+            out.append(np.concatenate([got, self.unindexed]) if len(self.unindexed) else got)
+        return out
+
+    def search(self, queries: np.ndarray, k: int, depth: int | None = None) -> list[list[tuple[int, float]]]:
+        """(key, fp32 cosine) per query, best first; queries are L2-normalised [Q, D] rows."""
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ClaraError(f"queries have shape {list(queries.shape)}, expected [n, {self.dim}]")
+        k = min(k, len(self.live))
+        # flat: the scan is already near-exact; rerank a margin that absorbs bf16 rounding.
+        depth = max(k, depth or (k + 32 if self.index is None else self.rerank))
+        results = []
+        for qi, cand in enumerate(self._candidates(queries, depth)):
+            cand = cand[np.isin(cand, self.live)]
+            qn = torch.from_numpy(np.ascontiguousarray(queries[qi], dtype=np.float32))
+            results.append(exact_rerank(self.snapshot, qn, cand, k))
+        return results

@@ -1,0 +1,154 @@
+"""BM25 kept in the store, incrementally: the lexical half of hybrid retrieval.
+
+Scoring is retrievers.BM25Retriever's (bm25s, Lucene BM25, English stopwords), so `clara eval`'s
+BM25 baseline and the store's BM25 rank alike. BM25 weights depend on corpus-wide statistics
+(idf, mean length), so an update cannot patch the score matrix in place; what is expensive is
+tokenising, and that is incremental: each update tokenises only the new chunks into a token-id
+segment (Parquet; ids from a vocabulary that only grows), then rebuilds the sparse score matrix
+from the stored ids of the live chunks (vectorised, no text read) and stores it for queries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import CorruptDataError
+from .progress import notice
+from .retrievers import BM25Retriever
+from .store import Snapshot
+
+MAX_SEGMENTS = 8  # token segments are merged into one past this many
+
+
+def _tokenizer(word_to_id: dict | None = None):
+    from bm25s.tokenization import Tokenizer
+
+    tok = Tokenizer(stopwords="en")  # as BM25Retriever
+    if word_to_id:
+        tok.word_to_id = dict(word_to_id)
+    return tok
+
+
+def _digest(keys: np.ndarray) -> str:
+    return hashlib.sha1(np.sort(keys).astype("<i8").tobytes()).hexdigest()[:16]
+
+
+def _read_segment(view: Snapshot, name: str) -> tuple[np.ndarray, list[list[int]]]:
+    path = view.data_path(name)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise CorruptDataError(f"{path}: cannot read BM25 token segment ({str(err).splitlines()[0]})") from None
+    return table.column("key").to_numpy(), table.column("ids").to_pylist()
+
+
+def _write_json(tx, prefix: str, obj) -> str:
+    path = tx.new_data_path(prefix, ".json")
+    path.write_text(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+    return path.name
+
+
+def update_bm25(tx, old: dict | None, progress: bool = False) -> dict | None:
+    """Tokenise the new live chunks, rebuild the score matrix; the old record when nothing changed."""
+    import bm25s
+
+    view = tx.view
+    live = np.asarray(view.chunk_keys(), dtype=np.int64)
+    if len(live) == 0:
+        return None
+    old = old or {}
+    if old.get("digest") == _digest(live):
+        return old
+    segments = list(old.get("segments", []))
+    parts = [_read_segment(view, s) for s in segments]
+    covered = np.concatenate([k for k, _ in parts]) if parts else np.zeros(0, np.int64)
+    new = live[~np.isin(live, covered)]
+    word_to_id = json.loads(view.data_path(old["vocab"]).read_text()) if old.get("vocab") else {}
+    vocab_name = old.get("vocab")
+    if len(new):
+        tok = _tokenizer(word_to_id)
+        texts = view.lookup_chunks(new, ["text"]).column("text").to_pylist()
+        ids = tok.tokenize(texts, update_vocab=True, show_progress=False, return_as="ids")
+        parts.append((new, ids))
+        if len(tok.word_to_id) != len(word_to_id) or vocab_name is None:
+            word_to_id = tok.word_to_id
+            vocab_name = _write_json(tx, "bm25vocab", word_to_id)
+        segments.append(_write_tokens(tx, new, ids))
+    # Live rows, first segment holding a key wins (a chunk id names one content).
+    keys = np.concatenate([k for k, _ in parts])
+    ids_all = [row for _, rows in parts for row in rows]
+    first = np.unique(keys, return_index=True)[1]
+    keep = np.sort(first[np.isin(keys[first], live)])
+    keys, rows = keys[keep], [ids_all[i] for i in keep]
+    if len(segments) > MAX_SEGMENTS:
+        segments = [_write_tokens(tx, keys, rows)]
+    bm25 = bm25s.BM25()
+    bm25.index(bm25s.tokenization.Tokenized(ids=rows, vocab=word_to_id), show_progress=False)
+    path = tx.new_data_path("bm25", ".npz")
+    with tempfile.TemporaryDirectory() as tmp:  # bm25s' own format, packed into one immutable file
+        bm25.save(tmp)
+        files = {p.name: np.frombuffer(p.read_bytes(), np.uint8) for p in Path(tmp).iterdir()}
+    with open(path, "wb") as f:
+        np.savez(f, keys=keys, **{f"bm25s/{name}": data for name, data in files.items()})
+    return {"segments": segments, "vocab": vocab_name, "matrix": path.name, "rows": int(len(keys)),
+            "digest": _digest(live), "files": [*segments, vocab_name, path.name]}
+
+
+def _write_tokens(tx, keys: np.ndarray, ids: list[list[int]]) -> str:
+    path = tx.new_data_path("bm25tok", ".parquet")
+    pq.write_table(pa.table({"key": pa.array(keys, pa.int64()), "ids": pa.array(ids, pa.list_(pa.int32()))}),
+                   path, compression="zstd")
+    return path.name
+
+
+class StoreBM25(BM25Retriever):
+    """BM25Retriever over the store's stored score matrix; rows map to chunk keys."""
+
+    def __init__(self, tokenizer, bm25, keys: np.ndarray):  # noqa: D107 - built by load()/over()
+        self.tokenizer, self.bm25, self.keys, self.n = tokenizer, bm25, keys, len(keys)
+
+    @classmethod
+    def load(cls, snapshot: Snapshot) -> StoreBM25 | None:
+        """The snapshot's BM25 index, or None when `clara index` has not built one."""
+        import bm25s
+
+        record = (snapshot.manifest.get("index") or {}).get("bm25")
+        if not record:
+            return None
+        try:
+            word_to_id = json.loads(snapshot.data_path(record["vocab"]).read_text())
+            with np.load(snapshot.data_path(record["matrix"])) as z, tempfile.TemporaryDirectory() as tmp:
+                keys = z["keys"].astype(np.int64)
+                for name in z.files:
+                    if name.startswith("bm25s/"):
+                        (Path(tmp) / name.split("/", 1)[1]).write_bytes(z[name].tobytes())
+                bm25 = bm25s.BM25.load(tmp)
+        except (OSError, ValueError, KeyError) as err:
+            raise CorruptDataError(f"store {snapshot.root}: cannot read the BM25 index ({err})") from None
+        return cls(_tokenizer(word_to_id), bm25, keys)
+
+    @classmethod
+    def over(cls, snapshot: Snapshot) -> StoreBM25:
+        """Built in memory from the snapshot's chunks (no BM25 in the store yet)."""
+        notice("the store has no BM25 index yet: building one in memory (run `clara index`)")
+        chunks = snapshot.chunks(columns=["chunk_id", "text"])
+        base = BM25Retriever(chunks.column("text").to_pylist())
+        return cls(base.tokenizer, base.bm25, np.asarray(snapshot.chunk_keys(), dtype=np.int64))
+
+    def search_keys(self, queries: list[str], k: int, live: np.ndarray | None = None
+                    ) -> list[list[tuple[int, float]]]:
+        """(key, BM25 score) per query, best first, rows not in `live` dropped."""
+        extra = 0 if live is None else int((~np.isin(self.keys, live)).sum())
+        alive = set(live.tolist()) if extra else None
+        out = []
+        for ranked in self.search(queries, k + extra):
+            hits = [(int(self.keys[r]), s) for r, s in ranked]
+            out.append([h for h in hits if alive is None or h[0] in alive][:k])
+        return out

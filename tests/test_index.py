@@ -1,0 +1,202 @@
+"""Index kinds (flat scan, IVF and HNSW on a compact vector + exact rerank), incremental updates,
+memory dtypes, and the store's BM25. Synthetic clustered memory: no model needed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from clara_cli import index as index_mod
+from clara_cli.answer import Retriever, rrf
+from clara_cli.index import IndexOptions, VectorSearch, flatten_normalized, update_index
+from clara_cli.store import CHUNK_SCHEMA, DOCUMENT_SCHEMA, Store, chunk_id_from_key
+
+N_MEM, HIDDEN = 4, 32
+MODEL = {"fingerprint": "synthetic", "spec": "synthetic", "n_mem": N_MEM, "hidden": HIDDEN, "doc_max_length": 64}
+WORDS = ("river mountain castle violin comet harbor glacier orchard lantern meadow falcon copper "
+         "desert island temple canyon").split()
+
+
+def clustered_memory(n: int, seed: int = 0, clusters: int = 24) -> torch.Tensor:
+    """Topic clusters around a shared direction, low-rank spread plus noise (like real memory)."""
+    g = torch.Generator().manual_seed(seed)
+    d = N_MEM * HIDDEN
+    common = torch.randn(d, generator=torch.Generator().manual_seed(99)) * 2.0
+    centres = torch.randn(clusters, d, generator=torch.Generator().manual_seed(98))
+    basis = torch.linalg.qr(torch.randn(d, 16, generator=torch.Generator().manual_seed(97)))[0]
+    which = torch.randint(0, clusters, (n,), generator=g)
+    x = common + centres[which] + torch.randn(n, 16, generator=g) @ basis.T * 0.6 + 0.15 * torch.randn(n, d, generator=g)
+    return x.reshape(n, N_MEM, HIDDEN)
+
+
+def add_docs(store: Store, first: int, n: int, memory: torch.Tensor | None = None, dtype=torch.float32,
+             seed: int = 0) -> np.ndarray:
+    """n one-chunk documents with keys first..first+n-1, text naming words, and their memory."""
+    keys = np.arange(first, first + n, dtype=np.int64)
+    docs = pa.Table.from_pylist([{"doc_id": f"d{k}", "source": f"/src/d{k}", "content_hash": f"h{k}", "n_chars": 10,
+                                  "metadata": "{}", "ingested_at": 1.0} for k in keys], schema=DOCUMENT_SCHEMA)
+    chunks = pa.Table.from_pylist([
+        {"chunk_id": chunk_id_from_key(k), "doc_id": f"d{k}", "source": f"/src/d{k}", "chunk_index": 0, "start": 0,
+         "end": 10, "text": f"doc {k} about the {WORDS[k % len(WORDS)]} and the {WORDS[(k // 7) % len(WORDS)]} w{k}",
+         "content_hash": f"c{k}", "n_tokens": 8} for k in keys], schema=CHUNK_SCHEMA)
+    memory = clustered_memory(n, seed) if memory is None else memory
+    with store.writer() as tx:
+        tx.bind_model(MODEL)
+        tx.add_documents(docs, chunks)
+        for lo in range(0, n, 512):
+            tx.add_memory(keys[lo:lo + 512], memory[lo:lo + 512].to(dtype))
+    return keys
+
+
+def exact(store: Store, queries: np.ndarray, k: int) -> list[list[int]]:
+    snap = store.snapshot()
+    keys = snap.memory_keys()
+    x = flatten_normalized(snap.read_memory(keys))
+    top = np.argsort(-(queries @ x.T), axis=1, kind="stable")[:, :k]
+    return [keys[t].tolist() for t in top]
+
+
+def queries(n: int = 40, seed: int = 1) -> np.ndarray:
+    return flatten_normalized(clustered_memory(n, seed=seed + 1000))
+
+
+def recall(got: list[list[tuple[int, float]]], want: list[list[int]]) -> float:
+    return float(np.mean([len({k for k, _ in g} & set(w)) / len(w) for g, w in zip(got, want, strict=True)]))
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store.open(tmp_path / "store", create=True)
+
+
+def test_flat_scan_is_exact_and_scores_are_cosines(store):
+    add_docs(store, 1, 700)
+    report = update_index(store, IndexOptions(kind="flat"), progress=False)
+    assert report.kind == "flat" and report.total == 700
+    q = queries()
+    got = VectorSearch(store.snapshot()).search(q, 10)
+    want = exact(store, q, 10)
+    assert [[k for k, _ in g] for g in got] == want
+    snap = store.snapshot()
+    for (key, score), qi in zip([g[0] for g in got], q, strict=True):
+        ref = float(flatten_normalized(snap.read_memory([key]))[0] @ qi)
+        assert abs(score - ref) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_ann_with_rerank_recall_and_params_in_manifest(store, kind):
+    add_docs(store, 1, 3000)
+    opts = IndexOptions(kind=kind, compact_dim=48, nlist=32, nprobe=8, ef_search=64, rerank=60)
+    report = update_index(store, opts, progress=False)
+    assert report.kind == kind and report.total == 3000 and report.rebuilt
+    info = store.snapshot().manifest["index"]
+    assert info["kind"] == kind and info["params"]["compact_dim"] == 48 and info["params"]["rerank"] == 60
+    assert info["params"].get("nlist" if kind == "ivf" else "ef_search") == (32 if kind == "ivf" else 64)
+    q = queries()
+    got = VectorSearch(store.snapshot()).search(q, 10)
+    assert recall(got, exact(store, q, 10)) >= 0.95
+    snap = store.snapshot()
+    key, score = got[0][0]
+    assert abs(score - float(flatten_normalized(snap.read_memory([key]))[0] @ q[0])) < 1e-5  # exact rerank
+    # search-time parameters change the record, not the file
+    before = info["file"]
+    update_index(store, IndexOptions(rerank=30, nprobe=4, ef_search=40), progress=False)
+    info = store.snapshot().manifest["index"]
+    assert info["file"] == before and info["params"]["rerank"] == 30 and info["kind"] == kind
+
+
+def test_incremental_add_delete_ivf(store):
+    add_docs(store, 1, 2000)
+    update_index(store, IndexOptions(kind="ivf", compact_dim=48, nlist=16), progress=False)
+    add_docs(store, 5001, 300, seed=5)
+    with store.writer() as tx:
+        tx.remove_documents([f"d{k}" for k in range(1, 101)])
+    report = update_index(store, progress=False)
+    assert (report.kind, report.added, report.removed, report.total, report.rebuilt) == ("ivf", 300, 100, 2200, False)
+    q = queries()
+    got = VectorSearch(store.snapshot()).search(q, 10)
+    assert all(k > 100 for g in got for k, _ in g)
+    assert recall(got, exact(store, q, 10)) >= 0.95
+
+
+def test_hnsw_tombstones_hidden_then_rebuilt(store, monkeypatch):
+    add_docs(store, 1, 1500)
+    update_index(store, IndexOptions(kind="hnsw", compact_dim=48), progress=False)
+    q = queries(10)
+    top = [k for k, _ in VectorSearch(store.snapshot()).search(q, 5)[0]]
+    with store.writer() as tx:
+        tx.remove_documents([f"d{k}" for k in top])
+    report = update_index(store, progress=False)
+    assert report.tombstones == 5 and not report.rebuilt
+    got = VectorSearch(store.snapshot()).search(q, 10)
+    assert not set(top) & {k for g in got for k, _ in g}
+    assert recall(got, exact(store, q, 10)) >= 0.95
+    with store.writer() as tx:
+        tx.remove_documents([f"d{k}" for k in range(1, 200) if k not in top])
+    report = update_index(store, progress=False)
+    assert report.kind == "hnsw" and report.rebuilt and report.tombstones == 0
+    assert report.total == len(store.snapshot().memory_keys()) < 1500 - 150
+
+
+def test_unindexed_rows_are_searched_exactly(store):
+    add_docs(store, 1, 1200)
+    update_index(store, IndexOptions(kind="ivf", compact_dim=48, nlist=16), progress=False)
+    extra = clustered_memory(5, seed=77)
+    add_docs(store, 9001, 5, memory=extra)
+    q = flatten_normalized(extra)
+    got = VectorSearch(store.snapshot()).search(q, 1)
+    assert [g[0][0] for g in got] == list(range(9001, 9006))
+
+
+def test_auto_picks_flat_small_and_ann_large(store, monkeypatch):
+    add_docs(store, 1, 600)
+    assert update_index(store, progress=False).kind == "flat"
+    monkeypatch.setattr(index_mod, "AUTO_ANN_ROWS", 500)
+    add_docs(store, 1001, 10)
+    report = update_index(store, IndexOptions(compact_dim=48), progress=False)
+    assert report.kind == index_mod.AUTO_KIND and store.snapshot().manifest["index"]["auto"] is True
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_flat_scan_over_half_precision_shards(store, dtype):
+    add_docs(store, 1, 800, dtype=dtype)
+    q = queries()
+    got = VectorSearch(store.snapshot()).search(q, 10)
+    assert [[k for k, _ in g] for g in got] == exact(store, q, 10)
+
+
+def test_bm25_incremental_and_hybrid(store):
+    add_docs(store, 1, 200)
+    update_index(store, IndexOptions(kind="flat"), progress=False)
+    rec = store.snapshot().manifest["index"]["bm25"]
+    assert rec["rows"] == 200 and len(rec["segments"]) == 1
+    r = Retriever(store.snapshot(), mode="bm25")
+    hits = r.search(None, ["w17 castle"], 3)[0]
+    assert hits[0][0] == 17
+    add_docs(store, 301, 20)
+    with store.writer() as tx:
+        tx.remove_documents(["d17"])
+    update_index(store, progress=False)
+    rec2 = store.snapshot().manifest["index"]["bm25"]
+    assert rec2["rows"] == 219 and len(rec2["segments"]) == 2 and rec2["segments"][0] == rec["segments"][0]
+    r = Retriever(store.snapshot(), mode="bm25")
+    assert 17 not in [k for k, _ in r.search(None, ["w17 castle"], 5)[0]]
+    assert r.search(None, ["w305"], 1)[0][0][0] == 305
+    # unchanged store: no new files
+    version = store.snapshot().version
+    update_index(store, progress=False)
+    assert store.snapshot().version == version
+    manifest = json.loads((store.root / "manifest.json").read_text())
+    names = {e["name"] for e in manifest["files"]}
+    assert set(rec2["files"]) <= names
+
+
+def test_rrf_fuses_ranks():
+    a = [(1, 0.9), (2, 0.8), (3, 0.7)]
+    b = [(3, 12.0), (4, 11.0), (1, 10.0)]
+    fused = rrf([a, b], 3)
+    assert [k for k, _ in fused] == [1, 3, 2]
