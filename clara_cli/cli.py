@@ -56,6 +56,18 @@ def model_options(f):
     return f
 
 
+def retrieval_options(f):
+    """--retriever and the index's search-time knobs (default: what `clara index` recorded)."""
+    f = click.option("--rerank", default=None, type=click.IntRange(1), metavar="N",
+                     help="ANN candidates reranked exactly (default: the index's).")(f)
+    f = click.option("--ef-search", default=None, type=click.IntRange(1), metavar="N", help="HNSW efSearch.")(f)
+    f = click.option("--nprobe", default=None, type=click.IntRange(1), metavar="N", help="IVF lists probed.")(f)
+    f = click.option("--retriever", "retriever_mode", type=click.Choice(["latent", "bm25", "hybrid"]),
+                     default="latent", show_default=True,
+                     help="latent: CLaRa memory cosine; bm25: the store's BM25; hybrid: both, rank-fused.")(f)
+    return f
+
+
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, for scripts.")(f)
 
@@ -163,11 +175,16 @@ def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, no_wait, model_
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
 @click.option("--memory-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="Shard dtype (default: the compute dtype, which is lossless).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
+              help="Run as a Ray Data job (model-holding actors); ADDRESS of a cluster, or a local one.")
+@click.option("--ray-actors", default=None, type=click.IntRange(1), metavar="N",
+              help="Ray actors (default: one per GPU, else one per 2 CPUs of the cluster).")
 @no_wait_option
 @model_options
 @json_option
 @click.pass_context
-def compress(ctx, batch_size, memory_dtype, no_wait, model_spec, base_model, device, dtype, attn, as_json):
+def compress(ctx, batch_size, memory_dtype, ray_address, ray_actors, no_wait, model_spec, base_model, device, dtype,
+             attn, as_json):
     """Compress every chunk that has no memory yet into memory tokens.
 
     Commits after every batch: a killed run loses at most the batch in flight, a rerun continues.
@@ -180,8 +197,15 @@ def compress(ctx, batch_size, memory_dtype, no_wait, model_spec, base_model, dev
 
     store = open_store(ctx)
     model = load_model(store.snapshot(), model_spec, base_model, device, dtype, attn)
-    report = compress_store(store, model, batch_size=batch_size, memory_dtype=memory_dtype, progress=not as_json,
-                            wait=not no_wait)
+    if ray_address:
+        from .compress_ray import compress_store_ray
+
+        report = compress_store_ray(store, model, address=ray_address, batch_size=batch_size,
+                                    memory_dtype=memory_dtype, actors=ray_actors, progress=not as_json,
+                                    wait=not no_wait, base_model=base_model)
+    else:
+        report = compress_store(store, model, batch_size=batch_size, memory_dtype=memory_dtype,
+                                progress=not as_json, wait=not no_wait)
     if as_json:
         emit(report.to_dict())
     else:
@@ -192,24 +216,42 @@ def compress(ctx, batch_size, memory_dtype, no_wait, model_spec, base_model, dev
 
 @cli.command()
 @click.option("--rebuild", is_flag=True, help="Build from scratch instead of updating.")
+@click.option("--kind", type=click.Choice(["auto", "flat", "ivf", "hnsw"]), default="auto", show_default=True,
+              help="flat: exact scan; ivf/hnsw: ANN on a compact vector + exact rerank; auto: flat for "
+                   "small stores (an explicit kind sticks until changed).")
+@click.option("--nlist", default=None, type=click.IntRange(1), help="IVF lists (default ~4*sqrt(rows)).")
+@click.option("--nprobe", default=None, type=click.IntRange(1), help="IVF lists probed per query [32].")
+@click.option("--ef-search", default=None, type=click.IntRange(1), help="HNSW efSearch [128].")
+@click.option("--hnsw-m", default=None, type=click.IntRange(2), help="HNSW links per node [32].")
+@click.option("--rerank", default=None, type=click.IntRange(1), help="Candidates reranked exactly [100].")
+@click.option("--compact-dim", default=None, type=click.IntRange(1), help="PCA dims of the ANN vector [256].")
+@click.option("--no-bm25", is_flag=True, help="Do not build or update the BM25 index.")
 @no_wait_option
 @json_option
 @click.pass_context
-def index(ctx, rebuild, no_wait, as_json):
-    """Build or update the FAISS index over the compressed chunks (exact cosine).
+def index(ctx, rebuild, kind, nlist, nprobe, ef_search, hnsw_m, rerank, compact_dim, no_bm25, no_wait, as_json):
+    """Build or update the vector index (and the BM25 index) over the compressed chunks.
+
+    Parameters are recorded in the store; search-time ones (nprobe, ef-search, rerank)
+    change without a rebuild.
 
     \b
     Example:
       clara index
+      clara index --kind hnsw --ef-search 256 --rerank 200
     """
-    from .index import update_index
+    from .index import IndexOptions, update_index
 
-    report = update_index(open_store(ctx), progress=not as_json, rebuild=rebuild, wait=not no_wait)
+    options = IndexOptions(kind=kind, nlist=nlist, nprobe=nprobe, ef_search=ef_search, hnsw_m=hnsw_m,
+                           rerank=rerank, compact_dim=compact_dim)
+    report = update_index(open_store(ctx), options, progress=not as_json, rebuild=rebuild, wait=not no_wait,
+                          bm25=not no_bm25)
     if as_json:
         emit(report.to_dict())
     else:
-        click.echo(f"index: {report.added} added, {report.removed} removed, {report.total} chunks indexed"
-                   + (" (rebuilt)" if report.rebuilt else ""))
+        click.echo(f"index ({report.kind}): {report.added} added, {report.removed} removed, "
+                   f"{report.total} chunks indexed" + (" (rebuilt)" if report.rebuilt else "")
+                   + (f", {report.tombstones} tombstones" if report.tombstones else ""))
 
 
 @cli.command()
@@ -359,10 +401,12 @@ def print_sources(hits) -> None:
 @cli.command()
 @click.argument("query")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1))
+@retrieval_options
 @model_options
 @json_option
 @click.pass_context
-def search(ctx, query, k, model_spec, base_model, device, dtype, attn, as_json):
+def search(ctx, query, k, retriever_mode, nprobe, ef_search, rerank, model_spec, base_model, device, dtype, attn,
+           as_json):
     """Find the chunks closest to QUERY (- reads JSON Lines queries from stdin).
 
     \b
@@ -373,9 +417,10 @@ def search(ctx, query, k, model_spec, base_model, device, dtype, attn, as_json):
     from .answer import search as run_search
 
     snapshot = open_store(ctx).snapshot()
-    model = load_model(snapshot, model_spec, base_model, device, dtype, attn)
+    model = None if retriever_mode == "bm25" else load_model(snapshot, model_spec, base_model, device, dtype, attn)
     queries = read_questions(query, key="query") if query == "-" else [query]
-    results = run_search(snapshot, model, queries, k, Retriever(snapshot))
+    retriever = Retriever(snapshot, retriever_mode, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
+    results = run_search(snapshot, model, queries, k, retriever)
     for q, hits in zip(queries, results, strict=True):
         if as_json:
             for h in hits:
@@ -390,10 +435,12 @@ def search(ctx, query, k, model_spec, base_model, device, dtype, attn, as_json):
 @click.argument("question")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1), help="Chunks read per answer.")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(1))
+@retrieval_options
 @model_options
 @json_option
 @click.pass_context
-def ask(ctx, question, k, max_new_tokens, model_spec, base_model, device, dtype, attn, as_json):
+def ask(ctx, question, k, max_new_tokens, retriever_mode, nprobe, ef_search, rerank, model_spec, base_model, device,
+        dtype, attn, as_json):
     """Answer QUESTION from the compressed store, with sources (- reads JSON Lines from stdin).
 
     \b
@@ -406,7 +453,7 @@ def ask(ctx, question, k, max_new_tokens, model_spec, base_model, device, dtype,
 
     snapshot = open_store(ctx).snapshot()
     model = load_model(snapshot, model_spec, base_model, device, dtype, attn)
-    retriever = Retriever(snapshot)
+    retriever = Retriever(snapshot, retriever_mode, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
     for q in read_questions(question):
         answer = run_ask(snapshot, model, [q], k, max_new_tokens, retriever)[0]
         if as_json:

@@ -271,7 +271,7 @@ def load_index(snapshot: Snapshot) -> faiss.Index | None:
     info = snapshot.manifest.get("index") or {}
     if not info.get("file") or info.get("kind", "flat") == "flat":
         return None
-    path = snapshot.data_path(info["file"])
+    path = snapshot.check_file(info["file"])  # size and sha256: a damaged index is refused, not searched
     try:
         return faiss.read_index(str(path))
     except Exception as err:  # faiss raises RuntimeError with a C++ trace: keep one line
@@ -362,7 +362,7 @@ def update_index(store: Store, options: IndexOptions | None = None, progress: bo
                 and all(old_params.get(k) == params.get(k) for k in BUILD_PARAMS if k in requested))
         index, present, reason = None, np.zeros(0, np.int64), ""
         if same and kind == "flat" and info.get("keys_file"):
-            present = np.load(view.data_path(info["keys_file"]))
+            present = np.load(view.check_file(info["keys_file"]), allow_pickle=False)
         elif same and kind != "flat":
             index = load_index(view)
             present = index_ids(index) if index is not None else present
@@ -400,7 +400,10 @@ def update_index(store: Store, options: IndexOptions | None = None, progress: bo
                 index.remove_ids(faiss.IDSelectorBatch(stale))
             add_rows(index, view, new, progress)
             path = tx.new_data_path("index", ".faiss")
-            faiss.write_index(index, str(path))
+            try:
+                faiss.write_index(index, str(path))
+            except RuntimeError as err:  # a full disk, say: one line, and the writer removes the file
+                raise ClaraError(f"{path}: cannot write the FAISS index ({str(err).splitlines()[0][:160]})") from None
             record["file"], ntotal = path.name, int(index.ntotal)
         else:
             ntotal = int(info.get("ntotal", 0))

@@ -41,7 +41,7 @@ def _digest(keys: np.ndarray) -> str:
 
 
 def _read_segment(view: Snapshot, name: str) -> tuple[np.ndarray, list[list[int]]]:
-    path = view.data_path(name)
+    path = view.check_file(name)
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
@@ -70,7 +70,7 @@ def update_bm25(tx, old: dict | None, progress: bool = False) -> dict | None:
     parts = [_read_segment(view, s) for s in segments]
     covered = np.concatenate([k for k, _ in parts]) if parts else np.zeros(0, np.int64)
     new = live[~np.isin(live, covered)]
-    word_to_id = json.loads(view.data_path(old["vocab"]).read_text()) if old.get("vocab") else {}
+    word_to_id = json.loads(view.check_file(old["vocab"]).read_text()) if old.get("vocab") else {}
     vocab_name = old.get("vocab")
     if len(new):
         tok = _tokenizer(word_to_id)
@@ -123,8 +123,8 @@ class StoreBM25(BM25Retriever):
         if not record:
             return None
         try:
-            word_to_id = json.loads(snapshot.data_path(record["vocab"]).read_text())
-            with np.load(snapshot.data_path(record["matrix"])) as z, tempfile.TemporaryDirectory() as tmp:
+            word_to_id = json.loads(snapshot.check_file(record["vocab"]).read_text())
+            with np.load(snapshot.check_file(record["matrix"])) as z, tempfile.TemporaryDirectory() as tmp:
                 keys = z["keys"].astype(np.int64)
                 for name in z.files:
                     if name.startswith("bm25s/"):

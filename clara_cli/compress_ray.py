@@ -1,0 +1,134 @@
+"""`clara compress --ray`: the compression job as a Ray Data pipeline.
+
+The driver does exactly what the single-process job does (compress.py) except the forward
+passes: it takes the writer lock, lists the pending chunks in the same order, cuts the same
+batches, and commits each returned batch as one shard plus a manifest swap. Model-holding
+actors (one per GPU, else CPU actors) run `ClaraModel.compress` on whole batches with the same
+`merged` choice, so the memory rows are the same bytes as the single-process path's.
+
+Failures: a crashed actor is restarted by Ray and its batch retried (Ray Data task retries);
+a killed driver loses at most the batches not yet committed, and a rerun continues with what
+is still pending (the store's usual resumability).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from .compress import CompressReport, model_info, pending_chunks, storage_dtype
+from .errors import ClaraError
+from .model import ClaraModel
+from .progress import notice, progress_bar
+from .store import Store
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+#: Test hook: an actor whose process sees this env var (a file path) crashes on its first batch
+#: if the file does not exist yet, after creating it (so the restarted actor succeeds).
+CRASH_ONCE_ENV = "CLARA_RAY_CRASH_ONCE"
+
+
+class BatchCompressor:
+    """A Ray Data actor: loads the model once, compresses one whole batch per row."""
+
+    def __init__(self, spec: dict):
+        threads = int(spec.get("threads") or 0)
+        if threads:
+            torch.set_num_threads(threads)
+        device = "cuda" if spec.get("gpu") else "cpu"
+        self.model = ClaraModel.from_pretrained(spec["path"], device=device, dtype=spec["dtype"],
+                                                base_model=spec.get("base_model"), attn=spec.get("attn", "auto"))
+        if self.model.fingerprint != spec["fingerprint"]:
+            raise ClaraError(f"a Ray worker loaded model {self.model.fingerprint}, the driver {spec['fingerprint']} "
+                             "(is the checkpoint path the same on every node?)")
+        self.batch_size, self.merged = int(spec["batch_size"]), bool(spec["merged"])
+
+    def __call__(self, batch: dict) -> dict:
+        marker = os.environ.get(CRASH_ONCE_ENV)
+        if marker and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)  # a worker dying mid-batch, as a node loss or an OOM kill would
+        out_memory, out_shape = [], []
+        for texts in batch["texts"]:
+            memory = self.model.compress(json.loads(texts), batch_size=self.batch_size, merged=self.merged)
+            memory = memory.detach().to("cpu", torch.float32).contiguous()
+            out_memory.append(memory.numpy().tobytes())
+            out_shape.append(json.dumps(list(memory.shape)))
+        return {"batch": batch["batch"], "keys": batch["keys"], "memory": np.array(out_memory, dtype=object),
+                "shape": np.array(out_shape, dtype=object)}
+
+
+def connect(address: str | None = None, num_cpus: int | None = None):
+    """Join the cluster at address ("auto": RAY_ADDRESS or a running local one, else start one)."""
+    import ray
+
+    if ray.is_initialized():
+        return ray
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address and address != "auto":
+        ray.init(address=address, **kwargs)
+        return ray
+    try:
+        ray.init(address="auto", **kwargs)
+    except (ConnectionError, RuntimeError):
+        notice("no Ray cluster found: starting a local one")
+        ray.init(num_cpus=num_cpus, **kwargs)
+    return ray
+
+
+def model_spec(model: ClaraModel, base_model: str | None = None) -> dict:
+    """How a worker loads the driver's model."""
+    return {"path": None if model.source == "default" else model.source, "base_model": base_model,
+            "dtype": _DTYPE_NAMES.get(model.dtype, "fp32"), "attn": model.attn,
+            "fingerprint": model.fingerprint}
+
+
+def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "auto", batch_size: int = 32,
+                       memory_dtype: str | None = None, actors: int | None = None, progress: bool = True,
+                       wait: bool = True, base_model: str | None = None) -> CompressReport:
+    """Compress what is pending on a Ray cluster; one commit per batch, as compress_store."""
+    t0 = time.perf_counter()
+    dtype = storage_dtype(model, memory_dtype)
+    with store.writer(wait=wait) as tx:
+        tx.bind_model(model_info(model))
+        keys, texts = pending_chunks(tx.view)
+        if not texts:
+            return CompressReport(0, 0, 0, round(time.perf_counter() - t0, 3), _dtype_name(dtype))
+        ray = connect(address)
+        from ray import data as ray_data
+
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        cpus = max(1, int(resources.get("CPU", 1)))
+        n_actors = actors or (gpus if gpus else max(1, cpus // 2))
+        cpus_per_actor = 1 if gpus else max(1, cpus // n_actors)
+        spec = {**model_spec(model, base_model), "batch_size": batch_size, "gpu": bool(gpus),
+                "merged": len(texts) > 4 * batch_size,  # the single-process job's choice
+                "threads": cpus_per_actor}
+        items = [{"batch": b, "keys": keys[s:s + batch_size].astype("<i8").tobytes(),
+                  "texts": json.dumps(texts[s:s + batch_size])}
+                 for b, s in enumerate(range(0, len(texts), batch_size))]
+        ds = ray_data.from_items(items, override_num_blocks=min(len(items), 10_000))
+        out = ds.map_batches(BatchCompressor, fn_constructor_kwargs={"spec": spec}, batch_size=1,
+                             batch_format="numpy", concurrency=n_actors, num_cpus=cpus_per_actor,
+                             num_gpus=1 if gpus else 0)  # Ray Data restarts actors and retries their tasks
+        done = 0
+        with progress_bar(total=len(texts), desc="compress (ray)", unit="chunk", enabled=progress) as bar:
+            for row in out.iter_rows():
+                part = np.frombuffer(row["keys"], dtype="<i8").astype(np.int64)
+                shape = json.loads(row["shape"])
+                memory = torch.frombuffer(bytearray(row["memory"]), dtype=torch.float32).reshape(shape)
+                tx.add_memory(part, memory.to(dtype))
+                tx.commit()
+                done += 1
+                bar.update(len(part))
+    return CompressReport(compressed=len(texts), pending_before=len(texts), batches=done,
+                          seconds=round(time.perf_counter() - t0, 3), memory_dtype=_dtype_name(dtype))
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
