@@ -96,10 +96,29 @@ class SourceDocument:
         return self._n_chars
 
 
+def one_line(text: str) -> str:
+    """Control characters (a newline in a file name) and undecodable bytes of file names
+    escaped: the message stays one printable line that any terminal can show."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: undecodable file-name bytes, or JSON "\ud800"
+        return False
+    return True
+
+
 @dataclass
 class RejectedInput:
     source: str  # the input as the user named it (file path, or "<stdin>")
     message: str  # one line naming the file (and line/row for JSONL/CSV/Parquet)
+
+    def __post_init__(self) -> None:
+        self.message = one_line(self.message)
 
 
 @dataclass
@@ -108,6 +127,9 @@ class SkippedInput:
 
     source: str
     message: str
+
+    def __post_init__(self) -> None:
+        self.message = one_line(self.message)
 
 
 @dataclass
@@ -270,6 +292,8 @@ def _record(source: str, number: int, obj: dict, where: str, prefix: str = "") -
         raise _Reject(f"{where}: {prefix}empty text")
     if "\0" in text:
         raise _Reject(f"{where}: {prefix}text contains NUL characters")
+    if not _utf8_ok(text):
+        raise _Reject(f"{where}: {prefix}text is not valid Unicode (a lone surrogate, or undecodable input)")
     ident = obj.get("id")
     if ident is None or ident == "":
         doc_id = f"{source}#{number}"
@@ -277,6 +301,8 @@ def _record(source: str, number: int, obj: dict, where: str, prefix: str = "") -
         raise _Reject(f"{where}: {prefix}\"id\" must be a string or an integer")
     else:
         doc_id = str(ident)
+        if not _utf8_ok(doc_id):
+            raise _Reject(f"{where}: {prefix}\"id\" is not valid Unicode")
     metadata = obj.get("metadata")
     if metadata is None:
         metadata = {}
@@ -545,6 +571,9 @@ def read_inputs(paths: Sequence[str], stdin: TextIO | None = None, follow_symlin
             if source in seen:
                 continue
             seen.add(source)
+            if not _utf8_ok(source):
+                yield RejectedInput(path, f"{path}: file name is not valid UTF-8 (rename the file)")
+                continue
             try:
                 yield from _read_file(Path(path), path, source)
             except _Reject as err:
@@ -963,5 +992,5 @@ def _missing_documents(base, paths: Sequence[str], seen: dict[str, str], rejecte
 
 
 __all__ = ["IngestReport", "RejectedInput", "SkippedInput", "SourceDocument", "chunk_rows", "chunk_stream",
-           "chunk_text", "count_tokens", "html_to_text", "ingest", "iter_chunk_rows", "make_chunk_id", "read_inputs",
-           "sha256_text"]
+           "chunk_text", "count_tokens", "html_to_text", "ingest", "iter_chunk_rows", "make_chunk_id", "one_line",
+           "read_inputs", "sha256_text"]

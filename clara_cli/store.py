@@ -204,7 +204,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_json_atomic(path: Path, obj: Any, compact: bool = False) -> None:
+def _write_json_atomic(path: Path, obj: Any, compact: bool = False, sync_dir: bool = True) -> None:
     """Temp file in the same directory, fsync, rename, fsync the directory: all or nothing."""
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     text = json.dumps(obj, separators=(",", ":")) if compact else json.dumps(obj, indent=1, sort_keys=True)
@@ -219,7 +219,8 @@ def _write_json_atomic(path: Path, obj: Any, compact: bool = False) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 class _HashingFile:
@@ -1389,14 +1390,17 @@ class Transaction:
         _write_json_atomic(root / HISTORY_DIR / f"v{version:08d}.json", manifest, compact=True)
         self._store._create_lease_file(version)
         fault_point("swap")
-        _write_json_atomic(root / MANIFEST, manifest)
-        fault_point("committed")
+        _write_json_atomic(root / MANIFEST, manifest, sync_dir=False)
+        # Committed: from here on nothing may treat these files as pending (an error now must
+        # not make _abort delete files the current manifest names).
         self._manifest = manifest
         self._committed_version = version
         self._pending.clear()
         self._new_docs.clear()
         self._dirty = False
         self._view = None
+        fault_point("committed")
+        _fsync_dir(root)  # the rename durable
         return version
 
     def _merge_small_shards(self) -> None:
@@ -1426,8 +1430,15 @@ class Transaction:
             self._changed()
 
     def _abort(self) -> None:
-        """Remove files written since the last commit: no committed manifest references them."""
+        """Remove files written since the last commit: no committed manifest references them
+        (checked against the manifest on disk too, should a commit have landed after all)."""
+        try:
+            current = {e["name"] for e in self._store._read_manifest()["files"]}
+        except ClaraError:
+            current = None  # unreadable: remove nothing, gc decides later
         for name in self._pending:
+            if current is None or name in current:
+                continue
             with contextlib.suppress(OSError):
                 (self._store.root / DATA_DIR / name).unlink()
         self._pending.clear()

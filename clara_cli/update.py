@@ -16,7 +16,7 @@ from typing import TextIO
 import numpy as np
 
 from .compress import compress_store, model_info
-from .errors import ClaraError
+from .errors import ClaraError, CorruptDataError
 from .index import index_ids, load_index, update_index
 from .ingest import RejectedInput, SkippedInput, ingest
 from .model import ClaraModel
@@ -100,6 +100,23 @@ class VerifyReport:
                 **self.counts}
 
 
+def indexed_keys(snapshot: Snapshot) -> np.ndarray | None:
+    """The chunk keys the snapshot's vector index covers (None: no vector index): a flat index
+    records them in a keys file, FAISS kinds hold them; files are checksummed first."""
+    info = snapshot.index or {}
+    if info.get("keys_file"):
+        path = snapshot.check_file(info["keys_file"])
+        try:
+            return np.asarray(np.load(path, allow_pickle=False), dtype=np.int64).reshape(-1)
+        except (ValueError, OSError) as err:
+            raise CorruptDataError(f"{path}: cannot read the index keys ({err})") from None
+    if info.get("file"):
+        snapshot.check_file(info["file"])
+        index = load_index(snapshot)
+        return index_ids(index) if index is not None else None
+    return None
+
+
 def check_store(snapshot: Snapshot) -> VerifyReport:
     """Every file's size, sha256 and header against the manifest; then, if the files are sound,
     the logic: ids live once, every chunk's document live, at most one memory row per chunk,
@@ -116,20 +133,21 @@ def check_store(snapshot: Snapshot) -> VerifyReport:
     pending = len(chunk_keys) - len(memory_keys)
     if pending:
         notes.append(f"{pending} chunk(s) are not compressed yet (run `clara update` or `clara compress`)")
-    info = snapshot.index
-    if info:
-        try:
-            ids = index_ids(load_index(snapshot))
-        except ClaraError as err:
-            problems.append(str(err))
-            return VerifyReport(snapshot.version, problems, notes, counts)
+    info = snapshot.index or {}
+    try:
+        ids = indexed_keys(snapshot)
+    except ClaraError as err:
+        problems.append(str(err))
+        return VerifyReport(snapshot.version, problems, notes, counts)
+    if ids is not None:
+        name = info.get("file") or info.get("keys_file")
         counts["indexed"] = len(ids)
         uniq, n = np.unique(ids, return_counts=True)
         if (n > 1).any():
-            problems.append(f"index {info.get('file')}: chunk {chunk_id_from_key(uniq[np.argmax(n > 1)])} "
+            problems.append(f"index {name}: chunk {chunk_id_from_key(uniq[np.argmax(n > 1)])} "
                             f"is in it {int(n.max())} times")
         if info.get("ntotal") is not None and int(info["ntotal"]) != len(ids):
-            problems.append(f"index {info.get('file')}: holds {len(ids)} vectors, the manifest says {info['ntotal']}")
+            problems.append(f"index {name}: holds {len(ids)} chunks, the manifest says {info['ntotal']}")
         missing = np.setdiff1d(memory_keys, ids)
         stale = np.setdiff1d(ids, memory_keys)
         if len(missing):
@@ -147,4 +165,4 @@ def check_store(snapshot: Snapshot) -> VerifyReport:
     return VerifyReport(snapshot.version, problems, notes, counts)
 
 
-__all__ = ["UpdateReport", "VerifyReport", "check_store", "update"]
+__all__ = ["UpdateReport", "VerifyReport", "check_store", "indexed_keys", "update"]
