@@ -36,3 +36,20 @@ bench: install
 
 clean:
 	rm -rf $(VENV) $(STORE) .pytest_cache
+
+# Train the embedded default model (SmolLM2-135M-Instruct, doc_max_length 256, compr_rate 16) on the
+# training split of the Wikipedia paragraphs through the three CLaRa stages; docs/TRAINING.md has
+# the numbers. Hours on a CPU: every step resumes from its last checkpoint, so after any stop
+# (Ctrl-C, kill -9, reboot) run `make train-default` again. The result replaces
+# clara_cli/default_model; evaluate it (clara eval) before committing it.
+TRAIN_DIR   ?= .cache/train-default
+TRAIN_FLAGS ?= --batch-size 8 --grad-accum 4 --save-every 10 --no-dropout --seed 0
+.PHONY: train-default
+train-default: install
+	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --out $(TRAIN_DIR)/data
+	$(VENV)/bin/clara train scp $(TRAIN_DIR)/data/pretrain.jsonl --out $(TRAIN_DIR)/scp --epochs 1 $(TRAIN_FLAGS)
+	$(VENV)/bin/clara train instruct $(TRAIN_DIR)/data/instruct.jsonl --init-from $(TRAIN_DIR)/scp \
+		--out $(TRAIN_DIR)/instruct --max-examples 6000 --epochs 1 $(TRAIN_FLAGS)
+	$(VENV)/bin/clara train e2e $(TRAIN_DIR)/data/e2e.jsonl --init-from $(TRAIN_DIR)/instruct \
+		--out $(TRAIN_DIR)/e2e --epochs 1 $(TRAIN_FLAGS)
+	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/e2e clara_cli/default_model bf16

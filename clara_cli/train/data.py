@@ -1,0 +1,266 @@
+"""Training data: the official CLaRa JSONL formats, validated, and the prompts built from them.
+
+Pretraining (stage `scp`), one document per record (the official stage 1 uses top-k 1):
+    {"data_type": "qa", "question": ["q1", ...], "answers": ["a1", ...], "docs": ["doc"]}
+    {"data_type": "paraphrase", "answers": ["a paraphrase of doc"], "docs": ["doc"]}
+Instruction tuning (`instruct`) and end-to-end (`e2e`):
+    {"question": "q", "docs": ["d1", ...], "answer": "a" | "answers": [..] | "golden_answers": [..],
+     "pos_index": [i, ...]}
+
+Bad input fails before any training with one line naming file:line. Prompts follow the
+official code (apple/ml-clara openrlhf/models/modeling_clara.py, `_blend_qa_prompt`,
+`_blend_paraphrase_prompt`, `_blend_prompt_and_selected_memory_tokens`): a chat template
+whose `<MEM*>` slots the memories overwrite, the target as the assistant turn.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+
+STAGES = ("scp", "instruct", "e2e")
+
+# Stage-1 system prompts and paraphrase instructions, verbatim from the official code.
+QA_SYSTEM = ("You are a helpful assistant. Given a document, your task is to generate some single questions "
+             "to cover all key information of the document and answer them sequentially.")
+PARAPHRASE_SYSTEM = ("You are a helpful assistant. Your task is follow the instructions to paraphrase the "
+                     "background information.")
+PARAPHRASE_INSTRUCTIONS = (
+    "Background: {docs} means the same as",
+    "Background: {docs} Can you put the above sentences in your own terms?",
+    "Background: {docs} Please provide a reinterpretation of the preceding background text.",
+    "These two expressions are equivalent in essence:\n(1) {docs}\n(2)",
+    "Background: {docs} is a paraphrase of what?",
+    "Background: {docs} Could you give me a different version of the background sentences above?",
+    "In other words, background: {docs} is just another way of saying:",
+    "You're getting across the same point whether you say background: {docs} or",
+    "Background: {docs} After unpacking the ideas in the background information above, we got:",
+    "Background: {docs} Please offer a restatement of the background sentences I've just read.",
+    "Background: {docs}, which also means:",
+    "Strip away the mystery, and you'll find background: {docs} is simply another rendition of:",
+    "The essence of background: {docs} is captured again in the following statement:",
+)
+
+
+@dataclass
+class PretrainRecord:
+    """One `scp` example: a document and the text the generator must produce from its memory."""
+
+    data_type: str  # "qa" or "paraphrase"
+    docs: list[str]
+    questions: list[str]
+    answers: list[str]
+    line: int = 0
+
+    def target(self) -> str:
+        if self.data_type == "paraphrase":
+            return self.answers[0]
+        return "\n".join(f"Question: {q}\nAnswer: {a}" for q, a in zip(self.questions, self.answers, strict=True))
+
+
+@dataclass
+class QARecord:
+    """One `instruct` / `e2e` example: a question, candidate documents, the answer."""
+
+    question: str
+    docs: list[str]
+    answer: str
+    pos_index: list[int] = field(default_factory=list)
+    line: int = 0
+
+
+Record = PretrainRecord | QARecord
+
+
+# ---------------------------------------------------------------------- reading and validation
+def _str_list(obj: dict, key: str, where: str, allow_empty: bool = False) -> list[str]:
+    value = obj.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f'{where}: "{key}" must be a list of strings')
+    if not allow_empty and (not value or not all(v.strip() for v in value)):
+        raise UsageError(f'{where}: "{key}" must hold at least one non-empty string (and no empty ones)')
+    return value
+
+
+def parse_record(obj: object, stage: str, where: str) -> Record:
+    """One JSON value -> a validated record for `stage`, or UsageError naming `where` (file:line)."""
+    if not isinstance(obj, dict):
+        raise UsageError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if stage not in STAGES:
+        raise UsageError(f"unknown stage {stage!r} (use {', '.join(STAGES)})")
+    if stage == "scp":
+        if isinstance(obj.get("question"), str) and "data_type" not in obj:
+            raise UsageError(f"{where}: this is an instruction/e2e record (question is a string); scp needs "
+                             '{"data_type", "question": [..], "answers": [..], "docs": [doc]}')
+        data_type = obj.get("data_type", "qa")
+        if data_type not in ("qa", "paraphrase"):
+            raise UsageError(f'{where}: "data_type" must be "qa" or "paraphrase", got {data_type!r}')
+        docs = _str_list(obj, "docs", where)
+        answers = _str_list(obj, "answers", where)
+        if data_type == "paraphrase":
+            return PretrainRecord("paraphrase", docs, [], answers, line=_line(where))
+        questions = _str_list(obj, "question", where)
+        if len(questions) != len(answers):
+            raise UsageError(f'{where}: "question" has {len(questions)} items but "answers" has {len(answers)}')
+        return PretrainRecord("qa", docs, questions, answers, line=_line(where))
+
+    if isinstance(obj.get("question"), list) or "data_type" in obj:
+        raise UsageError(f"{where}: this is a pretraining record (data_type / question list); {stage} needs "
+                         '{"question": "..", "docs": [..], "answer": ".."}')
+    question = obj.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise UsageError(f'{where}: "question" must be a non-empty string')
+    docs = _str_list(obj, "docs", where)
+    # the official reader's order: answer (str), answers (list), golden_answers (list, first one)
+    if isinstance(obj.get("answer"), str):
+        answer = obj["answer"]
+    elif "answers" in obj:
+        answer = _str_list(obj, "answers", where)[0]
+    elif "golden_answers" in obj:
+        answer = _str_list(obj, "golden_answers", where)[0]
+    else:
+        raise UsageError(f'{where}: no answer: give "answer" (string), "answers" or "golden_answers" (lists)')
+    if not answer.strip():
+        raise UsageError(f"{where}: the answer is empty")
+    pos = obj.get("pos_index", [])
+    if not isinstance(pos, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in pos):
+        raise UsageError(f'{where}: "pos_index" must be a list of integers')
+    bad = [i for i in pos if not 0 <= i < len(docs)]
+    if bad:
+        raise UsageError(f'{where}: "pos_index" {bad} out of range for {len(docs)} docs')
+    return QARecord(question, docs, answer, sorted(set(pos), key=pos.index), line=_line(where))
+
+
+def _line(where: str) -> int:
+    tail = where.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def read_records(path: str | Path, stage: str, max_examples: int | None = None) -> list[Record]:
+    """All records of a JSONL file (blank lines skipped), validated for `stage`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    records: list[Record] = []
+    with path.open(encoding="utf-8") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise UsageError(f"{where}: malformed JSON ({err.msg})") from None
+            records.append(parse_record(obj, stage, where))
+            if max_examples is not None and len(records) >= max_examples:
+                break
+    if not records:
+        raise UsageError(f"{path}: no training records")
+    return records
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- held-out guard
+_WORD = re.compile(r"\w+")
+
+
+def _shingles(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
+
+
+@functools.lru_cache(maxsize=1)
+def held_out_guard() -> HeldOutGuard:
+    """The guard is built once per process (it reads the whole corpus)."""
+    return HeldOutGuard()
+
+
+class HeldOutGuard:
+    """Recognises documents that come from held-out Wikipedia paragraphs (corpora.is_held_out).
+
+    A document is held out when at least half of its 8-word shingles occur in held-out
+    paragraphs, which also catches chunks and lightly edited copies. Without the corpus
+    package installed there is nothing to guard against and every document passes."""
+
+    def __init__(self) -> None:
+        from ..corpora import wiki_paragraphs
+        from ..errors import ClaraError
+
+        self.shingles: set[tuple[str, ...]] = set()
+        try:
+            for p in wiki_paragraphs("heldout"):
+                self.shingles |= _shingles(p["text"])
+        except ClaraError:
+            pass  # corpus not installed
+
+    def is_held_out(self, text: str) -> bool:
+        if not self.shingles:
+            return False
+        mine = _shingles(text)
+        return sum(s in self.shingles for s in mine) >= 0.5 * len(mine)
+
+    def filter(self, records: Sequence[Record]) -> tuple[list[Record], int]:
+        """(records without any held-out document, number dropped)."""
+        verdict: dict[str, bool] = {}
+        for r in records:
+            for d in r.docs:
+                if d not in verdict:
+                    verdict[d] = self.is_held_out(d)
+        kept = [r for r in records if not any(verdict[d] for d in r.docs)]
+        return kept, len(records) - len(kept)
+
+
+# ---------------------------------------------------------------------- prompts
+def memory_slots(n_mem: int, k: int, sep: bool = True) -> str:
+    """`(<MEM0>..<MEM{n-1}><SEP>)` k times: where k documents' memories go."""
+    return ("".join(f"<MEM{i}>" for i in range(n_mem)) + ("<SEP>" if sep else "")) * k
+
+
+def paraphrase_instruction(seed: int, epoch: int, index: int) -> str:
+    """One of the official paraphrase templates, chosen reproducibly per (seed, epoch, example)."""
+    return random.Random(f"{seed}:{epoch}:{index}").choice(PARAPHRASE_INSTRUCTIONS)
+
+
+def chat_prompt_and_response(tokenizer, system: str, user: str, answer: str) -> tuple[str, str]:
+    """(prompt up to the assistant turn, full text with the answer), merging the system text into
+    the user turn when the template has no system role (as the official code does)."""
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    try:
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as err:  # jinja2 TemplateError "System role not supported"
+        if "system" not in str(err).lower():
+            raise
+        messages = [{"role": "user", "content": system + "\n" + user}]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
+                                         add_generation_prompt=False, tokenize=False)
+    return prompt, full
+
+
+def split_ids(tokenizer, prompt: str, full: str, max_length: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids). The target is tokenized on its own after the prompt, which is
+    exactly what the generator sees at inference; it is right-truncated to fit max_length."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if full.startswith(prompt):
+        t = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
+    else:  # templates that rewrite earlier turns: fall back to the official prompt-length split
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        p, t = ids[:len(p)], ids[len(p):]
+    if len(p) >= max_length:
+        raise UsageError(f"a prompt of {len(p)} tokens does not fit --max-length {max_length}")
+    return p, t[:max_length - len(p)]

@@ -1,0 +1,472 @@
+"""The resumable trainer behind `clara train`: one stage, one output folder.
+
+OUT is always a complete model in our format (`ClaraModel.from_pretrained(OUT)` works at any
+moment) plus what resuming needs:
+
+    OUT/clara.json, adapters.safetensors, token_rows.safetensors   the model (LoRA in fp32)
+    OUT/trainer.pt        optimizer, scheduler, RNG states (python, numpy, torch), fp32 <MEM*> rows
+    OUT/train_state.json  step, data position, settings, data digest, loss history, done
+
+Every checkpoint is written to a fresh temporary folder beside OUT and swapped in by
+rename (OUT -> .OUT.prev, temp -> OUT), so `kill -9` at any moment leaves either the old
+or the new checkpoint; rerunning the same command continues from it, and a finished run
+does no work. The data order is a seeded permutation per epoch, so the position is one
+integer: how many examples the run has consumed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import ClaraError, UsageError
+from ..model import ClaraConfig, ClaraModel, resolve_device, resolve_dtype
+from ..progress import notice, progress_bar
+from .data import STAGES, file_digest, held_out_guard, read_records
+from .stages import Trainable, cosine_with_min_lr, lora_to_fp32, prepare_adapters
+
+STATE_FORMAT = "clara-train/1"
+# Paper / official-code hyper-parameters per stage. The official stage 3 runs transformers'
+# "constant" schedule, which has no warmup.
+STAGE_DEFAULTS = {
+    "scp": {"lr": 1e-4, "schedule": "cosine", "warmup_ratio": 0.03},
+    "instruct": {"lr": 1e-4, "schedule": "cosine", "warmup_ratio": 0.03},
+    "e2e": {"lr": 5e-6, "schedule": "constant", "warmup_ratio": 0.0},
+}
+# Settings that may change between a run and its resumption (they do not change the result).
+VOLATILE = ("out", "save_every", "device", "progress")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `clara train` takes; None means the stage's default (STAGE_DEFAULTS)."""
+
+    stage: str
+    data: str
+    out: str
+    init_from: str | None = None     # checkpoint to start from (a previous stage's OUT, or Apple's format)
+    base_model: str | None = None    # fresh start on another base LM (default: SmolLM2-135M-Instruct)
+    doc_max_length: int = 256        # fresh starts only
+    compr_rate: int = 16             # fresh starts only
+    steps: int | None = None         # optimizer steps; default: epochs over the data
+    epochs: float = 1.0
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float | None = None
+    min_lr_ratio: float = 0.1        # cosine ends at lr * 0.1 (official cosine_with_min_lr)
+    warmup_ratio: float | None = None
+    schedule: str | None = None      # cosine | constant
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    mse_weight: float = 0.1
+    top_k: int = 5                   # documents per question (instruct: read; e2e: selected)
+    temperature: float = 0.02        # e2e differentiable top-k
+    dropout: bool = True             # LoRA dropout 0.1 as the paper; off is faster
+    autocast: bool | None = None     # LoRA side paths in the compute dtype too (default: when not fp32)
+    max_length: int = 1024           # generator prompt + target tokens
+    save_every: int = 100
+    dtype: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    max_examples: int | None = None
+    exclude_heldout: bool = True     # drop records whose documents are held-out Wikipedia paragraphs
+
+    def resolved(self) -> TrainConfig:
+        if self.stage not in STAGES:
+            raise UsageError(f"unknown stage {self.stage!r} (use {', '.join(STAGES)})")
+        out = TrainConfig(**asdict(self))
+        for key, value in STAGE_DEFAULTS[self.stage].items():
+            if getattr(out, key) is None:
+                setattr(out, key, value)
+        if out.schedule not in ("cosine", "constant"):
+            raise UsageError(f"unknown schedule {out.schedule!r} (use cosine or constant)")
+        if min(out.batch_size, out.grad_accum, out.save_every, out.top_k) < 1 or (out.steps is not None and out.steps < 1):
+            raise UsageError("--steps, --batch-size, --grad-accum, --save-every and --top-k must be at least 1")
+        if out.steps is None and out.epochs <= 0:
+            raise UsageError("--epochs must be positive")
+        out.data = str(Path(out.data).resolve())
+        out.init_from = str(Path(out.init_from).resolve()) if out.init_from not in (None, "default") else out.init_from
+        return out
+
+    def identity(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in VOLATILE}
+
+
+@dataclass
+class TrainResult:
+    stage: str
+    out: str
+    step: int
+    total_steps: int
+    done: bool
+    examples_seen: int
+    records: int
+    dropped_heldout: int
+    epochs_done: float
+    loss_first: float | None
+    loss_last: float | None
+    seconds: float
+    examples_per_s: float
+    tokens_per_s: float
+    resumed_from: int
+    fingerprint: str
+    dtype: str
+    history: list = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("history")
+        return d
+
+
+# ---------------------------------------------------------------------- the loop
+def train(cfg: TrainConfig, *, progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Run (or resume, or skip when finished) one training stage; returns what it did.
+
+    stop_after: stop (with a checkpoint) after that many optimizer steps in this call, as an
+    interruption would; the next call resumes."""
+    cfg = cfg.resolved()
+    records = read_records(cfg.data, cfg.stage, cfg.max_examples)
+    dropped = 0
+    if cfg.exclude_heldout:
+        records, dropped = held_out_guard().filter(records)
+        if dropped:
+            notice(f"dropped {dropped} records whose documents are held-out Wikipedia paragraphs")
+        if not records:
+            raise UsageError(f"{cfg.data}: every record uses held-out documents; nothing to train on")
+    digest = file_digest(cfg.data)
+    n = len(records)
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * n / (cfg.batch_size * cfg.grad_accum)))
+
+    out = Path(cfg.out).expanduser().resolve()
+    with _lock(out):
+        _recover(out)
+        state = _read_state(out)
+        if state is not None:
+            _check_same_run(state, cfg, digest)
+            if state["done"]:
+                notice(f"{out} already holds the finished {cfg.stage} run ({state['step']} steps); nothing to do")
+                return _result(cfg, out, state, records=n, dropped=dropped, seconds=0.0, examples=0, tokens=0,
+                               resumed_from=state["step"])
+        return _run(cfg, out, records, digest, total, state, dropped, progress, stop_after)
+
+
+def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, state: dict | None,
+         dropped: int, progress: bool, stop_after: int | None) -> TrainResult:
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    resuming = state is not None
+    model = _load_start_model(cfg, out if resuming else None, device, dtype)
+    prepare_adapters(model, cfg.stage, fresh_start=not resuming, seed=cfg.seed)
+    model.decoder.to(device)
+    model.decoder.train(cfg.dropout)  # train mode only switches LoRA dropout on
+    autocast = dtype != torch.float32 if cfg.autocast is None else cfg.autocast
+    tm = Trainable(model, cfg.stage, autocast=autocast)
+    params = tm.parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
+    warmup = math.ceil(total * cfg.warmup_ratio)
+    if cfg.schedule == "cosine":
+        def mult(s: int) -> float:
+            return cosine_with_min_lr(s, total, warmup, cfg.min_lr_ratio)
+    else:
+        def mult(s: int) -> float:
+            return min(1.0, (s + 1) / (warmup + 1)) if warmup else 1.0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, mult)
+
+    if resuming:
+        saved = torch.load(out / "trainer.pt", map_location="cpu", weights_only=True)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        if tm.mem_rows is not None:
+            tm.mem_rows.data.copy_(saved["mem_rows"].to(tm.mem_rows.device))
+        _set_rng(saved["rng"])
+        step, consumed, history = state["step"], state["consumed"], state["history"]
+        elapsed_before = state.get("seconds", 0.0)
+        notice(f"resuming {cfg.stage} at step {step}/{total} from {out}")
+    else:
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        step, consumed, history, elapsed_before = 0, 0, [], 0.0
+
+    if cfg.stage == "e2e":  # frozen compressor: every candidate compressed once, in one deterministic pass
+        docs = [d for r in records for d in r.docs]
+        bar = progress_bar(total=len(set(docs)), desc="compressing candidates", unit="doc", enabled=progress)
+        tm.cache_documents(docs, progress=bar.update)
+        bar.close()
+
+    resumed_from = step
+    t0, run_examples, run_tokens = time.perf_counter(), 0, 0
+    bar = progress_bar(total=total, desc=f"train {cfg.stage}", unit="step", enabled=progress)
+    bar.update(step)
+    order = _Order(len(records), cfg.seed)
+    try:
+        while step < total:
+            opt.zero_grad(set_to_none=True)
+            agg: dict[str, float] = {"loss": 0.0, "lm": 0.0, "mse": 0.0}
+            hits = positives = 0
+            for _ in range(cfg.grad_accum):
+                batch = [order.at(consumed + j) for j in range(cfg.batch_size)]  # [(epoch, index)]
+                consumed += cfg.batch_size
+                loss, stats = tm.step([records[i] for _, i in batch], batch[0][0], [i for _, i in batch], cfg)
+                (loss / cfg.grad_accum).backward()
+                for key in agg:
+                    agg[key] += getattr(stats, key) / cfg.grad_accum
+                hits, positives = hits + stats.hits, positives + stats.positives
+                run_examples += stats.examples
+                run_tokens += stats.tokens
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            lr = sched.get_last_lr()[0]
+            opt.step()
+            sched.step()
+            step += 1
+            rec = {"step": step, **{k: round(v, 5) for k, v in agg.items()}, "lr": lr,
+                   "grad_norm": round(float(grad_norm), 4)}
+            if positives:
+                rec["recall"] = round(hits / positives, 4)
+            history.append(rec)
+            seconds = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{agg['loss']:.3f}", ex_s=f"{run_examples / seconds:.2f}")
+            stopping = stop_after is not None and step - resumed_from >= stop_after
+            if step % cfg.save_every == 0 or step == total or stopping:
+                _save_checkpoint(tm, out, cfg, digest, total, step, consumed, history, opt, sched,
+                                 done=step == total, seconds=elapsed_before + seconds)
+            if stopping:
+                break
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    final = _read_state(out) or {"step": step, "consumed": consumed, "history": history, "done": False,
+                                 "fingerprint": model.fingerprint, "dtype": str(dtype).replace("torch.", "")}
+    return _result(cfg, out, final, records=len(records), dropped=dropped, seconds=seconds,
+                   examples=run_examples, tokens=run_tokens, resumed_from=resumed_from)
+
+
+class _Order:
+    """The example at global position c: epoch c // N, a seeded permutation of the N records."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._cache: dict[int, list[int]] = {}
+
+    def at(self, position: int) -> tuple[int, int]:
+        epoch, offset = divmod(position, self.n)
+        if epoch not in self._cache:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._cache = {epoch: torch.randperm(self.n, generator=g).tolist()}
+        return epoch, self._cache[epoch][offset]
+
+
+# ---------------------------------------------------------------------- models
+def _load_start_model(cfg: TrainConfig, resume_dir: Path | None, device: torch.device, dtype: torch.dtype) -> ClaraModel:
+    """The model a run starts from: its own checkpoint when resuming, else --init-from, else fresh
+    adapters on the base LM. LoRA weights become fp32 masters, read back exactly from our format."""
+    from ..checkpoint import _load_base, checkpoint_kind, load_model, resolve_base
+
+    src = resume_dir or (Path(cfg.init_from) if cfg.init_from not in (None, "default") else None)
+    if src is None and cfg.init_from == "default":  # the embedded default model (trained or not)
+        model = load_model(None, device="cpu", dtype=_dtype_name(dtype), base_model=cfg.base_model)
+    elif src is None:
+        from ..checkpoint import DEFAULT_BASE
+
+        name = cfg.base_model or DEFAULT_BASE
+        base_dir = resolve_base(name, None)
+        decoder, tokenizer = _load_base(base_dir, dtype)
+        config = ClaraConfig(base_model=name if name == DEFAULT_BASE else str(base_dir),
+                             doc_max_length=cfg.doc_max_length, compr_rate=cfg.compr_rate)
+        model = ClaraModel.from_base(decoder, tokenizer, config, seed=cfg.seed, trained=False, source="fresh")
+        model.fingerprint = "fresh"
+    else:
+        model = load_model(src, device="cpu", dtype=_dtype_name(dtype), base_model=cfg.base_model)
+    lora_to_fp32(model)
+    if src is not None and checkpoint_kind(src) == "clara":
+        _restore_exact_adapters(model, src)
+    return model
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def _restore_exact_adapters(model: ClaraModel, path: Path) -> None:
+    """load_model copies adapters into params of the compute dtype; read the stored fp32 values back."""
+    from safetensors.torch import load_file
+
+    params = dict(model.decoder.named_parameters())
+    with torch.no_grad():
+        for key, t in load_file(str(path / "adapters.safetensors")).items():
+            adapter, inner = key.split("/", 1)
+            stem, kind = inner.rsplit(".", 1)
+            target = params.get(f"{stem}.{adapter}.{kind}")
+            if target is not None:
+                target.copy_(t)
+
+
+def model_fingerprint(model: ClaraModel) -> str:
+    """The identity load_model will compute for this model once saved (checkpoint.fingerprint)."""
+    from ..checkpoint import base_identity, checkpoint_tensors, fingerprint, resolve_base
+
+    base_dir = resolve_base(model.config.base_model, None)
+    return fingerprint(model.config, base_identity(base_dir),
+                       checkpoint_tensors(model, model.n_base_tokens, full_rows=model.full_rows))
+
+
+def export_model(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "bf16") -> Path:
+    """A trained OUT -> a shippable model folder: adapters and rows cast to `dtype`, no trainer state."""
+    from ..checkpoint import load_model, save_model
+
+    model = load_model(src, device="cpu", dtype="fp32")
+    lora_to_fp32(model)
+    _restore_exact_adapters(model, Path(src))
+    target = resolve_dtype(dtype)
+    for p in model.decoder.parameters():
+        p.data = p.data.to(target)
+    model.fingerprint = model_fingerprint(model)
+    meta = json.loads((Path(src) / "clara.json").read_text())
+    extra = {k: meta[k] for k in ("training",) if k in meta}
+    return save_model(model, dst, trained=True, extra={**extra, "exported_from": str(src)})
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, total: int, step: int,
+                     consumed: int, history: list, opt, sched, *, done: bool, seconds: float) -> None:
+    """Model + trainer state into a temp folder beside OUT, then swapped in by rename."""
+    from ..checkpoint import save_model
+
+    model = tm.model
+    tm.write_back()
+    model.trained = True
+    model.fingerprint = model_fingerprint(model)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ckpt.", dir=out.parent))
+    tmp.rmdir()  # save_model creates it (atomically, from its own temp folder)
+    try:
+        training = {"stage": cfg.stage, "step": step, "total_steps": total, "data": cfg.data,
+                    "data_sha256": digest, "examples_seen": consumed}
+        save_model(model, tmp, trained=True, extra={"training": training})
+        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _get_rng(),
+                    "mem_rows": tm.mem_rows.detach().cpu() if tm.mem_rows is not None else None},
+                   tmp / "trainer.pt")
+        state = {"format": STATE_FORMAT, "stage": cfg.stage, "step": step, "total_steps": total,
+                 "consumed": consumed, "done": done, "data_sha256": digest, "config": cfg.identity(),
+                 "fingerprint": model.fingerprint, "dtype": _dtype_name(model.dtype), "seconds": round(seconds, 2),
+                 "history": history}
+        (tmp / "train_state.json").write_text(json.dumps(state) + "\n")
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+        prev = _prev(out)
+        if prev.exists():
+            shutil.rmtree(prev)
+        if out.exists():
+            os.replace(out, prev)
+        os.replace(tmp, out)
+        _fsync(out.parent)
+        shutil.rmtree(prev, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _prev(out: Path) -> Path:
+    return out.with_name(f".{out.name}.prev")
+
+
+def _recover(out: Path) -> None:
+    """After a crash between the two renames only .OUT.prev exists: put it back. Drop stale temps."""
+    prev = _prev(out)
+    if not out.exists() and prev.exists():
+        os.replace(prev, out)
+    elif prev.exists():
+        shutil.rmtree(prev, ignore_errors=True)
+    if out.parent.is_dir():
+        for stale in out.parent.glob(f".{out.name}.ckpt.*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        for stale in out.parent.glob(f"..{out.name}.ckpt.*"):  # save_model's own temp folders
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _read_state(out: Path) -> dict | None:
+    f = out / "train_state.json"
+    if not f.is_file():
+        if out.exists() and any(out.iterdir()):
+            raise UsageError(f"{out} exists and is not a clara train output; choose another --out")
+        return None
+    state = json.loads(f.read_text())
+    if state.get("format") != STATE_FORMAT:
+        raise ClaraError(f"{f}: unknown format {state.get('format')!r}")
+    return state
+
+
+def _check_same_run(state: dict, cfg: TrainConfig, digest: str) -> None:
+    if state["stage"] != cfg.stage:
+        raise UsageError(f"{cfg.out} holds a {state['stage']} run, not {cfg.stage}; choose another --out")
+    if state["data_sha256"] != digest:
+        raise UsageError(f"{cfg.data} changed since {cfg.out} was started; resume needs the same data "
+                         "(or choose another --out)")
+    mine = cfg.identity()
+    diff = [f"{k} {state['config'].get(k)!r} -> {mine[k]!r}" for k in mine if state["config"].get(k) != mine[k]]
+    if diff:
+        raise UsageError(f"{cfg.out} was started with other settings ({'; '.join(diff)}); rerun the same "
+                         "command to resume, or choose another --out")
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ClaraError(f"another clara train is writing {out}") from None
+        yield
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _get_rng() -> dict:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])]}
+
+
+def _set_rng(rng: dict) -> None:
+    version, internal, gauss = rng["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(rng["torch"])
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+
+
+def _result(cfg: TrainConfig, out: Path, state: dict, *, records: int, dropped: int, seconds: float,
+            examples: int, tokens: int, resumed_from: int) -> TrainResult:
+    history = state.get("history", [])
+    last = [h["loss"] for h in history[-10:]]
+    return TrainResult(
+        stage=cfg.stage, out=str(out), step=state["step"], total_steps=state.get("total_steps", state["step"]),
+        done=bool(state["done"]), examples_seen=state["consumed"], records=records, dropped_heldout=dropped,
+        epochs_done=round(state["consumed"] / max(records, 1), 3),
+        loss_first=history[0]["loss"] if history else None,
+        loss_last=round(sum(last) / len(last), 5) if last else None,
+        seconds=round(seconds, 2), examples_per_s=round(examples / seconds, 3) if seconds else 0.0,
+        tokens_per_s=round(tokens / seconds, 1) if seconds else 0.0, resumed_from=resumed_from,
+        fingerprint=state.get("fingerprint", ""), dtype=state.get("dtype", ""), history=history)

@@ -1,0 +1,354 @@
+"""The training forward passes of the three CLaRa stages (DESIGN.md §1).
+
+    scp       doc --encoder_adapter--> memory --decoder_adapter--> QA lines / paraphrase
+              loss = LM + 0.1 * MSE(mean text-token state, mean memory-token state)
+              learns: encoder + decoder adapters + the <MEM*> embedding rows
+    instruct  k docs --encoder--> memories; question + memories --decoder--> answer
+              loss = LM + 0.1 * MSE; learns the same (fresh decoder adapter, as the official stage1_2)
+    e2e       question --query_reasoner_adapter--> query; cosine vs ~20 frozen doc memories;
+              straight-through top-k picks k; question + picks --decoder--> answer
+              loss = LM; learns: query reasoner + decoder
+
+transformers' PEFT integration runs one adapter per forward, so the compressor and the
+generator are separate forwards joined by the memory tensors; `set_adapter` flips
+requires_grad of the adapters it deactivates, so `activate` restores the trained set
+after every switch (otherwise the first forward's adapter would get no gradient).
+
+Speed on CPU: base weights stay in the compute dtype (bf16 where fast), LoRA weights and
+the memory rows are fp32 masters, and the LM head runs only at positions with a label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ClaraError
+from ..model import SYSTEM_PROMPT, ClaraModel, lora_config
+from .data import (
+    PARAPHRASE_SYSTEM,
+    QA_SYSTEM,
+    PretrainRecord,
+    QARecord,
+    chat_prompt_and_response,
+    memory_slots,
+    paraphrase_instruction,
+    split_ids,
+)
+from .topk import differentiable_topk
+
+# What each stage learns (DESIGN.md §1; the official code's optimizer sees the same sets).
+TRAINED_ADAPTERS = {
+    "scp": ("encoder_adapter", "decoder_adapter"),
+    "instruct": ("encoder_adapter", "decoder_adapter"),
+    "e2e": ("query_reasoner_adapter", "decoder_adapter"),
+}
+TRAINS_MEM_ROWS = {"scp": True, "instruct": True, "e2e": False}
+
+
+@dataclass
+class StepStats:
+    """What one micro-batch did, for logs and throughput."""
+
+    loss: float
+    lm: float
+    mse: float
+    examples: int
+    tokens: int  # non-pad tokens through the transformer (compressor + query + generator passes)
+    hits: int = 0  # e2e: positives among the selected documents
+    positives: int = 0
+
+
+# ---------------------------------------------------------------------- preparing a model
+def prepare_adapters(model: ClaraModel, stage: str, fresh_start: bool, seed: int) -> None:
+    """Shape the adapter set for `stage` as the official loader does.
+
+    scp/instruct keep no query reasoner (a stage-1/2 checkpoint has none: retrieval falls back
+    to the compressor); instruct starts a fresh decoder adapter; e2e initialises the query
+    reasoner from the compressor when the checkpoint has none."""
+    decoder = model.decoder
+    if stage in ("scp", "instruct") and "query_reasoner_adapter" in decoder.peft_config:
+        with warnings.catch_warnings():  # "adapter was active which is now deleted"
+            warnings.simplefilter("ignore", UserWarning)
+            decoder.delete_adapter("query_reasoner_adapter")
+        model.config.adapters = [a for a in model.config.adapters if a != "query_reasoner_adapter"]
+    if stage == "instruct" and fresh_start:
+        from peft.tuners.lora import LoraLayer
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in decoder.modules():
+                if isinstance(module, LoraLayer) and "decoder_adapter" in module.lora_A:
+                    module.reset_lora_parameters("decoder_adapter", True)
+    if stage == "e2e" and "query_reasoner_adapter" not in decoder.peft_config:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            decoder.add_adapter(lora_config(model.config), adapter_name="query_reasoner_adapter")
+        lora_to_fp32(model)  # before the copy, so the encoder's fp32 values arrive exactly
+        params = dict(decoder.named_parameters())
+        with torch.no_grad():
+            for name, p in params.items():
+                if ".query_reasoner_adapter." in name:
+                    p.copy_(params[name.replace(".query_reasoner_adapter.", ".encoder_adapter.")])
+        model.config.adapters = [*model.config.adapters, "query_reasoner_adapter"]
+    missing = [a for a in TRAINED_ADAPTERS[stage] if a not in decoder.peft_config]
+    if missing:
+        raise ClaraError(f"stage {stage} needs adapters the model lacks: {', '.join(missing)}")
+
+
+def lora_to_fp32(model: ClaraModel) -> None:
+    """fp32 master weights for the (small) LoRA matrices, whatever the base dtype."""
+    for name, p in model.decoder.named_parameters():
+        if "lora_" in name and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+class Trainable:
+    """A ClaraModel prepared for one stage: trained parameters, fp32 memory rows, forward helpers."""
+
+    def __init__(self, model: ClaraModel, stage: str, autocast: bool = False):
+        self.model = model
+        self.stage = stage
+        self.n_mem = model.config.n_mem
+        self.autocast_dtype = model.dtype if autocast else None
+        decoder = model.decoder
+        adapters = TRAINED_ADAPTERS[stage]
+        self.named = {n: p for n, p in decoder.named_parameters() if any(f".{a}." in n for a in adapters)}
+        for p in decoder.parameters():
+            p.requires_grad_(False)
+        for p in self.named.values():
+            p.requires_grad_(True)
+        lo = model.mem_token_ids[0]
+        if model.mem_token_ids != list(range(lo, lo + self.n_mem)):
+            raise ClaraError("the <MEM*> token ids are not consecutive; cannot train their rows")
+        self.mem_lo = lo
+        emb = decoder.get_input_embeddings().weight
+        self.tied = decoder.get_output_embeddings().weight.data_ptr() == emb.data_ptr()
+        # [n_mem, h] fp32 master of the memory-token embedding rows; other rows never change
+        self.mem_rows = (nn.Parameter(emb.detach()[lo:lo + self.n_mem].float().clone())
+                         if TRAINS_MEM_ROWS[stage] else None)
+        self.doc_cache: dict[str, torch.Tensor] = {}
+        from peft.tuners.lora import LoraLayer
+
+        self._lora_layers = [m for m in decoder.modules() if isinstance(m, LoraLayer)]
+
+    # ------------------------------------------------------------------ parameters
+    def parameters(self) -> list[nn.Parameter]:
+        """Trained parameters in a fixed order (the optimizer state depends on it)."""
+        return list(self.named.values()) + ([self.mem_rows] if self.mem_rows is not None else [])
+
+    def activate(self, adapter: str) -> None:
+        self.model.use_adapter(adapter)
+        for p in self.named.values():  # set_adapter turned the others' requires_grad off
+            p.requires_grad_(True)
+
+    @torch.no_grad()
+    def write_back(self) -> None:
+        """Copy the fp32 memory rows into the embedding matrix (for saving / inference)."""
+        if self.mem_rows is not None:
+            emb = self.model.decoder.get_input_embeddings().weight
+            emb[self.mem_lo:self.mem_lo + self.n_mem] = self.mem_rows.to(emb.dtype)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
+
+    @contextlib.contextmanager
+    def _bf16_lora(self):
+        """Under autocast, stop peft from casting every LoRA input up to the fp32 weights' dtype
+        (a copy per linear layer that autocast would undo); the side path then runs in bf16."""
+        if self.autocast_dtype is None:
+            yield
+            return
+        for m in self._lora_layers:
+            m.cast_input_dtype_enabled = False
+        try:
+            with self._autocast():
+                yield
+        finally:
+            for m in self._lora_layers:
+                m.cast_input_dtype_enabled = True
+
+    # ------------------------------------------------------------------ forward pieces
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [B, L] -> [B, L, h], the <MEM*> rows taken from the trained master."""
+        x = self.model.decoder.get_input_embeddings()(ids)
+        if self.mem_rows is None:
+            return x
+        rel = ids - self.mem_lo
+        is_mem = (rel >= 0) & (rel < self.n_mem)
+        rows = self.mem_rows.to(x.dtype)[rel.clamp(0, self.n_mem - 1)]  # [B, L, h]
+        return torch.where(is_mem.unsqueeze(-1), rows, x)
+
+    def hidden(self, adapter: str, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden state after the final norm, [B, L, h], with `adapter` active."""
+        self.activate(adapter)
+        with self._bf16_lora():
+            return self.model.decoder.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
+                                                    use_cache=False).last_hidden_state
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """LM head on selected positions only: [T, h] -> [T, V] fp32."""
+        with self._autocast():
+            out = self.model.decoder.get_output_embeddings()(h)
+        if self.mem_rows is not None and self.tied:  # tied head: the <MEM*> columns are the trained rows
+            lo, hi = self.mem_lo, self.mem_lo + self.n_mem
+            mem = h @ self.mem_rows.to(h.dtype).T  # [T, n_mem]
+            out = torch.cat([out[:, :lo], mem.to(out.dtype), out[:, hi:]], dim=1)
+        return out.float()
+
+    def compress(self, texts: Sequence[str], adapter: str = "encoder_adapter") -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Texts -> (memories [D, n_mem, h], alignment MSE, non-pad tokens), with gradients.
+
+        MSE as the official `_compr_decoder`: mean over the real non-memory tokens vs mean over
+        the memory tokens, F.mse_loss over [D, h]."""
+        ids, mask = self.model.pad_left(self.model.encoder_token_ids(texts))  # [D, L]
+        h = self.hidden(adapter, self.embed(ids), mask)                      # [D, L, h]
+        text = mask.bool().clone()
+        text[:, -self.n_mem:] = False
+        hf = h.float()
+        text_mean = torch.where(text.unsqueeze(-1), hf, 0.0).sum(1) / text.sum(1, keepdim=True)  # [D, h]
+        mem_mean = hf[:, -self.n_mem:].mean(1)                                                    # [D, h]
+        return h[:, -self.n_mem:], F.mse_loss(text_mean, mem_mean), int(mask.sum())
+
+    def lm_loss(self, prompts: Sequence[list[int]], targets: Sequence[list[int]],
+                memories: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """Mean cross-entropy of the target tokens given prompt + memories; (loss, non-pad tokens).
+
+        prompts[i] holds k_i memory slots; memories[i] is [k_i, n_mem, h] in slot order."""
+        rows = [p + t for p, t in zip(prompts, targets, strict=True)]
+        ids, mask = self.model.pad_left(rows)                                # [B, L]
+        B, L = ids.shape
+        x = self.embed(ids)                                                  # [B, L, h]
+        mem_ids = set(self.model.mem_token_ids)
+        r_idx, p_idx, t_rows, t_pos, labels = [], [], [], [], []
+        for b, (p, t, mem) in enumerate(zip(prompts, targets, memories, strict=True)):
+            off = L - len(rows[b])
+            slots = [off + i for i, tok in enumerate(p) if tok in mem_ids]
+            if len(slots) != mem.shape[0] * mem.shape[1]:
+                raise ClaraError(f"prompt has {len(slots)} memory slots for {mem.shape[0]}x{mem.shape[1]} vectors")
+            r_idx += [b] * len(slots)
+            p_idx += slots
+            start = off + len(p)  # first target token; predicted by the position before it
+            t_rows += [b] * len(t)
+            t_pos += list(range(start - 1, start - 1 + len(t)))
+            labels += t
+        dev = x.device
+        flat = torch.cat([m.reshape(-1, m.shape[-1]) for m in memories]).to(x.dtype)  # [sum k*n_mem, h]
+        x = x.index_put((torch.tensor(r_idx, device=dev), torch.tensor(p_idx, device=dev)), flat)
+        h = self.hidden("decoder_adapter", x, mask)                          # [B, L, h]
+        h_t = h[torch.tensor(t_rows, device=dev), torch.tensor(t_pos, device=dev)]  # [T, h]
+        loss = F.cross_entropy(self.logits(h_t), torch.tensor(labels, device=dev))
+        return loss, int(mask.sum())
+
+    # ------------------------------------------------------------------ e2e helpers
+    @torch.no_grad()
+    def cache_documents(self, texts: Sequence[str], batch_size: int = 16, progress=None) -> None:
+        """Frozen-compressor memories of every document not cached yet (no gradient, no dropout)."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self.doc_cache))
+        if not todo:
+            return
+        was_training = self.model.decoder.training
+        self.model.decoder.eval()
+        try:
+            mem = self.model.compress(todo, batch_size=batch_size, progress=progress)  # fp32 [U, n_mem, h]
+        finally:
+            self.model._merged = {}  # drop the merged copy the bulk path may have made
+            self.model.decoder.train(was_training)
+        mem = mem.clone().to(self.model.dtype)  # a normal tensor (not an inference-mode one)
+        for t, m in zip(todo, mem, strict=True):
+            self.doc_cache[t] = m
+
+    # ------------------------------------------------------------------ the three stages
+    def step(self, records: Sequence, epoch: int, indices: Sequence[int], cfg) -> tuple[torch.Tensor, StepStats]:
+        """Loss of one micro-batch for this stage (before accumulation scaling)."""
+        if self.stage == "scp":
+            return self._scp(records, epoch, indices, cfg)
+        if self.stage == "instruct":
+            return self._instruct(records, cfg)
+        return self._e2e(records, cfg)
+
+    def _scp(self, records: Sequence[PretrainRecord], epoch: int, indices: Sequence[int], cfg):
+        tok = self.model.tokenizer
+        docs = [d for r in records for d in r.docs]
+        mem, mse, enc_tokens = self.compress(docs)                          # [D, n_mem, h]
+        memories = list(torch.split(mem, [len(r.docs) for r in records]))
+        prompts, targets = [], []
+        for r, i in zip(records, indices, strict=True):
+            slots = memory_slots(self.n_mem, len(r.docs), self.model.config.sep)
+            if r.data_type == "paraphrase":
+                system, user = PARAPHRASE_SYSTEM, paraphrase_instruction(cfg.seed, epoch, i).format(docs=slots)
+            else:
+                system, user = QA_SYSTEM, f"Background:\n{slots}"
+            p, t = split_ids(tok, *chat_prompt_and_response(tok, system, user, r.target()), cfg.max_length)
+            prompts.append(p)
+            targets.append(t)
+        lm, dec_tokens = self.lm_loss(prompts, targets, memories)
+        loss = lm + cfg.mse_weight * mse
+        return loss, StepStats(loss.item(), lm.item(), mse.item(), len(records), enc_tokens + dec_tokens)
+
+    def _answer_ids(self, question: str, k: int, answer: str, max_length: int) -> tuple[list[int], list[int]]:
+        """The inference prompt (ClaraModel.prompt) with k slots, and the answer turn after it."""
+        tok = self.model.tokenizer
+        prompt = self.model.prompt(question, k)
+        user = f"Background:\n{memory_slots(self.n_mem, k, self.model.config.sep)}\n\nQuestion:{question}"
+        p_text, full = chat_prompt_and_response(tok, SYSTEM_PROMPT, user, answer)
+        if p_text != prompt:
+            raise ClaraError("training and inference prompts differ")  # guards the two builders
+        return split_ids(tok, prompt, full, max_length)
+
+    def _instruct(self, records: Sequence[QARecord], cfg):
+        chosen = [choose_docs(r, cfg.top_k) for r in records]
+        mem, mse, enc_tokens = self.compress([d for docs in chosen for d in docs])
+        memories = list(torch.split(mem, [len(c) for c in chosen]))
+        pairs = [self._answer_ids(r.question, len(c), r.answer, cfg.max_length) for r, c in zip(records, chosen, strict=True)]
+        lm, dec_tokens = self.lm_loss([p for p, _ in pairs], [t for _, t in pairs], memories)
+        loss = lm + cfg.mse_weight * mse
+        return loss, StepStats(loss.item(), lm.item(), mse.item(), len(records), enc_tokens + dec_tokens)
+
+    def _e2e(self, records: Sequence[QARecord], cfg):
+        self.cache_documents([d for r in records for d in r.docs])
+        ids, mask = self.model.pad_left(self.model.encoder_token_ids([r.question for r in records]))
+        query = self.hidden("query_reasoner_adapter", self.embed(ids), mask)[:, -self.n_mem:]  # [B, n_mem, h]
+        selected, hits, positives = [], 0, 0
+        for b, r in enumerate(records):
+            cand = torch.stack([self.doc_cache[d] for d in r.docs]).float()  # [N, n_mem, h], constant
+            q = F.normalize(query[b].reshape(1, -1).float(), dim=-1)         # [1, n_mem*h]
+            scores = q @ F.normalize(cand.reshape(len(r.docs), -1), dim=-1).T  # [1, N]
+            k = min(cfg.top_k, len(r.docs))
+            W, idx = differentiable_topk(scores, k, cfg.temperature)        # [1, k, N], [1, k]
+            selected.append((W[0] @ cand.reshape(len(r.docs), -1)).reshape(k, self.n_mem, -1))  # [k, n_mem, h]
+            hits += len(set(idx[0].tolist()) & set(r.pos_index))
+            positives += min(len(r.pos_index), k)
+        pairs = [self._answer_ids(r.question, s.shape[0], r.answer, cfg.max_length) for r, s in zip(records, selected, strict=True)]
+        lm, dec_tokens = self.lm_loss([p for p, _ in pairs], [t for _, t in pairs], selected)
+        return lm, StepStats(lm.item(), lm.item(), 0.0, len(records), int(mask.sum()) + dec_tokens, hits, positives)
+
+
+def choose_docs(record: QARecord, k: int) -> list[str]:
+    """Instruction tuning reads k documents: all of them when there are at most k, else the
+    positives first-come plus the first non-positives, kept in the listed order."""
+    if len(record.docs) <= k:
+        return list(record.docs)
+    keep = set(record.pos_index[:k])
+    for i in range(len(record.docs)):
+        if len(keep) >= k:
+            break
+        keep.add(i)
+    return [record.docs[i] for i in sorted(keep)]
+
+
+def cosine_with_min_lr(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup, then cosine from 1 to min_ratio (transformers' cosine_with_min_lr)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1) if warmup else 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))

@@ -1,0 +1,377 @@
+"""clara train: differentiable top-k, data validation, the three stages on the tiny model,
+exact resumption, what each stage may change, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clara_cli.train import TrainConfig, differentiable_topk, read_records, train
+from clara_cli.train.data import PARAPHRASE_INSTRUCTIONS, QA_SYSTEM, paraphrase_instruction
+from clara_cli.train.loop import export_model
+
+DOCS = [
+    "The Eiffel Tower is a wrought-iron lattice tower in Paris, France, completed in 1889.",
+    "Mount Kilimanjaro is the highest mountain in Africa, about 5,895 metres above sea level.",
+    "Ada Lovelace wrote what is often called the first computer program, for Babbage's engine.",
+    "The Danube flows through ten countries and empties into the Black Sea in Romania.",
+    "Marie Curie was the first person to win Nobel Prizes in two different sciences.",
+    "The Great Wall of China stretches across northern China for thousands of kilometres.",
+]
+ANSWERS = ["1889", "Africa", "Ada Lovelace", "the Black Sea", "Marie Curie", "China"]
+QUESTIONS = ["When was the Eiffel Tower completed?", "Where is Kilimanjaro?", "Who wrote the first program?",
+             "Where does the Danube end?", "Who won two Nobel Prizes in sciences?", "Where is the Great Wall?"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matmuls on 2 shared, busy cores: one thread is faster and bitwise reproducible."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("train-data")
+    pre = []
+    for doc, q, a in zip(DOCS, QUESTIONS, ANSWERS, strict=True):
+        pre.append({"data_type": "qa", "question": [q], "answers": [a], "docs": [doc]})
+        pre.append({"data_type": "paraphrase", "question": [], "answers": [doc], "docs": [doc]})
+    qa = [{"question": q, "docs": DOCS[i:] + DOCS[:i], "answer": a, "pos_index": [0]}
+          for i, (q, a) in enumerate(zip(QUESTIONS, ANSWERS, strict=True))]
+    return {"scp": write_jsonl(d / "pretrain.jsonl", pre), "qa": write_jsonl(d / "qa.jsonl", qa)}
+
+
+def config(stage: str, data_path: Path, out: Path, init: Path, **kw) -> TrainConfig:
+    base = {"steps": 24, "batch_size": 4, "dtype": "fp32", "device": "cpu", "top_k": 2, "save_every": 100,
+            "lr": 3e-3 if stage != "e2e" else 1e-3, "dropout": False}
+    return TrainConfig(stage, str(data_path), str(out), init_from=str(init), **{**base, **kw})
+
+
+def early_late(result) -> tuple[float, float]:
+    losses = [h["loss"] for h in result.history]
+    return sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, tiny_model_dir, data):
+    """scp -> instruct -> e2e on the tiny model, each from the previous stage's output."""
+    root = tmp_path_factory.mktemp("chain")
+    results = {}
+    results["scp"] = train(config("scp", data["scp"], root / "scp", tiny_model_dir), progress=False)
+    results["instruct"] = train(config("instruct", data["qa"], root / "instruct", root / "scp"), progress=False)
+    results["e2e"] = train(config("e2e", data["qa"], root / "e2e", root / "instruct"), progress=False)
+    return root, results
+
+
+# ---------------------------------------------------------------------- differentiable top-k
+def test_topk_forward_is_the_hard_topk_in_rank_order():
+    torch.manual_seed(0)
+    scores = torch.randn(3, 20)
+    cand = torch.randn(3, 20, 7)
+    W, idx = differentiable_topk(scores, k=5, temperature=0.02)
+    assert W.shape == (3, 5, 20)
+    assert torch.equal(idx, scores.topk(5, dim=-1).indices)  # descending score = rank order
+    assert torch.equal(W, torch.zeros_like(W).scatter_(2, idx.unsqueeze(-1), 1.0))  # exactly one-hot
+    selected = torch.einsum("bkn,bnd->bkd", W, cand)
+    assert torch.equal(selected, torch.stack([cand[b, idx[b]] for b in range(3)]))
+
+
+def test_topk_gradient_flows_only_through_the_soft_path():
+    torch.manual_seed(1)
+    scores = torch.randn(2, 20).mul(0.05).requires_grad_(True)  # cosine-like spread, so tau 0.02 is not saturated
+    G = torch.randn(2, 3, 20)
+    W, idx = differentiable_topk(scores, k=3, temperature=0.02)
+    (W * G).sum().backward()
+
+    # reference: the soft distributions alone, slot j masked by the hard picks of slots < j
+    s = scores.detach().clone().requires_grad_(True)
+    logits, taken, soft = s / 0.02, torch.zeros(2, 20), []
+    for j in range(3):
+        soft.append(torch.softmax(logits + torch.log(1 - taken + 1e-8), dim=-1))
+        taken = taken.scatter(1, idx[:, j:j + 1], 1.0)
+    (torch.stack(soft, 1) * G).sum().backward()
+
+    assert scores.grad.abs().sum() > 0
+    assert torch.allclose(scores.grad, s.grad, atol=1e-6)
+    # the hard one-hot part carries no gradient: dropping W's value (the hard part) keeps it the same
+    W2, _ = differentiable_topk(scores, k=3, temperature=0.02)
+    g = torch.autograd.grad(((W2 - W2.detach()) * G).sum(), scores)[0]
+    assert torch.equal(g, scores.grad)
+
+
+# ---------------------------------------------------------------------- data
+@pytest.mark.parametrize("stage,line,fragment", [
+    ("scp", '{"data_type": "qa", "question": ["q"], "answers": ["a", "b"], "docs": ["d"]}',
+     '"question" has 1 items but "answers" has 2'),
+    ("scp", '{"data_type": "summary", "answers": ["a"], "docs": ["d"]}', '"data_type" must be'),
+    ("scp", '{"question": "q", "docs": ["d"], "answer": "a"}', "instruction/e2e record"),
+    ("scp", '{"data_type": "paraphrase", "answers": ["a"], "docs": []}', '"docs" must hold'),
+    ("instruct", '{"question": "q", "docs": ["d"]}', "no answer"),
+    ("instruct", '{"question": "q", "docs": ["d"], "answer": "a", "pos_index": [3]}', "out of range"),
+    ("e2e", '{"data_type": "qa", "question": ["q"], "answers": ["a"], "docs": ["d"]}', "pretraining record"),
+    ("e2e", '{"question": "q", "docs": "d", "answer": "a"}', '"docs" must be a list of strings'),
+    ("e2e", '{"question": "q", "docs": ["d"], "answer": "a"', "malformed JSON"),
+    ("e2e", '["q"]', "expected a JSON object"),
+])
+def test_validation_errors_name_file_and_line(tmp_path, stage, line, fragment):
+    from clara_cli.errors import UsageError
+
+    good = {"scp": '{"data_type": "paraphrase", "answers": ["a"], "docs": ["d"]}',
+            "instruct": '{"question": "q", "docs": ["d"], "answer": "a"}',
+            "e2e": '{"question": "q", "docs": ["d"], "golden_answers": ["a"]}'}[stage]
+    path = write_jsonl(tmp_path / "bad.jsonl", [good, "", line])
+    with pytest.raises(UsageError) as err:
+        read_records(path, stage)
+    assert str(err.value).startswith(f"{path}:3: ") and fragment in str(err.value)
+
+
+def test_answer_fields_in_official_order(tmp_path):
+    path = write_jsonl(tmp_path / "ok.jsonl", [
+        {"question": "q", "docs": ["d1", "d2"], "answers": ["first", "second"], "pos_index": [1]},
+        {"question": "q", "docs": ["d"], "golden_answers": ["gold"]},
+    ])
+    a, b = read_records(path, "instruct")
+    assert (a.answer, a.pos_index, b.answer, b.pos_index) == ("first", [1], "gold", [])
+
+
+def test_paraphrase_template_is_reproducible_and_varied():
+    picks = {paraphrase_instruction(0, 0, i) for i in range(200)}
+    assert picks <= set(PARAPHRASE_INSTRUCTIONS) and len(picks) > 5
+    assert paraphrase_instruction(3, 1, 7) == paraphrase_instruction(3, 1, 7)
+
+
+def test_held_out_documents_are_dropped(tmp_path, tiny_model_dir):
+    from clara_cli.corpora import wiki_paragraphs
+    from clara_cli.errors import ClaraError
+    from clara_cli.train.data import HeldOutGuard
+
+    try:
+        held = next(wiki_paragraphs("heldout"))["text"]
+        kept = next(wiki_paragraphs("train"))["text"]
+    except ClaraError:
+        pytest.skip("Wikipedia corpus package not installed")
+    guard = HeldOutGuard()
+    assert guard.is_held_out(held) and guard.is_held_out(held[: len(held) // 2] + " extra words")
+    assert not guard.is_held_out(kept)
+    path = write_jsonl(tmp_path / "mixed.jsonl", [{"data_type": "paraphrase", "answers": [t], "docs": [t]}
+                                                  for t in (held, kept)])
+    result = train(config("scp", path, tmp_path / "out", tiny_model_dir, steps=1, batch_size=1), progress=False)
+    assert result.records == 1 and result.dropped_heldout == 1
+
+
+# ---------------------------------------------------------------------- the stages
+def test_each_stage_loss_decreases(chain):
+    _, results = chain
+    for stage, result in results.items():
+        early, late = early_late(result)
+        assert result.done and result.step == 24
+        assert late < early - 0.05, (stage, early, late)
+
+
+def test_scp_changes_only_memory_rows_and_both_adapters(chain, tiny_model_dir):
+    root, _ = chain
+    before, after = load_file(tiny_model_dir / "token_rows.safetensors"), load_file(root / "scp" / "token_rows.safetensors")
+    meta = json.loads((root / "scp" / "clara.json").read_text())
+    n_mem = meta["config"]["doc_max_length"] // meta["config"]["compr_rate"]
+    emb0, emb1 = before["embed_tokens"], after["embed_tokens"]  # the CLaRa rows: <MEM0..n-1>, <AE>, <ENC>, <SEP>
+    assert not torch.equal(emb0[:n_mem], emb1[:n_mem])
+    assert (emb0[:n_mem] - emb1[:n_mem]).abs().amax(dim=1).min() > 0  # every memory row moved
+    assert torch.equal(emb0[n_mem:], emb1[n_mem:])
+    assert torch.equal(before["lm_head"], after["lm_head"])  # untied head: not trained
+    a0, a1 = load_file(tiny_model_dir / "adapters.safetensors"), load_file(root / "scp" / "adapters.safetensors")
+    for adapter in ("encoder_adapter", "decoder_adapter"):
+        keys = [k for k in a1 if k.startswith(adapter + "/")]
+        assert keys and all(not torch.equal(a0[k], a1[k]) for k in keys if "lora_B" in k), adapter
+    assert not any(k.startswith("query_reasoner_adapter/") for k in a1)  # stage 1 has no query reasoner
+
+
+def test_gradients_reach_both_adapters_across_separate_forwards(tiny_model_dir, data):
+    """One adapter per forward: the compressor's parameters must still get gradients."""
+    from clara_cli.train.loop import _load_start_model
+    from clara_cli.train.stages import Trainable, prepare_adapters
+
+    cfg = config("scp", data["scp"], Path("unused"), tiny_model_dir).resolved()
+    model = _load_start_model(cfg, None, torch.device("cpu"), torch.float32)
+    prepare_adapters(model, "scp", True, 0)
+    tm = Trainable(model, "scp")
+    loss, _ = tm.step(read_records(data["scp"], "scp")[:2], 0, [0, 1], cfg)
+    loss.backward()
+    for adapter in ("encoder_adapter", "decoder_adapter"):
+        grads = [p.grad for n, p in tm.named.items() if f".{adapter}." in n]
+        assert grads and all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0, adapter
+    assert tm.mem_rows.grad is not None and tm.mem_rows.grad.abs().sum() > 0
+    frozen = [p for n, p in model.decoder.named_parameters() if n not in tm.named]
+    assert all(p.grad is None for p in frozen)
+
+
+def test_stage_adapters_and_frozen_parts(chain):
+    root, _ = chain
+    ins, e2e = load_file(root / "instruct" / "adapters.safetensors"), load_file(root / "e2e" / "adapters.safetensors")
+    rows_ins = load_file(root / "instruct" / "token_rows.safetensors")
+    rows_e2e = load_file(root / "e2e" / "token_rows.safetensors")
+    # e2e: compressor and memory rows frozen; query reasoner born from the compressor and trained
+    for k in (k for k in ins if k.startswith("encoder_adapter/")):
+        assert torch.equal(ins[k], e2e[k])
+        qr = k.replace("encoder_adapter/", "query_reasoner_adapter/")
+        assert qr in e2e and not torch.equal(ins[k], e2e[qr])
+    assert all(torch.equal(rows_ins[k], rows_e2e[k]) for k in rows_ins)
+    assert any(not torch.equal(ins[k], e2e[k]) for k in ins if k.startswith("decoder_adapter/"))
+
+
+def test_trained_checkpoint_loads_with_a_new_fingerprint(chain, tiny_model):
+    from clara_cli.model import ClaraModel
+
+    root, results = chain
+    for stage in ("scp", "e2e"):
+        model = ClaraModel.from_pretrained(str(root / stage), device="cpu", dtype="fp32")
+        assert model.trained and model.fingerprint == results[stage].fingerprint
+        assert model.fingerprint != tiny_model.fingerprint
+    model.generate(["Where is the Great Wall?"], [model.compress(DOCS[:2])], max_new_tokens=3)
+
+
+def test_export_casts_to_bf16_and_loads(chain, tmp_path):
+    from clara_cli.model import ClaraModel
+
+    root, results = chain
+    dst = export_model(root / "e2e", tmp_path / "shipped", dtype="bf16")
+    assert not (dst / "trainer.pt").exists()
+    assert all(t.dtype == torch.bfloat16 for t in load_file(dst / "adapters.safetensors").values())
+    model = ClaraModel.from_pretrained(str(dst), device="cpu", dtype="bf16")
+    assert model.fingerprint == json.loads((dst / "clara.json").read_text())["fingerprint"]
+    assert set(model.config.adapters) == {"encoder_adapter", "decoder_adapter", "query_reasoner_adapter"}
+
+
+def test_bf16_base_with_fp32_lora_masters_runs_every_stage(tmp_path, tiny_model_dir, data):
+    """The CPU fast path: bf16 base weights under autocast, fp32 LoRA and memory-row masters."""
+    prev = tiny_model_dir
+    for stage, path in (("scp", data["scp"]), ("instruct", data["qa"]), ("e2e", data["qa"])):
+        result = train(config(stage, path, tmp_path / stage, prev, steps=2, dtype="bf16"), progress=False)
+        assert result.done and result.dtype == "bf16" and all(h["loss"] == h["loss"] for h in result.history)
+        prev = tmp_path / stage
+    adapters = load_file(prev / "adapters.safetensors")
+    assert all(t.dtype == torch.float32 for t in adapters.values())  # the masters, for exact resumption
+    assert all(t.dtype == torch.bfloat16 for t in load_file(prev / "token_rows.safetensors").values())
+
+
+# ---------------------------------------------------------------------- resumption
+@pytest.mark.parametrize("stage", ["scp", "e2e"])
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir, chain, data, stage):
+    root, _ = chain
+    init, path = (tiny_model_dir, data["scp"]) if stage == "scp" else (root / "instruct", data["qa"])
+    kw = {"steps": 7, "batch_size": 3, "grad_accum": 2, "dropout": True, "warmup_ratio": 0.3}  # RNG + schedule matter
+    straight = train(config(stage, path, tmp_path / "a", init, **kw), progress=False)
+    first = train(config(stage, path, tmp_path / "b", init, **kw), progress=False, stop_after=3)
+    assert not first.done and first.step == 3
+    resumed = train(config(stage, path, tmp_path / "b", init, save_every=2, **kw), progress=False)
+    assert resumed.done and resumed.resumed_from == 3 and resumed.step == 7
+    for name in ("adapters.safetensors", "token_rows.safetensors"):
+        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    sa = torch.load(tmp_path / "a" / "trainer.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b" / "trainer.pt", weights_only=True)
+    assert all(torch.equal(x["exp_avg_sq"], y["exp_avg_sq"])
+               for x, y in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values(), strict=True))
+    assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
+
+
+def test_finished_run_does_no_work_and_other_settings_are_refused(chain, data):
+    from clara_cli.errors import UsageError
+
+    root, results = chain
+    again = train(config("e2e", data["qa"], root / "e2e", root / "instruct"), progress=False)
+    assert again.done and again.seconds == 0.0 and again.fingerprint == results["e2e"].fingerprint
+    with pytest.raises(UsageError, match="other settings"):
+        train(config("e2e", data["qa"], root / "e2e", root / "instruct", lr=1e-2), progress=False)
+    with pytest.raises(UsageError, match="holds a e2e run"):
+        train(config("scp", data["scp"], root / "e2e", root / "instruct"), progress=False)
+
+
+def test_crash_between_renames_recovers_previous_checkpoint(tmp_path, tiny_model_dir, data):
+    out = tmp_path / "run"
+    train(config("scp", data["scp"], out, tiny_model_dir, steps=4), progress=False, stop_after=2)
+    out.rename(tmp_path / ".run.prev")  # as if killed after moving OUT aside, before the new one arrived
+    (tmp_path / ".run.ckpt.zzz").mkdir()  # and a half-written temp folder
+    result = train(config("scp", data["scp"], out, tiny_model_dir, steps=4), progress=False)
+    assert result.resumed_from == 2 and result.done
+    assert not (tmp_path / ".run.prev").exists() and not (tmp_path / ".run.ckpt.zzz").exists()
+
+
+# ---------------------------------------------------------------------- prompts and CLI
+def test_scp_prompt_is_the_official_stage1_template(tiny_model):
+    from clara_cli.train.data import chat_prompt_and_response, memory_slots
+
+    slots = memory_slots(4, 1)
+    prompt, full = chat_prompt_and_response(tiny_model.tokenizer, QA_SYSTEM, f"Background:\n{slots}",
+                                            "Question: q\nAnswer: a")
+    assert prompt == ("<|im_start|>system\n" + QA_SYSTEM + "<|im_end|>\n<|im_start|>user\nBackground:\n"
+                      "<MEM0><MEM1><MEM2><MEM3><SEP><|im_end|>\n<|im_start|>assistant\n")
+    assert full == prompt + "Question: q\nAnswer: a<|im_end|>\n"
+
+
+def test_cli_train_json_and_bad_data(tmp_path, tiny_model_dir, data):
+    from click.testing import CliRunner
+
+    from clara_cli.cli import cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", "scp", str(data["scp"]), "--out", str(tmp_path / "o"), "--init-from",
+                              str(tiny_model_dir), "--steps", "2", "--batch-size", "2", "--dtype", "fp32",
+                              "--device", "cpu", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["step"] == 2 and summary["done"] and summary["tokens_per_s"] > 0
+    bad = write_jsonl(tmp_path / "bad.jsonl", ['{"question": "q", "docs": ["d"], "answer": "a"}'])
+    res = runner.invoke(cli, ["train", "scp", str(bad), "--out", str(tmp_path / "p"), "--init-from",
+                              str(tiny_model_dir)])
+    assert res.exit_code == 2 and f"{bad}:1: " in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    shutil.rmtree(tmp_path / "o")
+
+
+@pytest.mark.slow  # ~20-40 s: a second Python process importing torch + transformers
+def test_kill_9_then_rerun_resumes_to_the_same_weights(tmp_path, tiny_model_dir, data):
+    """A real `clara train` process killed with SIGKILL mid-run; the same command then finishes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["train", "scp", str(data["scp"]), "--init-from", str(tiny_model_dir), "--steps", "12",
+            "--batch-size", "2", "--save-every", "1", "--dtype", "fp32", "--device", "cpu", "--lr", "3e-3",
+            "--top-k", "2", "--no-dropout"]
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "clara_cli.cli", *args, "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state, deadline = out / "train_state.json", time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if state.is_file() and json.loads(state.read_text())["step"] >= 3:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    if killed_at >= 12:
+        pytest.skip("the run finished before it could be killed")
+    cfg = dict(steps=12, batch_size=2, lr=3e-3)  # save_every may differ between runs
+    resumed = train(config("scp", data["scp"], out, tiny_model_dir, **cfg), progress=False)
+    assert resumed.done and resumed.resumed_from == killed_at
+    straight = train(config("scp", data["scp"], tmp_path / "straight", tiny_model_dir, **cfg), progress=False)
+    a, b = load_file(out / "adapters.safetensors"), load_file(tmp_path / "straight" / "adapters.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert straight.fingerprint and resumed.loss_last == pytest.approx(straight.loss_last, abs=1e-5)
