@@ -288,7 +288,11 @@ class Campaign:
     def pick(self, scenario: str, rng: random.Random, position: float | None = None) -> str:
         """A fault point of the traced run: point name plus occurrence, e.g. compress/write:3."""
         trace = self.traces[scenario]
-        i = int(position * (len(trace) - 1)) if position is not None else rng.randrange(len(trace))
+        if position is None:
+            i = rng.randrange(len(trace))
+        else:  # spread over the points of the three stages, first to last
+            staged = [j for j, name in enumerate(trace) if "/" in name]
+            i = staged[round(position * (len(staged) - 1))]
         name = trace[i]
         return f"{name}:{trace[:i + 1].count(name)}"
 
@@ -378,8 +382,8 @@ def run_campaign(model_dir: str | Path, trials: int, seed: int = 0, work: Path |
                     f"{campaign.clean_seconds[scenario]:.2f} s")
             for n in range(trials):
                 mode = modes[n % len(modes)]
-                scenario = ("fresh", "incremental")[(n // len(modes)) % 2]
-                position = ((n + 0.5) / trials) if stratified and mode != "timer" else None
+                scenario = ("fresh", "incremental")[(n if stratified else n // len(modes)) % 2]
+                position = n / max(1, trials - 1) if stratified and mode != "timer" else None  # first to last
                 result = campaign.trial(n, scenario, mode, rng, position)
                 results.append(result)
                 log(f"{n:3d} {scenario:11s} {mode:6s} {' then '.join(result['faults']):32s} "

@@ -311,9 +311,10 @@ def _record(source: str, number: int, obj: dict, where: str, prefix: str = "") -
     return SourceDocument(doc_id, source, text.replace("\r\n", "\n").replace("\r", "\n"), metadata)
 
 
-def _bounded_lines(stream, limit: int = MAX_RECORD_CHARS) -> Iterator[str | bytes | None]:
-    """The lines of a text or binary stream; a line longer than limit is read past in pieces
-    and comes out as None (memory stays bounded however long a line is)."""
+def _bounded_lines(stream, limit: int | None = None) -> Iterator[str | bytes | None]:
+    """The lines of a text or binary stream; a line longer than limit (MAX_RECORD_CHARS) is read
+    past in pieces and comes out as None (memory stays bounded however long a line is)."""
+    limit = MAX_RECORD_CHARS if limit is None else limit
     while True:
         line = stream.readline(limit + 1)
         if not line:
@@ -334,8 +335,8 @@ def _read_jsonl_lines(stream, source: str, name: str) -> Iterator[SourceDocument
         where = f"{name}:{number}"
         try:
             if line is None:
-                raise _Reject(f"{where}: line longer than {MAX_RECORD_CHARS >> 20} MiB (put a document "
-                              "this long in a .txt file)")
+                size = f"{MAX_RECORD_CHARS >> 20} MiB" if MAX_RECORD_CHARS >= 1 << 20 else f"{MAX_RECORD_CHARS} characters"
+                raise _Reject(f"{where}: line longer than {size} (put a document this long in a .txt file)")
             if isinstance(line, bytes):
                 if number == 1 and line.startswith(codecs.BOM_UTF8):
                     line = line[3:]

@@ -87,19 +87,20 @@ def test_a_full_disk_at_any_write_leaves_the_last_snapshot(tmp_path, point):
 
 
 def test_kill_and_full_disk_campaign(tiny_model_dir, tmp_path):
-    """8 trials spread over a traced run (ingest, compress, index; fresh and incremental stores):
+    """6 trials spread over a traced run (ingest, compress, index; fresh and incremental stores):
     SIGKILL at a named point, at a random time, twice in a row, and ENOSPC; after each, the store
     as left passes check_store, and after a rerun it equals an uninterrupted run (content,
     memory rows, index, search), with data/ exactly the manifest's files after gc."""
     bench = load_bench()
     lines: list[str] = []
-    results = bench.run_campaign(tiny_model_dir, trials=8, seed=3, work=tmp_path / "work", stratified=True,
-                                 n_files=5, log=lines.append)
+    results = bench.run_campaign(tiny_model_dir, trials=6, seed=3, work=tmp_path / "work", stratified=True,
+                                 n_files=5, modes=("hook", "enospc", "timer", "double", "enospc", "hook"),
+                                 log=lines.append)
     failed = [r for r in results if not r["ok"]]
     assert not failed, "\n".join(lines)
     stages = {r["stage"] for r in results if r["mode"] != "timer"}
     assert {"ingest", "compress", "index"} <= stages, lines
-    assert sum(r["landed"] for r in results) >= 6, lines
+    assert sum(r["landed"] for r in results) >= 5, lines
 
 
 @pytest.fixture

@@ -413,3 +413,74 @@ def test_history_is_pruned_only_beyond_keep_and_grace(store):
     removed = store.gc(keep_manifests=2)
     assert removed == [f"manifests/v{v:08d}.json" for v in range(4)]
     assert store.snapshot().documents().num_rows == 5
+
+
+def test_small_shards_merge_so_the_manifest_stays_short(store):
+    """A compress run commits one small shard per batch; merging MERGE_FANOUT of a tier into one
+    keeps the manifest O(log batches) long. Deleted rows are not carried into merged shards."""
+    from clara_cli.store import MERGE_FANOUT
+
+    n = 150
+    with store.writer() as txn:
+        bind(txn)
+        txn.add_documents(*tables([f"d{i}" for i in range(n)], chunks_per_doc=1))  # keys 1..n
+        txn.commit()
+        for k in range(1, n + 1):
+            if k == 60:  # keys 1..30 die after their rows were written (and partly merged)
+                txn.remove_documents([f"d{i}" for i in range(30)])
+            txn.add_memory(np.array([k]), torch.full((1, 2, 4), float(k)))
+            txn.commit()
+            shards = txn.view.files("memory")
+            assert len(shards) <= MERGE_FANOUT * 3, len(shards)
+    snap = store.snapshot()
+    assert sorted(snap.memory_keys().tolist()) == list(range(31, n + 1))
+    keys = snap.memory_keys()
+    assert torch.equal(snap.read_memory(keys)[:, 0, 0], torch.from_numpy(keys).float())
+    assert max(int(e.get("tier", 0)) for e in snap.files("memory")) >= 2
+    assert snap.verify() == [] and snap.consistency() == []
+    manifest_bytes = (store.root / "manifest.json").stat().st_size
+    assert manifest_bytes < 20_000, manifest_bytes
+
+
+STRESS_WRITER = r"""
+import sys
+import numpy as np, torch
+sys.path.insert(0, sys.argv[2])
+from tests.test_store import tables, MODEL
+from clara_cli.store import Store
+store = Store.open(sys.argv[1])
+for i in range(24):
+    with store.writer() as txn:
+        if i == 0:
+            txn.bind_model(MODEL)
+        txn.add_documents(*tables([f"s{i}"], first_key=100 + 2 * i))
+        keys = np.array([100 + 2 * i, 101 + 2 * i])
+        txn.add_memory(keys, torch.from_numpy(keys).float()[:, None, None].expand(2, 2, 4).contiguous())
+        if i % 4 == 3:
+            txn.remove_documents([f"s{i - 1}"])
+            txn.compact()  # every file rewritten: the old ones belong to old snapshots only
+    store.gc(grace_seconds=0)  # and they go as soon as no reader holds them
+print("done", flush=True)
+"""
+
+
+def test_readers_keep_whole_snapshots_while_a_writer_commits_and_collects(store):
+    child = subprocess.Popen([sys.executable, "-c", STRESS_WRITER, str(store.root), str(REPO)],
+                             stdout=subprocess.PIPE, text=True)
+    seen = set()
+    try:
+        while child.poll() is None or not seen:
+            with Store.open(store.root).snapshot() as snap:
+                time.sleep(0.01)  # let the writer commit and gc meanwhile
+                docs = snap.documents().num_rows
+                keys = snap.memory_keys()
+                assert len(snap.chunk_keys()) == 2 * docs == len(keys)
+                if len(keys):
+                    memory = snap.read_memory(keys)  # files of a superseded snapshot still readable
+                    assert torch.equal(memory[:, 0, 0], torch.from_numpy(keys).float())
+                assert snap.consistency() == []
+                seen.add(snap.version)
+    finally:
+        child.wait(timeout=120)
+    assert child.returncode == 0 and child.stdout.read().strip() == "done"
+    assert len(seen) >= 3, seen
