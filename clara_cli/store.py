@@ -95,6 +95,7 @@ _COMPACT_SHARD_BYTES = 256 << 20  # compaction writes memory shards of at most t
 # Every commit rewrites the manifest; a compress run adds one shard per batch. Merging MERGE_FANOUT
 # small shards of one tier into one of the next keeps the manifest O(log rows) long during a run.
 MERGE_FANOUT = 8
+HOUSEKEEP_EVERY = 64  # commits between clean-ups of lease files and history copies inside one writer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1401,6 +1402,10 @@ class Transaction:
         self._view = None
         fault_point("committed")
         _fsync_dir(root)  # the rename durable
+        if version % HOUSEKEEP_EVERY == 0:  # a long compress run: drop unused lease files and
+            with contextlib.suppress(OSError):  # old history copies as it goes, not only at the end
+                self._store._leased_versions(version)
+                self._store._prune_history(DEFAULT_GRACE_SECONDS, HISTORY_KEEP)
         return version
 
     def _merge_small_shards(self) -> None:

@@ -484,3 +484,14 @@ def test_readers_keep_whole_snapshots_while_a_writer_commits_and_collects(store)
         child.wait(timeout=120)
     assert child.returncode == 0 and child.stdout.read().strip() == "done"
     assert len(seen) >= 3, seen
+
+
+def test_a_long_writer_cleans_lease_files_as_it_goes(store):
+    from clara_cli.store import HOUSEKEEP_EVERY
+
+    with store.writer() as txn:
+        for i in range(2 * HOUSEKEEP_EVERY + 5):
+            txn.add_documents(*tables([f"d{i}"], chunks_per_doc=1, first_key=i + 1))
+            txn.commit()
+        assert len(list((store.root / "readers").iterdir())) <= HOUSEKEEP_EVERY + 6
+    assert store.snapshot().documents().num_rows == 2 * HOUSEKEEP_EVERY + 5
