@@ -475,6 +475,8 @@ class Store:
         path = self._lease_path(version)
         for flags in (os.O_RDONLY, os.O_RDWR | os.O_CREAT):
             try:
+                if flags & os.O_CREAT:  # a store made before leases existed has no readers/ yet
+                    path.parent.mkdir(exist_ok=True)
                 fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
             except FileNotFoundError:
                 continue
