@@ -14,7 +14,7 @@ import torch
 
 from .model import ClaraModel
 from .progress import progress_bar
-from .store import Store
+from .store import Store, quantize_int8
 
 
 @dataclass
@@ -44,8 +44,17 @@ def model_info(model: ClaraModel) -> dict:
 def storage_dtype(model: ClaraModel, requested: str | None = None) -> torch.dtype:
     """bf16/fp16 compute yields values exact in that dtype: storing them so is lossless."""
     if requested:
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}[requested]
     return model.dtype if model.dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def add_memory(tx, keys: np.ndarray, memory: torch.Tensor, dtype: torch.dtype) -> None:
+    """One batch into the store in the storage dtype (int8: per-token absmax scales)."""
+    if dtype == torch.int8:
+        values, scales = quantize_int8(memory)
+        tx.add_memory(keys, values, scales=scales)
+    else:
+        tx.add_memory(keys, memory.to(dtype))
 
 
 def pending_chunks(store_view, columns=("chunk_id", "text", "n_tokens")):
@@ -73,7 +82,7 @@ def compress_store(store: Store, model: ClaraModel, batch_size: int = 32, memory
         with progress_bar(total=len(texts), desc="compress", unit="chunk", enabled=progress) as bar:
             for start in range(0, len(texts), batch_size):
                 memory = model.compress(texts[start:start + batch_size], batch_size=batch_size, merged=len(texts) > 4 * batch_size)
-                tx.add_memory(keys[start:start + batch_size], memory.to(dtype))
+                add_memory(tx, keys[start:start + batch_size], memory, dtype)
                 tx.commit()
                 batches += 1
                 bar.update(len(memory))

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from .compress import CompressReport, model_info, pending_chunks, storage_dtype
+from .compress import CompressReport, add_memory, model_info, pending_chunks, storage_dtype
 from .errors import ClaraError
 from .model import ClaraModel
 from .progress import notice, progress_bar
@@ -122,7 +122,7 @@ def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "a
                 part = np.frombuffer(row["keys"], dtype="<i8").astype(np.int64)
                 shape = json.loads(row["shape"])
                 memory = torch.frombuffer(bytearray(row["memory"]), dtype=torch.float32).reshape(shape)
-                tx.add_memory(part, memory.to(dtype))
+                add_memory(tx, part, memory, dtype)
                 tx.commit()
                 done += 1
                 bar.update(len(part))

@@ -130,10 +130,14 @@ def _mmap_tensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]
 
 
 class MemoryMap:
-    """The live memory rows of a snapshot as memory-mapped tensors, shard by shard."""
+    """The live memory rows of a snapshot as memory-mapped tensors, shard by shard.
+
+    Reads here skip the store's per-row CRCs (a scan cannot afford them); shard sizes are
+    checked, and generation reads its rows through `Snapshot.read_memory`, which checks them."""
 
     def __init__(self, snapshot: Snapshot):
         self.snapshot = snapshot
+        self.n_mem = int(snapshot.model["n_mem"])
         self.parts: list[tuple[str, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor | None]] = []
         for entry, rows, keys in snapshot._memory_rows():
             path = snapshot.data_path(entry["name"])
@@ -144,11 +148,15 @@ class MemoryMap:
                 raise CorruptDataError(f"{path}: not a memory shard")
             mem = t["memory"]
             self.parts.append((entry["name"], rows, keys, mem.reshape(mem.shape[0], -1), t.get("scales")))
-        self.n = sum(len(k) for _, _, k, _, _ in self.parts)
+        self.keys = np.concatenate([k for _, _, k, _, _ in self.parts]) if self.parts else np.zeros(0, np.int64)
+        self.n = len(self.keys)
+        self._lookup: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
-    def blocks(self, block_rows: int = 4096) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
-        """(keys, rows [b, D] stored dtype, per-token scales [b, n_mem] or None); zero-copy where
-        the live rows are contiguous."""
+    def blocks(self, block_rows: int = 4096
+               ) -> Iterator[tuple[int, np.ndarray, torch.Tensor, torch.Tensor | None]]:
+        """(offset in self.keys, keys, rows [b, D] stored dtype, per-token scales [b, n_mem] or
+        None); zero-copy where the live rows are contiguous."""
+        offset = 0
         for _, rows, keys, mem, scales in self.parts:
             for lo in range(0, len(rows), block_rows):
                 part = rows[lo:lo + block_rows]
@@ -158,7 +166,38 @@ class MemoryMap:
                 else:
                     idx = torch.from_numpy(part)
                     block, sc = mem[idx], None if scales is None else scales[idx]
-                yield keys[lo:lo + block_rows], block, sc
+                yield offset, keys[lo:lo + block_rows], block, sc
+                offset += len(part)
+
+    def gather(self, keys: np.ndarray) -> torch.Tensor:
+        """fp32 rows [n, D] for live keys, in the order asked."""
+        if self._lookup is None:
+            order = np.argsort(self.keys, kind="stable")
+            part = np.concatenate([np.full(len(k), i) for i, (_, _, k, _, _) in enumerate(self.parts)])
+            rows = np.concatenate([r for _, r, _, _, _ in self.parts])
+            self._lookup = (self.keys[order], part[order], rows[order])
+        sorted_keys, part_of, row_of = self._lookup
+        pos = np.searchsorted(sorted_keys, keys).clip(0, max(0, len(sorted_keys) - 1))
+        if len(keys) and not np.array_equal(sorted_keys[pos], keys):
+            raise ClaraError("a candidate chunk has no live memory row")
+        out = torch.empty(len(keys), self.parts[0][3].shape[1] if self.parts else 0)
+        for p in np.unique(part_of[pos]):
+            where = np.nonzero(part_of[pos] == p)[0]
+            _, _, _, mem, scales = self.parts[p]
+            idx = torch.from_numpy(row_of[pos][where])
+            out[torch.from_numpy(where)] = dequantize(mem[idx], None if scales is None else scales[idx], self.n_mem)
+        return out
+
+    def norms(self, block_rows: int = 4096) -> np.ndarray:
+        """fp32 L2 norm of every live row (in self.keys order): one pass, cached by flat indexes."""
+        out = np.empty(self.n, np.float32)
+        for offset, _, block, scales in self.blocks(block_rows):
+            out[offset:offset + len(block)] = row_norms(block, scales, self.n_mem)
+        return out
+
+
+def row_norms(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int) -> np.ndarray:
+    return torch.linalg.vector_norm(dequantize(block, scales, n_mem), dim=1).numpy()
 
 
 def dequantize(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int) -> torch.Tensor:
@@ -169,51 +208,63 @@ def dequantize(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int) -> 
     return (block.reshape(b, n_mem, -1).float() * scales.float()[:, :, None]).reshape(b, -1)
 
 
-def block_scores(qn: torch.Tensor, block: torch.Tensor, scales: torch.Tensor | None, n_mem: int
-                 ) -> torch.Tensor:
+def block_scores(qn: torch.Tensor, block: torch.Tensor, scales: torch.Tensor | None, n_mem: int,
+                 norms: torch.Tensor | None = None) -> torch.Tensor:
     """Approximate cosines [Q, b] computed in the block's dtype (bf16 on CPU uses AMX); the
-    caller reranks the best in fp32. int8 is upcast to bf16 (exact: |v| <= 127)."""
+    caller reranks the best in fp32. int8 is upcast to bf16 (exact: |v| <= 127). Row norms
+    cost ~10x the dot products on CPU (an upcast of every element): pass them when cached."""
+    if norms is None:
+        norms = torch.from_numpy(row_norms(block, scales, n_mem))
     if block.dtype == torch.int8:
         b = block.shape[0]
         m = block.reshape(b, n_mem, -1).to(torch.bfloat16)
         q = qn.reshape(qn.shape[0], n_mem, -1).to(torch.bfloat16)
-        per_tok = torch.einsum("qth,bth->qbt", q, m).float()
-        s = scales.float()
-        dots = (per_tok * s[None]).sum(-1)
-        norms = (torch.linalg.vector_norm(m, dim=2, dtype=torch.float32) ** 2 * s ** 2).sum(-1).sqrt()
-        return dots / norms.clamp_min(1e-12)
-    dots = (qn.to(block.dtype) @ block.T).float()
-    norms = torch.linalg.vector_norm(block, dim=1, dtype=torch.float32)
+        dots = (torch.einsum("qth,bth->qbt", q, m).float() * scales.float()[None]).sum(-1)
+    else:
+        dots = (qn.to(block.dtype) @ block.T).float()
     return dots / norms.clamp_min(1e-12)
 
 
-def exact_rerank(snapshot: Snapshot, qn: torch.Tensor, keys: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """fp32 cosine of one query against the full memory of candidate keys (read from the
-    shards, CRC-checked): the exact answer among the candidates."""
+def exact_rerank(mm: MemoryMap, qn: torch.Tensor, keys: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """fp32 cosine of one query against the full memory of the candidate keys: the exact
+    answer among the candidates."""
     from clara_kernels import cosine_topk
 
     if len(keys) == 0:
         return []
-    memory = snapshot.read_memory(keys, dtype=torch.float32)
-    scores, idx = cosine_topk(qn[None], memory, min(k, len(keys)))
+    scores, idx = cosine_topk(qn[None], mm.gather(keys), min(k, len(keys)))
     return [(int(keys[i]), float(s)) for s, i in zip(scores[0].tolist(), idx[0].tolist(), strict=True)]
 
 
-def scan_topk(mm: MemoryMap, qn: torch.Tensor, k: int, exclude: np.ndarray | None = None,
+def scan_topk(mm: MemoryMap, qn: torch.Tensor, k: int, norms: np.ndarray | None = None,
               block_rows: int = 4096) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per query (keys, approximate scores) of the best k rows over every live row."""
-    n_mem = int(mm.snapshot.model["n_mem"])
+    """Per query (keys, approximate scores) of the best k rows over every live row; norms are
+    the rows' L2 norms in mm.keys order (computed on the fly when None)."""
     best_s = torch.full((qn.shape[0], 0), -2.0)
     best_k = np.zeros((qn.shape[0], 0), np.int64)
-    for keys, block, scales in mm.blocks(block_rows):
-        s = block_scores(qn, block, scales, n_mem)
-        if exclude is not None and len(exclude):
-            s[:, torch.from_numpy(np.isin(keys, exclude))] = -2.0
-        s = torch.cat([best_s, s], 1)
+    for offset, keys, block, scales in mm.blocks(block_rows):
+        nb = None if norms is None else torch.from_numpy(norms[offset:offset + len(keys)])
+        s = torch.cat([best_s, block_scores(qn, block, scales, mm.n_mem, nb)], 1)
         allk = np.concatenate([best_k, np.broadcast_to(keys, (qn.shape[0], len(keys)))], 1)
         best_s, top = s.topk(min(k, s.shape[1]), dim=1)
         best_k = np.take_along_axis(allk, top.numpy(), 1)
     return [(best_k[i], best_s[i].numpy()) for i in range(qn.shape[0])]
+
+
+def aligned_norms(mm: MemoryMap, known_keys: np.ndarray | None, known_norms: np.ndarray | None) -> np.ndarray:
+    """Row norms in mm.keys order: taken from a flat index's norms file where it has the key,
+    computed (one upcast pass) for the blocks that hold any other row."""
+    out = np.full(mm.n, np.nan, np.float32)
+    if known_keys is not None and known_norms is not None and len(known_keys) == len(known_norms) and len(known_keys):
+        order = np.argsort(known_keys)
+        pos = np.searchsorted(known_keys[order], mm.keys).clip(0, len(known_keys) - 1)
+        hit = known_keys[order][pos] == mm.keys
+        out[hit] = known_norms[order][pos[hit]]
+    if np.isnan(out).any():
+        for offset, keys, block, scales in mm.blocks():
+            if np.isnan(out[offset:offset + len(keys)]).any():
+                out[offset:offset + len(keys)] = row_norms(block, scales, mm.n_mem)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,9 +411,11 @@ def update_index(store: Store, options: IndexOptions | None = None, progress: bo
         same = (info.get("kind") == kind and info.get("fingerprint") == model["fingerprint"]
                 and info.get("dim") == dim and not rebuild
                 and all(old_params.get(k) == params.get(k) for k in BUILD_PARAMS if k in requested))
-        index, present, reason = None, np.zeros(0, np.int64), ""
+        index, present, reason, old_norms = None, np.zeros(0, np.int64), "", None
         if same and kind == "flat" and info.get("keys_file"):
             present = np.load(view.check_file(info["keys_file"]), allow_pickle=False)
+            old_norms = np.load(view.check_file(info["norms_file"]), allow_pickle=False) \
+                if info.get("norms_file") else None
         elif same and kind != "flat":
             index = load_index(view)
             present = index_ids(index) if index is not None else present
@@ -387,12 +440,17 @@ def update_index(store: Store, options: IndexOptions | None = None, progress: bo
                                tombstones=tombstones, params=_public(params, kind))
         record = {"kind": kind, "auto": auto, "metric": "cosine", "dim": dim,
                   "fingerprint": model["fingerprint"], "file": info.get("file") if unchanged else None,
-                  "keys_file": info.get("keys_file") if unchanged else None}
+                  "keys_file": info.get("keys_file") if unchanged else None,
+                  "norms_file": info.get("norms_file") if unchanged else None}
         if not unchanged and kind == "flat":
-            path = tx.new_data_path("index", ".keys.npy")
-            with open(path, "wb") as f:
-                np.save(f, live)
-            record["keys_file"], ntotal = path.name, len(live)
+            mm = MemoryMap(view)
+            norms = aligned_norms(mm, present, old_norms if same and kind == "flat" and info.get("keys_file") else None)
+            for suffix, array, field_name in ((".keys.npy", mm.keys, "keys_file"), (".norms.npy", norms, "norms_file")):
+                path = tx.new_data_path("index", suffix)
+                with open(path, "wb") as f:
+                    np.save(f, array)
+                record[field_name] = path.name
+            ntotal = len(live)
         elif not unchanged:
             if index is None:
                 index, params = _build(view, kind, params, live, dim, progress)
@@ -418,7 +476,7 @@ def update_index(store: Store, options: IndexOptions | None = None, progress: bo
 
 
 def _files(record: dict, lexical: dict | None) -> list[str]:
-    names = [record[k] for k in ("file", "keys_file") if record.get(k)]
+    names = [record[k] for k in ("file", "keys_file", "norms_file") if record.get(k)]
     return names + list((lexical or {}).get("files", []))
 
 
@@ -429,11 +487,21 @@ def _public(params: dict, kind: str) -> dict:
 
 
 def add_rows(index: faiss.Index, view: Snapshot, keys: np.ndarray, progress: bool, block: int = 4096) -> None:
-    """Add rows (normalised full vectors; the index projects them) in blocks."""
+    """Add rows (normalised full vectors; the index projects them), streamed from the
+    memory-mapped shards in shard order (sequential reads, no gather)."""
+    if len(keys) == 0:
+        return
+    n_mem = int(view.model["n_mem"])
     with progress_bar(total=len(keys), desc="index", unit="chunk", enabled=progress) as bar:
-        for start in range(0, len(keys), block):
-            part = keys[start:start + block]
-            index.add_with_ids(flatten_normalized(view.read_memory(part)), part)
+        for _, part, rows, scales in MemoryMap(view).blocks(block):
+            mask = np.isin(part, keys)
+            if not mask.any():
+                continue
+            if not mask.all():
+                sel = torch.from_numpy(np.nonzero(mask)[0])
+                part, rows, scales = part[mask], rows[sel], None if scales is None else scales[sel]
+            x = torch.nn.functional.normalize(dequantize(rows, scales, n_mem), dim=-1)
+            index.add_with_ids(np.ascontiguousarray(x.numpy()), np.ascontiguousarray(part))
             bar.update(len(part))
 
 
@@ -480,6 +548,7 @@ class VectorSearch:
         elif not info and len(self.live) > AUTO_ANN_ROWS:
             notice(f"{len(self.live)} chunks and no index: searching exactly (run `clara index`)")
         self._mm: MemoryMap | None = None
+        self._norms: np.ndarray | None = None
 
     @property
     def memory_map(self) -> MemoryMap:
@@ -487,12 +556,24 @@ class VectorSearch:
             self._mm = MemoryMap(self.snapshot)
         return self._mm
 
+    @property
+    def norms(self) -> np.ndarray:
+        """Row norms for the flat scan: the flat index's file, else computed once."""
+        if self._norms is None:
+            info = self.snapshot.manifest.get("index") or {}
+            keys = norms = None
+            if info.get("kind") == "flat" and info.get("keys_file") and info.get("norms_file"):
+                keys = np.load(self.snapshot.check_file(info["keys_file"]), allow_pickle=False)
+                norms = np.load(self.snapshot.check_file(info["norms_file"]), allow_pickle=False)
+            self._norms = aligned_norms(self.memory_map, keys, norms)
+        return self._norms
+
     def _candidates(self, queries: np.ndarray, depth: int) -> list[np.ndarray]:
         """Per query, candidate keys (ANN over the compact vectors, plus every unindexed row)."""
         n = len(queries)
         if self.index is None:
             qn = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-            return [k for k, _ in scan_topk(self.memory_map, qn, min(depth, len(self.live)))]
+            return [k for k, _ in scan_topk(self.memory_map, qn, min(depth, len(self.live)), self.norms)]
         fetch = min(int(self.index.ntotal), depth)
         params = None
         if len(self.stale):
@@ -522,5 +603,5 @@ class VectorSearch:
         for qi, cand in enumerate(self._candidates(queries, depth)):
             cand = cand[np.isin(cand, self.live)]
             qn = torch.from_numpy(np.ascontiguousarray(queries[qi], dtype=np.float32))
-            results.append(exact_rerank(self.snapshot, qn, cand, k))
+            results.append(exact_rerank(self.memory_map, qn, cand, k))
         return results

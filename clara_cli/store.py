@@ -88,7 +88,8 @@ CHUNK_SCHEMA = pa.schema([
 # of every file with a smaller sequence number (see module docstring).
 DELETION_SCHEMA = pa.schema([("kind", pa.string()), ("id", pa.string())])
 
-MEMORY_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+MEMORY_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
+                 torch.int8: "int8"}  # int8 shards also hold "scales" [rows, n_mem] fp32 (per token)
 _DTYPE_BY_NAME = {v: k for k, v in MEMORY_DTYPES.items()}
 _TABLE_KINDS = ("documents", "chunks", "deletions")
 _COMPACT_SHARD_BYTES = 256 << 20  # compaction writes memory shards of at most this size
@@ -263,12 +264,27 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _row_crcs(keys: np.ndarray, memory: torch.Tensor) -> np.ndarray:
-    """CRC32 of each (key, memory row) pair: lets a reader check just the rows it reads."""
+def quantize_int8(memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, n_mem, hidden] -> (int8 values, fp32 scales [n, n_mem]): symmetric absmax per memory
+    token (each token is one input embedding of the generator; their norms differ)."""
+    m = memory.detach().float()
+    scales = (m.abs().amax(dim=-1) / 127.0).clamp_min(1e-12)
+    return (m / scales[..., None]).round().clamp(-127, 127).to(torch.int8), scales
+
+
+def dequantize_int8(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    return values.float() * scales.float()[..., None]
+
+
+def _row_crcs(keys: np.ndarray, memory: torch.Tensor, scales: torch.Tensor | None = None) -> np.ndarray:
+    """CRC32 of each (key, memory row[, its scales]): lets a reader check just the rows it reads."""
     ks = np.ascontiguousarray(np.asarray(keys, dtype="<i8"))
     if len(ks) == 0:
         return np.zeros(0, np.int64)
     raw = memory.detach().to("cpu").contiguous().reshape(len(ks), -1).view(torch.uint8).numpy()
+    if scales is not None:
+        raw = np.concatenate([raw, scales.detach().float().contiguous().reshape(len(ks), -1)
+                              .view(torch.uint8).numpy()], axis=1)
     return np.array([zlib.crc32(raw[i], zlib.crc32(ks[i].tobytes())) for i in range(len(ks))], dtype=np.int64)
 
 
@@ -777,13 +793,14 @@ class Snapshot:
             return keys
         return self._store._cached(entry["name"], "keys", load)
 
-    def _check_rows(self, entry: dict, rows: np.ndarray, keys: np.ndarray, block: torch.Tensor) -> None:
+    def _check_rows(self, entry: dict, rows: np.ndarray, keys: np.ndarray, block: torch.Tensor,
+                    scales: torch.Tensor | None = None) -> None:
         """Compare rows read from a shard with their stored CRCs (shards written before CRCs
         existed have none)."""
         crcs = self._store._cached(entry["name"], "row_crc", lambda: self._row_crcs(entry))
         if crcs is None or len(rows) == 0:
             return
-        bad = np.nonzero(_row_crcs(keys, block) != crcs[rows])[0]
+        bad = np.nonzero(_row_crcs(keys, block, scales) != crcs[rows])[0]
         if len(bad):
             raise CorruptDataError(f"{self.data_path(entry['name'])}: memory row {int(rows[bad[0]])} fails its "
                                    "CRC (content changed; run `clara verify`)")
@@ -1002,38 +1019,54 @@ class Snapshot:
         assert out is not None
         return out
 
-    def _read_rows(self, entry: dict, rows: np.ndarray, keys: np.ndarray) -> torch.Tensor:
-        """Rows of one shard in the order given, through safetensors' memory map, CRC-checked."""
+    def _read_rows(self, entry: dict, rows: np.ndarray, keys: np.ndarray, with_scales: bool = False):
+        """Rows of one shard in the order given, through safetensors' memory map, CRC-checked.
+        int8 rows come back dequantised to fp32, or as (int8 rows, scales) with_scales (which
+        also returns (rows, None) for float shards)."""
         handle = self._open_shard(entry)
-        sl = handle.get_slice("memory")
+        block = self._gather(handle.get_slice("memory"), rows)
+        scales = self._gather(handle.get_slice("scales"), rows) if entry.get("dtype") == "int8" else None
+        self._check_rows(entry, rows, keys, block, scales)
+        if with_scales:
+            return block, scales
+        return block if scales is None else dequantize_int8(block, scales)
+
+    @staticmethod
+    def _gather(sl, rows: np.ndarray) -> torch.Tensor:
         lo, hi = int(rows.min()), int(rows.max()) + 1
         if hi - lo <= 4 * len(rows):  # dense enough: one read of the span
-            block = sl[lo:hi][torch.from_numpy(rows - lo)]
-        else:
-            order = np.argsort(rows, kind="stable")
-            sorted_rows = rows[order]
-            breaks = np.nonzero(np.diff(sorted_rows) != 1)[0] + 1
-            pieces = [sl[int(run[0]):int(run[-1]) + 1] for run in np.split(sorted_rows, breaks)]
-            block = torch.cat(pieces)
-            inverse = np.empty_like(order)
-            inverse[order] = np.arange(len(order))
-            block = block[torch.from_numpy(inverse)]
-        self._check_rows(entry, rows, keys, block)
-        return block
+            return sl[lo:hi][torch.from_numpy(rows - lo)]
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        breaks = np.nonzero(np.diff(sorted_rows) != 1)[0] + 1
+        block = torch.cat([sl[int(run[0]):int(run[-1]) + 1] for run in np.split(sorted_rows, breaks)])
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return block[torch.from_numpy(inverse)]
 
-    def iter_memory(self, batch_rows: int = 4096, dtype: torch.dtype | None = None
-                    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def iter_memory(self, batch_rows: int = 4096, dtype: torch.dtype | None = None, with_scales: bool = False
+                    ) -> Iterator[tuple]:
         """(keys, memory) over all live rows, shard by shard, at most batch_rows at a time;
-        dtype None keeps each shard's stored dtype."""
+        dtype None keeps each shard's stored dtype (int8 shards: dequantised fp32). with_scales
+        yields (keys, stored rows, int8 scales or None) instead, for rewriting shards as they are."""
         for entry, rows, keys in self._memory_rows():
-            sl = self._open_shard(entry).get_slice("memory")
+            handle = self._open_shard(entry)
+            sl = handle.get_slice("memory")
+            ssl = handle.get_slice("scales") if entry.get("dtype") == "int8" else None
             for lo in range(0, len(rows), batch_rows):
                 part = rows[lo:lo + batch_rows]
                 start, stop = int(part[0]), int(part[-1]) + 1
                 block = sl[start:stop]
+                scales = ssl[start:stop] if ssl is not None else None
                 if stop - start != len(part):
                     block = block[torch.from_numpy(part - start)]
-                self._check_rows(entry, part, keys[lo:lo + batch_rows], block)
+                    scales = scales[torch.from_numpy(part - start)] if scales is not None else None
+                self._check_rows(entry, part, keys[lo:lo + batch_rows], block, scales)
+                if with_scales:
+                    yield keys[lo:lo + batch_rows], block, scales
+                    continue
+                if scales is not None:
+                    block = dequantize_int8(block, scales)
                 yield keys[lo:lo + batch_rows], block if dtype is None else block.to(dtype)
 
     # -- bookkeeping -------------------------------------------------------------------------------
@@ -1158,14 +1191,23 @@ class Transaction:
         return self._add_entry({"name": path.name, "kind": kind, "bytes": sink.bytes,
                                 "sha256": sink.sha256.hexdigest(), "rows": table.num_rows})
 
-    def _write_shard(self, keys: np.ndarray, memory: torch.Tensor, tier: int = 0) -> dict:
+    def _write_shard(self, keys: np.ndarray, memory: torch.Tensor, tier: int = 0,
+                     scales: torch.Tensor | None = None) -> dict:
         model = self._manifest["model"]
         dtype = MEMORY_DTYPES[memory.dtype]
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         memory = memory.detach().to("cpu").contiguous()
+        extra = {}
+        if memory.dtype == torch.int8:
+            if scales is None or tuple(scales.shape) != tuple(memory.shape[:2]):
+                raise ClaraError("int8 memory needs scales [rows, n_mem]")
+            scales = scales.detach().to("cpu", torch.float32).contiguous()
+            extra["scales"] = scales
+        else:
+            scales = None
         data = safetensors_save(
             {"memory": memory, "chunk_keys": torch.from_numpy(keys.copy()),
-             "row_crc": torch.from_numpy(_row_crcs(keys, memory))},
+             "row_crc": torch.from_numpy(_row_crcs(keys, memory, scales)), **extra},
             metadata={"model_fingerprint": str(model["fingerprint"]), "n_mem": str(memory.shape[1]),
                       "hidden": str(memory.shape[2]), "dtype": dtype,
                       "keys_crc": str(zlib.crc32(keys.astype("<i8").tobytes()))})
@@ -1262,15 +1304,16 @@ class Transaction:
         self._new_docs.difference_update(gone.to_pylist())
         self._changed()
 
-    def add_memory(self, chunk_keys: np.ndarray, memory: torch.Tensor) -> str:
-        """Write one shard of memory rows for live chunks that have none; returns its file name."""
+    def add_memory(self, chunk_keys: np.ndarray, memory: torch.Tensor, scales: torch.Tensor | None = None) -> str:
+        """Write one shard of memory rows for live chunks that have none; returns its file name.
+        int8 memory comes with its per-token scales (quantize_int8)."""
         self._check_open()
         model = self._manifest.get("model")
         if not model:
             raise ClaraError("bind the store to a model before adding memory")
         keys = np.asarray(chunk_keys, dtype=np.int64).reshape(-1)
         if memory.dtype not in MEMORY_DTYPES:
-            raise ClaraError(f"memory dtype {memory.dtype} is not one of float32, bfloat16, float16")
+            raise ClaraError(f"memory dtype {memory.dtype} is not one of float32, bfloat16, float16, int8")
         expect = (len(keys), int(model["n_mem"]), int(model["hidden"]))
         if tuple(memory.shape) != expect:
             raise ClaraError(f"memory has shape {list(memory.shape)}, expected {list(expect)} "
@@ -1286,7 +1329,7 @@ class Transaction:
                 raise ClaraError(f"chunk {chunk_id_from_key(k)} is not a live chunk of the store")
             if k in with_memory:
                 raise ClaraError(f"chunk {chunk_id_from_key(k)} already has memory")
-        entry = self._write_shard(keys, memory)
+        entry = self._write_shard(keys, memory, scales=scales)
         with_memory.update(key_list)
         self._changed(keysets_too=False)
         return entry["name"]
@@ -1349,23 +1392,25 @@ class Transaction:
             return
         view = self.view
         documents, chunks = view.documents(), view.chunks()
-        shards = view.iter_memory()  # the view keeps its own manifest copy: safe to stream
+        shards = view.iter_memory(with_scales=True)  # the view keeps its own manifest copy: safe to stream
         self._manifest["files"] = [e for e in files if e["kind"] == "file"]
         if documents.num_rows:
             self._write_table("documents", documents)
         if chunks.num_rows:
             self._write_table("chunks", chunks)
-        buffers: dict[torch.dtype, list[tuple[np.ndarray, torch.Tensor]]] = {}
+        buffers: dict[torch.dtype, list[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]] = {}
         sizes: dict[torch.dtype, int] = {}
 
         def flush(dtype: torch.dtype) -> None:
             parts = buffers.pop(dtype, [])
             sizes.pop(dtype, None)
             if parts:
-                self._write_shard(np.concatenate([k for k, _ in parts]), torch.cat([m for _, m in parts]))
+                scales = torch.cat([s for _, _, s in parts]) if dtype == torch.int8 else None
+                self._write_shard(np.concatenate([k for k, _, _ in parts]), torch.cat([m for _, m, _ in parts]),
+                                  scales=scales)
 
-        for keys, memory in shards:
-            buffers.setdefault(memory.dtype, []).append((keys, memory))
+        for keys, memory, scales in shards:
+            buffers.setdefault(memory.dtype, []).append((keys, memory, scales))
             sizes[memory.dtype] = sizes.get(memory.dtype, 0) + memory.numel() * memory.element_size()
             if sizes[memory.dtype] >= _COMPACT_SHARD_BYTES:
                 flush(memory.dtype)
@@ -1426,14 +1471,16 @@ class Transaction:
             names = {e["name"] for e in group}
             view = self.view
             parts = [(entry, rows, keys) for entry, rows, keys in view._memory_rows() if entry["name"] in names]
-            keys_out, blocks = [], []
+            keys_out, blocks, scales = [], [], []
             for entry, rows, keys in parts:
-                block = view._read_rows(entry, rows, keys)
+                block, sc = view._read_rows(entry, rows, keys, with_scales=True)
                 keys_out.append(keys)
                 blocks.append(block)
+                scales.append(sc)
             self._manifest["files"] = [e for e in self._manifest["files"] if e["name"] not in names]
             if keys_out:
-                self._write_shard(np.concatenate(keys_out), torch.cat(blocks), tier=tier + 1)
+                self._write_shard(np.concatenate(keys_out), torch.cat(blocks), tier=tier + 1,
+                                  scales=torch.cat(scales) if blocks[0].dtype == torch.int8 else None)
             self._changed()
 
     def _abort(self) -> None:

@@ -13,7 +13,14 @@ import torch
 from clara_cli import index as index_mod
 from clara_cli.answer import Retriever, rrf
 from clara_cli.index import IndexOptions, VectorSearch, flatten_normalized, update_index
-from clara_cli.store import CHUNK_SCHEMA, DOCUMENT_SCHEMA, Store, chunk_id_from_key
+from clara_cli.store import (
+    CHUNK_SCHEMA,
+    DOCUMENT_SCHEMA,
+    Store,
+    chunk_id_from_key,
+    dequantize_int8,
+    quantize_int8,
+)
 
 N_MEM, HIDDEN = 4, 32
 MODEL = {"fingerprint": "synthetic", "spec": "synthetic", "n_mem": N_MEM, "hidden": HIDDEN, "doc_max_length": 64}
@@ -34,7 +41,7 @@ def clustered_memory(n: int, seed: int = 0, clusters: int = 24) -> torch.Tensor:
 
 
 def add_docs(store: Store, first: int, n: int, memory: torch.Tensor | None = None, dtype=torch.float32,
-             seed: int = 0) -> np.ndarray:
+             seed: int = 0, shard_rows: int = 512) -> np.ndarray:
     """n one-chunk documents with keys first..first+n-1, text naming words, and their memory."""
     keys = np.arange(first, first + n, dtype=np.int64)
     docs = pa.Table.from_pylist([{"doc_id": f"d{k}", "source": f"/src/d{k}", "content_hash": f"h{k}", "n_chars": 10,
@@ -47,8 +54,13 @@ def add_docs(store: Store, first: int, n: int, memory: torch.Tensor | None = Non
     with store.writer() as tx:
         tx.bind_model(MODEL)
         tx.add_documents(docs, chunks)
-        for lo in range(0, n, 512):
-            tx.add_memory(keys[lo:lo + 512], memory[lo:lo + 512].to(dtype))
+        for lo in range(0, n, shard_rows):
+            part = memory[lo:lo + shard_rows]
+            if dtype == torch.int8:
+                tx.add_memory(keys[lo:lo + shard_rows], *quantize_int8(part))
+            else:
+                tx.add_memory(keys[lo:lo + shard_rows], part.to(dtype))
+            tx.commit()  # one commit per shard, like compress (small shards get merged)
     return keys
 
 
@@ -167,6 +179,32 @@ def test_flat_scan_over_half_precision_shards(store, dtype):
     q = queries()
     got = VectorSearch(store.snapshot()).search(q, 10)
     assert [[k for k, _ in g] for g in got] == exact(store, q, 10)
+
+
+def test_int8_shards_with_per_token_scales(store):
+    memory = clustered_memory(900, seed=3)
+    add_docs(store, 1, 900, memory=memory, dtype=torch.int8, shard_rows=100)  # 9 shards: merged
+    snap = store.snapshot()
+    shards = snap.files("memory")
+    assert all(e["dtype"] == "int8" for e in shards) and len(shards) < 9
+    expect = dequantize_int8(*quantize_int8(memory))
+    assert torch.equal(snap.read_memory(np.arange(1, 901)), expect)
+    assert (expect - memory).norm() / memory.norm() < 0.01
+    # bytes per chunk: int8 values + an fp32 scale per token + key and CRC (+ a small header)
+    assert sum(e["bytes"] for e in shards) < 900 * (N_MEM * HIDDEN + 4 * N_MEM + 16) + 1024 * len(shards)
+    q = queries()
+    want = exact(store, q, 10)
+    assert recall(VectorSearch(snap).search(q, 10), want) >= 0.99  # exact up to float ties
+    update_index(store, IndexOptions(kind="ivf", compact_dim=48, nlist=8), progress=False)
+    assert recall(VectorSearch(store.snapshot()).search(q, 10), want) >= 0.95
+    with store.writer() as tx:
+        tx.remove_documents(["d5"])
+        tx.compact()
+    snap = store.snapshot()
+    assert all(e["dtype"] == "int8" for e in snap.files("memory"))
+    keys = np.array([k for k in range(1, 901) if k != 5])
+    assert torch.equal(snap.read_memory(keys), expect[keys - 1])
+    assert snap.verify() == []
 
 
 def test_bm25_incremental_and_hybrid(store):
