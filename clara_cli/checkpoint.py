@@ -94,14 +94,24 @@ def fingerprint(config: ClaraConfig, base_id: str, tensors: dict[str, torch.Tens
 
 
 # ---------------------------------------------------------------------- reading checkpoint tensors
+def load_pickle_weights_only(path: Path) -> dict:
+    """torch.load with weights_only=True: tensors and plain containers, never code.
+    A pickle that asks for anything else is refused with one line naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError, zipfile errors...
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ClaraError(f"{path}: refused or unreadable checkpoint file (weights-only loading: {first[:160]})") from None
+
+
 def _read_official(path: Path) -> tuple[ClaraConfig, str, dict, dict]:
     raw = json.loads((path / "config.json").read_text())
     if not raw.get("different_mem_tokens", True):
         raise ClaraError(f"{path}: different_mem_tokens=false checkpoints are not supported")
     r = int(raw.get("lora_r", 16))
-    adapters = torch.load(path / "adapters.pth", map_location="cpu", weights_only=True)
+    adapters = load_pickle_weights_only(path / "adapters.pth")
     rows_file = path / "decoder_first_last_layers.pth"
-    rows = torch.load(rows_file, map_location="cpu", weights_only=True) if rows_file.is_file() else {}
+    rows = load_pickle_weights_only(rows_file) if rows_file.is_file() else {}
     cfg = ClaraConfig(base_model=raw["decoder_model_name"], doc_max_length=int(raw["doc_max_length"]),
                       compr_rate=int(raw["compr_rate"]), sep=bool(raw.get("sep", True)), lora_r=r,
                       lora_alpha=2 * r, generation_top_k=int(raw.get("generation_top_k", 5)),
@@ -287,7 +297,7 @@ def save_model(model: ClaraModel, dst: str | os.PathLike, *, trained: bool | Non
 def stored_dtype(src: Path) -> torch.dtype:
     """The dtype the checkpoint's adapters are stored in (conversion keeps it: lossless)."""
     if checkpoint_kind(src) == "official":
-        sd = torch.load(src / "adapters.pth", map_location="cpu", weights_only=True)
+        sd = load_pickle_weights_only(src / "adapters.pth")
         return next(iter(next(iter(sd.values())).values())).dtype
     from safetensors import safe_open
 

@@ -132,3 +132,26 @@ def test_base_found_in_local_hugging_face_cache(fixture_dir, tmp_path, monkeypat
     model = ClaraModel.from_pretrained(str(ckpt), device="cpu", dtype="fp32")
     reference = ClaraModel.from_pretrained(str(fixture_dir), device="cpu", dtype="fp32")
     assert model.fingerprint == reference.fingerprint
+
+
+def test_pickle_with_code_is_refused_in_one_line(fixture_dir, tmp_path):
+    """A checkpoint whose pickle would run code is refused, and the code never runs."""
+    import os
+    import pickle
+    import shutil
+
+    from clara_cli.errors import ClaraError
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    ckpt = tmp_path / "evil"
+    shutil.copytree(fixture_dir, ckpt, ignore=shutil.ignore_patterns("base", "reference.*"))
+    with open(ckpt / "adapters.pth", "wb") as f:
+        pickle.dump({"encoder_adapter": Evil()}, f)
+    with pytest.raises(ClaraError, match="adapters.pth: refused") as err:
+        ClaraModel.from_pretrained(str(ckpt), device="cpu", dtype="fp32", base_model=str(fixture_dir / "base"))
+    assert "\n" not in str(err.value) and not marker.exists()
