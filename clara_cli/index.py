@@ -93,8 +93,10 @@ def flatten_normalized(memory: torch.Tensor) -> np.ndarray:
 
 
 def default_nlist(n: int) -> int:
-    """~4*sqrt(n) lists, at least 39 training points each (FAISS' rule), a power of two."""
-    target = max(1.0, min(4 * math.sqrt(n), n / 39))
+    """~2*sqrt(n) lists, at least 39 training points each (FAISS' rule), a power of two.
+    (Fewer, larger lists than the usual 4*sqrt(n): the exact rerank forgives coarse lists,
+    and k-means training time grows with nlist.)"""
+    target = max(1.0, min(2 * math.sqrt(n), n / 39))
     return int(max(1, 2 ** round(math.log2(target))))
 
 
@@ -188,20 +190,38 @@ class MemoryMap:
             out[torch.from_numpy(where)] = dequantize(mem[idx], None if scales is None else scales[idx], self.n_mem)
         return out
 
-    def norms(self, block_rows: int = 4096) -> np.ndarray:
-        """fp32 L2 norm of every live row (in self.keys order): one pass, cached by flat indexes."""
-        out = np.empty(self.n, np.float32)
-        for offset, _, block, scales in self.blocks(block_rows):
-            out[offset:offset + len(block)] = row_norms(block, scales, self.n_mem)
-        return out
+
+def estimate_mu(mm: MemoryMap, rows: int = 8192) -> np.ndarray:
+    """Unit mean direction of the normalised rows (from the first blocks of every shard).
+    Real memory shares one dominant direction (mean pairwise cosine ~0.96)."""
+    acc, n = None, 0
+    per_part = max(256, rows // max(1, len(mm.parts)))
+    for _, _, mem, scales in _first_rows(mm, per_part):
+        x = torch.nn.functional.normalize(dequantize(mem, scales, mm.n_mem), dim=-1).sum(0)
+        acc, n = (x if acc is None else acc + x), n + len(mem)
+    if acc is None:
+        return np.zeros(0, np.float32)
+    return torch.nn.functional.normalize(acc, dim=0).numpy()
 
 
-def row_norms(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int) -> np.ndarray:
-    return torch.linalg.vector_norm(dequantize(block, scales, n_mem), dim=1).numpy()
+def _first_rows(mm: MemoryMap, per_part: int):
+    for name, rows, keys, mem, scales in mm.parts:
+        take = torch.from_numpy(rows[:per_part])
+        yield name, keys[:per_part], mem[take], None if scales is None else scales[take]
+
+
+def row_stats(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int, mu: np.ndarray) -> np.ndarray:
+    """[b, 2] fp32: each row's L2 norm and its dot with mu (one upcast pass; cached by flat
+    indexes because on CPU it costs ~10x the bf16 dot products of a scan)."""
+    x = dequantize(block, scales, n_mem)
+    return torch.stack([torch.linalg.vector_norm(x, dim=1), x @ torch.from_numpy(mu)], 1).numpy()
 
 
 def dequantize(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int) -> torch.Tensor:
     """Rows [b, D] in fp32 (int8 rows times their per-token scales)."""
+    if block.dtype == torch.bfloat16:  # bf16 -> fp32 is a 16-bit shift; numpy's is ~2x torch's on CPU
+        bits = block.contiguous().view(torch.int16).numpy().view(np.uint16)
+        return torch.from_numpy((bits.astype(np.uint32) << 16).view(np.float32))
     if scales is None:
         return block.float()
     b = block.shape[0]
@@ -209,61 +229,70 @@ def dequantize(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int) -> 
 
 
 def block_scores(qn: torch.Tensor, block: torch.Tensor, scales: torch.Tensor | None, n_mem: int,
-                 norms: torch.Tensor | None = None) -> torch.Tensor:
-    """Approximate cosines [Q, b] computed in the block's dtype (bf16 on CPU uses AMX); the
-    caller reranks the best in fp32. int8 is upcast to bf16 (exact: |v| <= 127). Row norms
-    cost ~10x the dot products on CPU (an upcast of every element): pass them when cached."""
-    if norms is None:
-        norms = torch.from_numpy(row_norms(block, scales, n_mem))
+                 stats: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """Approximate cosines [Q, b] with the dot products in the block's dtype (bf16 on CPU uses
+    AMX; int8 is upcast to bf16, exactly); the caller reranks the best in fp32.
+
+    A bf16 product is also *rounded to bf16*: near cosine 0.99 that is +-0.002, more than the
+    gaps between neighbours of real (anisotropic) memory. So the query's component along the
+    shared direction mu goes through the cached fp32 row stats, and only the residual, whose
+    dots are ~25x smaller and so ~25x finer in bf16, through the bf16 product."""
+    a = qn @ mu
+    qr = qn - a[:, None] * mu[None]
     if block.dtype == torch.int8:
         b = block.shape[0]
         m = block.reshape(b, n_mem, -1).to(torch.bfloat16)
-        q = qn.reshape(qn.shape[0], n_mem, -1).to(torch.bfloat16)
+        q = qr.reshape(qr.shape[0], n_mem, -1).to(torch.bfloat16)
         dots = (torch.einsum("qth,bth->qbt", q, m).float() * scales.float()[None]).sum(-1)
     else:
-        dots = (qn.to(block.dtype) @ block.T).float()
-    return dots / norms.clamp_min(1e-12)
+        dots = (qr.to(block.dtype) @ block.T).float()
+    dots = dots + a[:, None] * stats[None, :, 1]
+    return dots / stats[None, :, 0].clamp_min(1e-12)
 
 
 def exact_rerank(mm: MemoryMap, qn: torch.Tensor, keys: np.ndarray, k: int) -> list[tuple[int, float]]:
     """fp32 cosine of one query against the full memory of the candidate keys: the exact
-    answer among the candidates."""
-    from clara_kernels import cosine_topk
-
+    answer among the candidates. (A GEMV and the row norms: on CPU, clara_kernels' cosine_topk
+    falls back to torch with a normalised copy, which costs more for a few hundred rows.)"""
     if len(keys) == 0:
         return []
-    scores, idx = cosine_topk(qn[None], mm.gather(keys), min(k, len(keys)))
-    return [(int(keys[i]), float(s)) for s, i in zip(scores[0].tolist(), idx[0].tolist(), strict=True)]
+    rows = mm.gather(keys)
+    scores = (rows @ qn) / torch.linalg.vector_norm(rows, dim=1).clamp_min(1e-12) / qn.norm().clamp_min(1e-12)
+    top = torch.topk(scores, min(k, len(keys)))
+    return [(int(keys[i]), float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
 
-def scan_topk(mm: MemoryMap, qn: torch.Tensor, k: int, norms: np.ndarray | None = None,
+def scan_topk(mm: MemoryMap, qn: torch.Tensor, k: int, stats: np.ndarray, mu: np.ndarray,
               block_rows: int = 4096) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per query (keys, approximate scores) of the best k rows over every live row; norms are
-    the rows' L2 norms in mm.keys order (computed on the fly when None)."""
+    """Per query (keys, approximate scores) of the best k rows over every live row; stats are
+    row_stats in mm.keys order against mu."""
     best_s = torch.full((qn.shape[0], 0), -2.0)
     best_k = np.zeros((qn.shape[0], 0), np.int64)
+    mu_t = torch.from_numpy(mu)
     for offset, keys, block, scales in mm.blocks(block_rows):
-        nb = None if norms is None else torch.from_numpy(norms[offset:offset + len(keys)])
-        s = torch.cat([best_s, block_scores(qn, block, scales, mm.n_mem, nb)], 1)
+        sb = torch.from_numpy(stats[offset:offset + len(keys)])
+        s = torch.cat([best_s, block_scores(qn, block, scales, mm.n_mem, sb, mu_t)], 1)
         allk = np.concatenate([best_k, np.broadcast_to(keys, (qn.shape[0], len(keys)))], 1)
         best_s, top = s.topk(min(k, s.shape[1]), dim=1)
         best_k = np.take_along_axis(allk, top.numpy(), 1)
     return [(best_k[i], best_s[i].numpy()) for i in range(qn.shape[0])]
 
 
-def aligned_norms(mm: MemoryMap, known_keys: np.ndarray | None, known_norms: np.ndarray | None) -> np.ndarray:
-    """Row norms in mm.keys order: taken from a flat index's norms file where it has the key,
-    computed (one upcast pass) for the blocks that hold any other row."""
-    out = np.full(mm.n, np.nan, np.float32)
-    if known_keys is not None and known_norms is not None and len(known_keys) == len(known_norms) and len(known_keys):
+def aligned_stats(mm: MemoryMap, mu: np.ndarray, known_keys: np.ndarray | None = None,
+                  known_stats: np.ndarray | None = None) -> np.ndarray:
+    """row_stats in mm.keys order: from a flat index's file where it has the key (computed
+    against the same mu), one upcast pass over the blocks that hold any other row."""
+    out = np.full((mm.n, 2), np.nan, np.float32)
+    if known_keys is not None and known_stats is not None and len(known_keys) == len(known_stats) \
+            and len(known_keys):
         order = np.argsort(known_keys)
         pos = np.searchsorted(known_keys[order], mm.keys).clip(0, len(known_keys) - 1)
         hit = known_keys[order][pos] == mm.keys
-        out[hit] = known_norms[order][pos[hit]]
-    if np.isnan(out).any():
+        out[hit] = known_stats[order][pos[hit]]
+    if np.isnan(out[:, 0]).any():
         for offset, keys, block, scales in mm.blocks():
-            if np.isnan(out[offset:offset + len(keys)]).any():
-                out[offset:offset + len(keys)] = row_norms(block, scales, mm.n_mem)
+            if np.isnan(out[offset:offset + len(keys), 0]).any():
+                out[offset:offset + len(keys)] = row_stats(block, scales, mm.n_mem, mu)
     return out
 
 
@@ -341,7 +370,7 @@ def _build(view: Snapshot, kind: str, params: dict, live: np.ndarray, dim: int, 
     compact = min(int(params["compact_dim"]), dim)
     pca_rows = max(compact + 16, min(20_000, PCA_SAMPLE_BYTES // (4 * dim)))
     nlist = int(params.get("nlist") or default_nlist(len(live)))
-    train_rows = max(pca_rows, min(len(live), 50 * nlist)) if kind == "ivf" else pca_rows
+    train_rows = max(pca_rows, min(len(live), 32 * nlist)) if kind == "ivf" else pca_rows
     sample = _sample_keys(live, train_rows)
     x = flatten_normalized(view.read_memory(sample))
     if compact < dim:
@@ -411,11 +440,12 @@ def update_index(store: Store, options: IndexOptions | None = None, progress: bo
         same = (info.get("kind") == kind and info.get("fingerprint") == model["fingerprint"]
                 and info.get("dim") == dim and not rebuild
                 and all(old_params.get(k) == params.get(k) for k in BUILD_PARAMS if k in requested))
-        index, present, reason, old_norms = None, np.zeros(0, np.int64), "", None
+        index, present, reason, old_stats = None, np.zeros(0, np.int64), "", None
         if same and kind == "flat" and info.get("keys_file"):
             present = np.load(view.check_file(info["keys_file"]), allow_pickle=False)
-            old_norms = np.load(view.check_file(info["norms_file"]), allow_pickle=False) \
-                if info.get("norms_file") else None
+            if info.get("stats_file") and info.get("mu_file"):
+                old_stats = (np.load(view.check_file(info["stats_file"]), allow_pickle=False),
+                             np.load(view.check_file(info["mu_file"]), allow_pickle=False))
         elif same and kind != "flat":
             index = load_index(view)
             present = index_ids(index) if index is not None else present
@@ -441,11 +471,14 @@ def update_index(store: Store, options: IndexOptions | None = None, progress: bo
         record = {"kind": kind, "auto": auto, "metric": "cosine", "dim": dim,
                   "fingerprint": model["fingerprint"], "file": info.get("file") if unchanged else None,
                   "keys_file": info.get("keys_file") if unchanged else None,
-                  "norms_file": info.get("norms_file") if unchanged else None}
+                  "stats_file": info.get("stats_file") if unchanged else None,
+                  "mu_file": info.get("mu_file") if unchanged else None}
         if not unchanged and kind == "flat":
             mm = MemoryMap(view)
-            norms = aligned_norms(mm, present, old_norms if same and kind == "flat" and info.get("keys_file") else None)
-            for suffix, array, field_name in ((".keys.npy", mm.keys, "keys_file"), (".norms.npy", norms, "norms_file")):
+            mu = old_stats[1] if old_stats is not None else estimate_mu(mm)
+            stats = aligned_stats(mm, mu, present, old_stats[0] if old_stats is not None else None)
+            for suffix, array, field_name in ((".keys.npy", mm.keys, "keys_file"),
+                                              (".stats.npy", stats, "stats_file"), (".mu.npy", mu, "mu_file")):
                 path = tx.new_data_path("index", suffix)
                 with open(path, "wb") as f:
                     np.save(f, array)
@@ -476,7 +509,7 @@ def update_index(store: Store, options: IndexOptions | None = None, progress: bo
 
 
 def _files(record: dict, lexical: dict | None) -> list[str]:
-    names = [record[k] for k in ("file", "keys_file", "norms_file") if record.get(k)]
+    names = [record[k] for k in ("file", "keys_file", "stats_file", "mu_file") if record.get(k)]
     return names + list((lexical or {}).get("files", []))
 
 
@@ -548,7 +581,7 @@ class VectorSearch:
         elif not info and len(self.live) > AUTO_ANN_ROWS:
             notice(f"{len(self.live)} chunks and no index: searching exactly (run `clara index`)")
         self._mm: MemoryMap | None = None
-        self._norms: np.ndarray | None = None
+        self._stats: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def memory_map(self) -> MemoryMap:
@@ -557,23 +590,28 @@ class VectorSearch:
         return self._mm
 
     @property
-    def norms(self) -> np.ndarray:
-        """Row norms for the flat scan: the flat index's file, else computed once."""
-        if self._norms is None:
+    def row_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """(row stats, mu) for the flat scan: the flat index's files, else computed once."""
+        if self._stats is None:
             info = self.snapshot.manifest.get("index") or {}
-            keys = norms = None
-            if info.get("kind") == "flat" and info.get("keys_file") and info.get("norms_file"):
+            if info.get("kind") == "flat" and info.get("keys_file") and info.get("stats_file") \
+                    and info.get("mu_file"):
                 keys = np.load(self.snapshot.check_file(info["keys_file"]), allow_pickle=False)
-                norms = np.load(self.snapshot.check_file(info["norms_file"]), allow_pickle=False)
-            self._norms = aligned_norms(self.memory_map, keys, norms)
-        return self._norms
+                stats = np.load(self.snapshot.check_file(info["stats_file"]), allow_pickle=False)
+                mu = np.load(self.snapshot.check_file(info["mu_file"]), allow_pickle=False)
+                self._stats = (aligned_stats(self.memory_map, mu, keys, stats), mu)
+            else:
+                mu = estimate_mu(self.memory_map)
+                self._stats = (aligned_stats(self.memory_map, mu), mu)
+        return self._stats
 
     def _candidates(self, queries: np.ndarray, depth: int) -> list[np.ndarray]:
         """Per query, candidate keys (ANN over the compact vectors, plus every unindexed row)."""
         n = len(queries)
         if self.index is None:
             qn = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-            return [k for k, _ in scan_topk(self.memory_map, qn, min(depth, len(self.live)), self.norms)]
+            stats, mu = self.row_stats
+            return [k for k, _ in scan_topk(self.memory_map, qn, min(depth, len(self.live)), stats, mu)]
         fetch = min(int(self.index.ntotal), depth)
         params = None
         if len(self.stale):

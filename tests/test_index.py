@@ -3,15 +3,12 @@ memory dtypes, and the store's BM25. Synthetic clustered memory: no model needed
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
 from clara_cli import index as index_mod
-from clara_cli.answer import Retriever, rrf
 from clara_cli.index import IndexOptions, VectorSearch, flatten_normalized, update_index
 from clara_cli.store import (
     CHUNK_SCHEMA,
@@ -205,36 +202,3 @@ def test_int8_shards_with_per_token_scales(store):
     keys = np.array([k for k in range(1, 901) if k != 5])
     assert torch.equal(snap.read_memory(keys), expect[keys - 1])
     assert snap.verify() == []
-
-
-def test_bm25_incremental_and_hybrid(store):
-    add_docs(store, 1, 200)
-    update_index(store, IndexOptions(kind="flat"), progress=False)
-    rec = store.snapshot().manifest["index"]["bm25"]
-    assert rec["rows"] == 200 and len(rec["segments"]) == 1
-    r = Retriever(store.snapshot(), mode="bm25")
-    hits = r.search(None, ["w17 castle"], 3)[0]
-    assert hits[0][0] == 17
-    add_docs(store, 301, 20)
-    with store.writer() as tx:
-        tx.remove_documents(["d17"])
-    update_index(store, progress=False)
-    rec2 = store.snapshot().manifest["index"]["bm25"]
-    assert rec2["rows"] == 219 and len(rec2["segments"]) == 2 and rec2["segments"][0] == rec["segments"][0]
-    r = Retriever(store.snapshot(), mode="bm25")
-    assert 17 not in [k for k, _ in r.search(None, ["w17 castle"], 5)[0]]
-    assert r.search(None, ["w305"], 1)[0][0][0] == 305
-    # unchanged store: no new files
-    version = store.snapshot().version
-    update_index(store, progress=False)
-    assert store.snapshot().version == version
-    manifest = json.loads((store.root / "manifest.json").read_text())
-    names = {e["name"] for e in manifest["files"]}
-    assert set(rec2["files"]) <= names
-
-
-def test_rrf_fuses_ranks():
-    a = [(1, 0.9), (2, 0.8), (3, 0.7)]
-    b = [(3, 12.0), (4, 11.0), (1, 10.0)]
-    fused = rrf([a, b], 3)
-    assert [k for k, _ in fused] == [1, 3, 2]
