@@ -338,7 +338,9 @@ def export_model(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "b
     model.fingerprint = model_fingerprint(model)
     meta = json.loads((Path(src) / "clara.json").read_text())
     extra = {k: meta[k] for k in ("training",) if k in meta}
-    return save_model(model, dst, trained=True, extra={**extra, "exported_from": str(src)})
+    out = save_model(model, dst, trained=True, extra={**extra, "exported_from": str(src)})
+    _publish_mode(out)
+    return out
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -367,6 +369,7 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
         (tmp / "train_state.json").write_text(json.dumps(state) + "\n")
         for f in tmp.iterdir():
             _fsync(f)
+        _publish_mode(tmp)
         _fsync(tmp)
         prev = _prev(out)
         if prev.exists():
@@ -379,6 +382,13 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _publish_mode(folder: Path) -> None:
+    """mkdtemp folders are 0700; a model folder should read like any other (umask applies)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
 
 
 def _prev(out: Path) -> Path:

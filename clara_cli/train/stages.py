@@ -25,6 +25,7 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,9 @@ from .data import (
     split_ids,
 )
 from .topk import differentiable_topk
+
+if TYPE_CHECKING:
+    from .loop import TrainConfig
 
 # What each stage learns (DESIGN.md §1; the official code's optimizer sees the same sets).
 TRAINED_ADAPTERS = {
@@ -117,7 +121,7 @@ class Trainable:
         self.model = model
         self.stage = stage
         self.n_mem = model.config.n_mem
-        self.autocast_dtype = model.dtype if autocast else None
+        self.autocast_dtype = model.dtype if autocast and model.dtype != torch.float32 else None
         decoder = model.decoder
         adapters = TRAINED_ADAPTERS[stage]
         self.named = {n: p for n, p in decoder.named_parameters() if any(f".{a}." in n for a in adapters)}
@@ -268,7 +272,8 @@ class Trainable:
             self.doc_cache[t] = m
 
     # ------------------------------------------------------------------ the three stages
-    def step(self, records: Sequence, epoch: int, indices: Sequence[int], cfg) -> tuple[torch.Tensor, StepStats]:
+    def step(self, records: Sequence, epoch: int, indices: Sequence[int],
+             cfg: TrainConfig) -> tuple[torch.Tensor, StepStats]:
         """Loss of one micro-batch for this stage (before accumulation scaling)."""
         if self.stage == "scp":
             return self._scp(records, epoch, indices, cfg)
@@ -276,7 +281,7 @@ class Trainable:
             return self._instruct(records, cfg)
         return self._e2e(records, cfg)
 
-    def _scp(self, records: Sequence[PretrainRecord], epoch: int, indices: Sequence[int], cfg):
+    def _scp(self, records: Sequence[PretrainRecord], epoch: int, indices: Sequence[int], cfg: TrainConfig):
         tok = self.model.tokenizer
         docs = [d for r in records for d in r.docs]
         mem, mse, enc_tokens = self.compress(docs)                          # [D, n_mem, h]
@@ -305,7 +310,7 @@ class Trainable:
             raise ClaraError("training and inference prompts differ")  # guards the two builders
         return split_ids(tok, prompt, full, max_length)
 
-    def _instruct(self, records: Sequence[QARecord], cfg):
+    def _instruct(self, records: Sequence[QARecord], cfg: TrainConfig):
         chosen = [choose_docs(r, cfg.top_k) for r in records]
         mem, mse, enc_tokens = self.compress([d for docs in chosen for d in docs])
         memories = list(torch.split(mem, [len(c) for c in chosen]))
@@ -314,7 +319,7 @@ class Trainable:
         loss = lm + cfg.mse_weight * mse
         return loss, StepStats(loss.item(), lm.item(), mse.item(), len(records), enc_tokens + dec_tokens)
 
-    def _e2e(self, records: Sequence[QARecord], cfg):
+    def _e2e(self, records: Sequence[QARecord], cfg: TrainConfig):
         self.cache_documents([d for r in records for d in r.docs])
         ids, mask = self.model.pad_left(self.model.encoder_token_ids([r.question for r in records]))
         query = self.hidden("query_reasoner_adapter", self.embed(ids), mask)[:, -self.n_mem:]  # [B, n_mem, h]
