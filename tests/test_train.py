@@ -207,7 +207,7 @@ def test_gradients_reach_both_adapters_across_separate_forwards(tiny_model_dir, 
     model = _load_start_model(cfg, None, torch.device("cpu"), torch.float32)
     prepare_adapters(model, "scp", True, 0)
     tm = Trainable(model, "scp")
-    loss, _ = tm.step(read_records(data["scp"], "scp")[:2], 0, [0, 1], cfg)
+    loss, _ = tm.step(read_records(data["scp"], "scp")[:2], [(0, 0), (0, 1)], cfg)
     loss.backward()
     for adapter in ("encoder_adapter", "decoder_adapter"):
         grads = [p.grad for n, p in tm.named.items() if f".{adapter}." in n]

@@ -221,7 +221,7 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
             for _ in range(cfg.grad_accum):
                 batch = [order.at(consumed + j) for j in range(cfg.batch_size)]  # [(epoch, index)]
                 consumed += cfg.batch_size
-                loss, stats = tm.step([records[i] for _, i in batch], batch[0][0], [i for _, i in batch], cfg)
+                loss, stats = tm.step([records[i] for _, i in batch], batch, cfg)
                 (loss / cfg.grad_accum).backward()
                 for key in agg:
                     agg[key] += getattr(stats, key) / cfg.grad_accum

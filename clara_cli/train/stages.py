@@ -272,22 +272,24 @@ class Trainable:
             self.doc_cache[t] = m
 
     # ------------------------------------------------------------------ the three stages
-    def step(self, records: Sequence, epoch: int, indices: Sequence[int],
+    def step(self, records: Sequence, keys: Sequence[tuple[int, int]],
              cfg: TrainConfig) -> tuple[torch.Tensor, StepStats]:
-        """Loss of one micro-batch for this stage (before accumulation scaling)."""
+        """Loss of one micro-batch for this stage (before accumulation scaling).
+
+        keys[i] = (epoch, record index) of records[i]: seeds its paraphrase template."""
         if self.stage == "scp":
-            return self._scp(records, epoch, indices, cfg)
+            return self._scp(records, keys, cfg)
         if self.stage == "instruct":
             return self._instruct(records, cfg)
         return self._e2e(records, cfg)
 
-    def _scp(self, records: Sequence[PretrainRecord], epoch: int, indices: Sequence[int], cfg: TrainConfig):
+    def _scp(self, records: Sequence[PretrainRecord], keys: Sequence[tuple[int, int]], cfg: TrainConfig):
         tok = self.model.tokenizer
         docs = [d for r in records for d in r.docs]
         mem, mse, enc_tokens = self.compress(docs)                          # [D, n_mem, h]
         memories = list(torch.split(mem, [len(r.docs) for r in records]))
         prompts, targets = [], []
-        for r, i in zip(records, indices, strict=True):
+        for r, (epoch, i) in zip(records, keys, strict=True):
             slots = memory_slots(self.n_mem, len(r.docs), self.model.config.sep)
             if r.data_type == "paraphrase":
                 system, user = PARAPHRASE_SYSTEM, paraphrase_instruction(cfg.seed, epoch, i).format(docs=slots)
