@@ -260,6 +260,8 @@ def _fresh_default(dev: torch.device, dt: torch.dtype, base_model: str | None) -
     base_dir = resolve_base(DEFAULT_BASE, None, base_model)
     decoder, tokenizer = _load_base(base_dir, dt)
     cfg = ClaraConfig(**DEFAULT_CONFIG.to_dict())
+    if base_model:  # an explicit base is what a saved copy of this model must point at
+        cfg.base_model = str(base_dir)
     model = ClaraModel.from_base(decoder, tokenizer, cfg, seed=0, trained=False, source="default")
     # Fresh seeded adapters: identity is the base plus the seed, whatever dtype computes.
     model.fingerprint = hashlib.sha256(f"fresh-seed0:{base_identity(base_dir)}".encode()).hexdigest()[:16]
@@ -285,9 +287,14 @@ def save_model(model: ClaraModel, dst: str | os.PathLike, *, trained: bool | Non
                 "trained": model.trained if trained is None else trained,
                 "fingerprint": model.fingerprint, **(extra or {})}
         (tmp / "clara.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if dst.exists():
-            shutil.rmtree(dst)
+        tmp.chmod(0o755)  # mkdtemp makes 0700 folders; a model is meant to be shared
+        old = None
+        if dst.exists():  # move the old one aside first: there is never a moment without a model
+            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+            os.replace(dst, old)
         os.replace(tmp, dst)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
