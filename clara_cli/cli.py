@@ -221,7 +221,7 @@ def compress(ctx, batch_size, memory_dtype, ray_address, ray_actors, no_wait, mo
               help="flat: exact scan; ivf/hnsw: ANN on a compact vector + exact rerank; auto: flat for "
                    "small stores (an explicit kind sticks until changed).")
 @click.option("--nlist", default=None, type=click.IntRange(1), help="IVF lists (default ~4*sqrt(rows)).")
-@click.option("--nprobe", default=None, type=click.IntRange(1), help="IVF lists probed per query [32].")
+@click.option("--nprobe", default=None, type=click.IntRange(1), help="IVF lists probed per query [64].")
 @click.option("--ef-search", default=None, type=click.IntRange(1), help="HNSW efSearch [128].")
 @click.option("--hnsw-m", default=None, type=click.IntRange(2), help="HNSW links per node [32].")
 @click.option("--rerank", default=None, type=click.IntRange(1), help="Candidates reranked exactly [100].")

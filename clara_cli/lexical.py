@@ -144,11 +144,13 @@ class StoreBM25(BM25Retriever):
 
     def search_keys(self, queries: list[str], k: int, live: np.ndarray | None = None
                     ) -> list[list[tuple[int, float]]]:
-        """(key, BM25 score) per query, best first, rows not in `live` dropped."""
+        """(key, BM25 score) per query, best first; rows not in `live` and rows sharing no term
+        with the query (score 0: their order is arbitrary, and would earn rank credit in RRF)
+        are dropped."""
         extra = 0 if live is None else int((~np.isin(self.keys, live)).sum())
         alive = set(live.tolist()) if extra else None
         out = []
         for ranked in self.search(queries, k + extra):
-            hits = [(int(self.keys[r]), s) for r, s in ranked]
+            hits = [(int(self.keys[r]), s) for r, s in ranked if s > 0]  # 0: no query term in it
             out.append([h for h in hits if alive is None or h[0] in alive][:k])
         return out
