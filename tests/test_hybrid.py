@@ -99,25 +99,23 @@ def test_cli_retrievers(tmp_path, tiny_model_dir):
     assert len(out["sources"]) == 2
 
 
-def test_int8_memory_answers_agree_with_fp32(tmp_path, tiny_model_dir, tiny_model):
+def test_int8_memory_answers_agree_with_fp32(tiny_model):
     """int8 (per-token scales) vs fp32 memory: the same retrieval and near-identical greedy
-    answers on the tiny model (its memory is random, so this bounds the numerical effect)."""
-    run32, s32 = cli_store(tmp_path, tiny_model_dir, "fp32")
-    run8, s8 = cli_store(tmp_path, tiny_model_dir, "int8")
-    a, b = Store(s32).snapshot(), Store(s8).snapshot()
-    keys = a.memory_keys()
-    m32, m8 = a.read_memory(keys), b.read_memory(keys)
-    assert torch.equal(m8, dequantize_int8(*quantize_int8(m32)))
+    answers on the tiny model (its weights are random: this bounds the numerical effect; the
+    default model's figures are in the README)."""
+    texts = list(DOCS.values())
+    m32 = tiny_model.compress(texts)
+    m8 = dequantize_int8(*quantize_int8(m32))
     assert float((m8 - m32).norm() / m32.norm()) < 0.01
     questions = ["Where is the Eiffel Tower?", "Which river carries the most water?", "What is the Sahara?"]
+    q = torch.nn.functional.normalize(tiny_model.encode_queries(questions).reshape(3, -1), dim=-1)
+    x32 = torch.nn.functional.normalize(m32.reshape(len(texts), -1), dim=-1)
+    x8 = torch.nn.functional.normalize(m8.reshape(len(texts), -1), dim=-1)
+    top32, top8 = (q @ x32.T).topk(3).indices, (q @ x8.T).topk(3).indices
+    assert torch.equal(top32, top8)
     agree = []
-    for q in questions:
-        ha = [h["chunk_id"] for h in map(json.loads, run32("search", q, "-k", "3", "--json").stdout.splitlines())]
-        hb = [h["chunk_id"] for h in map(json.loads, run8("search", q, "-k", "3", "--json").stdout.splitlines())]
-        assert ha == hb
-        mem_a = a.read_memory(np.array([int(c, 16) for c in ha]))
-        mem_b = b.read_memory(np.array([int(c, 16) for c in ha]))
-        ta = tiny_model.generate([q], [mem_a], max_new_tokens=8, return_ids=True)[1][0].tolist()
-        tb = tiny_model.generate([q], [mem_b], max_new_tokens=8, return_ids=True)[1][0].tolist()
+    for qi, question in enumerate(questions):
+        ta = tiny_model.generate([question], [m32[top32[qi]]], max_new_tokens=8, return_ids=True)[1][0].tolist()
+        tb = tiny_model.generate([question], [m8[top32[qi]]], max_new_tokens=8, return_ids=True)[1][0].tolist()
         agree.append(sum(x == y for x, y in zip(ta, tb, strict=False)) / max(len(ta), len(tb), 1))
     assert np.mean(agree) >= 0.75, agree

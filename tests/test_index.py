@@ -98,10 +98,10 @@ def test_flat_scan_is_exact_and_scores_are_cosines(store):
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_ann_with_rerank_recall_and_params_in_manifest(store, kind):
-    add_docs(store, 1, 3000)
+    add_docs(store, 1, 1500)
     opts = IndexOptions(kind=kind, compact_dim=48, nlist=32, nprobe=8, ef_search=64, rerank=60)
     report = update_index(store, opts, progress=False)
-    assert report.kind == kind and report.total == 3000 and report.rebuilt
+    assert report.kind == kind and report.total == 1500 and report.rebuilt
     info = store.snapshot().manifest["index"]
     assert info["kind"] == kind and info["params"]["compact_dim"] == 48 and info["params"]["rerank"] == 60
     assert info["params"].get("nlist" if kind == "ivf" else "ef_search") == (32 if kind == "ivf" else 64)
@@ -119,13 +119,13 @@ def test_ann_with_rerank_recall_and_params_in_manifest(store, kind):
 
 
 def test_incremental_add_delete_ivf(store):
-    add_docs(store, 1, 2000)
+    add_docs(store, 1, 1200)
     update_index(store, IndexOptions(kind="ivf", compact_dim=48, nlist=16), progress=False)
     add_docs(store, 5001, 300, seed=5)
     with store.writer() as tx:
         tx.remove_documents([f"d{k}" for k in range(1, 101)])
     report = update_index(store, progress=False)
-    assert (report.kind, report.added, report.removed, report.total, report.rebuilt) == ("ivf", 300, 100, 2200, False)
+    assert (report.kind, report.added, report.removed, report.total, report.rebuilt) == ("ivf", 300, 100, 1400, False)
     q = queries()
     got = VectorSearch(store.snapshot()).search(q, 10)
     assert all(k > 100 for g in got for k, _ in g)
@@ -133,7 +133,7 @@ def test_incremental_add_delete_ivf(store):
 
 
 def test_hnsw_tombstones_hidden_then_rebuilt(store, monkeypatch):
-    add_docs(store, 1, 1500)
+    add_docs(store, 1, 1000)
     update_index(store, IndexOptions(kind="hnsw", compact_dim=48), progress=False)
     q = queries(10)
     top = [k for k, _ in VectorSearch(store.snapshot()).search(q, 5)[0]]
@@ -148,7 +148,7 @@ def test_hnsw_tombstones_hidden_then_rebuilt(store, monkeypatch):
         tx.remove_documents([f"d{k}" for k in range(1, 200) if k not in top])
     report = update_index(store, progress=False)
     assert report.kind == "hnsw" and report.rebuilt and report.tombstones == 0
-    assert report.total == len(store.snapshot().memory_keys()) < 1500 - 150
+    assert report.total == len(store.snapshot().memory_keys()) < 1000 - 150
 
 
 def test_unindexed_rows_are_searched_exactly(store):
