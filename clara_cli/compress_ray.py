@@ -63,20 +63,24 @@ class BatchCompressor:
 
 
 def connect(address: str | None = None, num_cpus: int | None = None):
-    """Join the cluster at address ("auto": RAY_ADDRESS or a running local one, else start one)."""
+    """Join the cluster at address; "auto" (or None): RAY_ADDRESS if set, else a fresh local
+    cluster on this machine. (Ray's own "auto" also follows /tmp/ray's record of the last
+    local cluster, and waits on it for minutes when that cluster is gone.)"""
     import ray
 
     if ray.is_initialized():
         return ray
     kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if address and address != "auto":
-        ray.init(address=address, **kwargs)
+    if address in (None, "auto"):
+        address = os.environ.get("RAY_ADDRESS") or None
+    if address:
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError) as err:
+            raise ClaraError(f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0][:160]}") from None
         return ray
-    try:
-        ray.init(address="auto", **kwargs)
-    except (ConnectionError, RuntimeError):
-        notice("no Ray cluster found: starting a local one")
-        ray.init(num_cpus=num_cpus, **kwargs)
+    notice("starting a local Ray cluster (give --ray ADDRESS to use a running one)")
+    ray.init(address="local", num_cpus=num_cpus, **kwargs)
     return ray
 
 
