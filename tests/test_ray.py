@@ -44,7 +44,9 @@ def ray_cluster(tmp_path_factory):
     marker = tmp_path_factory.mktemp("ray") / "crashed-once"
     port = free_port()
     exe = Path(sys.executable).parent / "ray"
-    env = {**os.environ, CRASH_ONCE_ENV: str(marker), "RAY_USAGE_STATS_ENABLED": "0"}
+    # RAY_AUTH_MODE: a ~/.ray/auth_token left by an earlier local Ray (ray.init creates one) would
+    # otherwise make this head demand a token that the test's clients do not send.
+    env = {**os.environ, CRASH_ONCE_ENV: str(marker), "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     head = subprocess.Popen([str(exe), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
                              "--num-cpus=2", "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
                              "--object-store-memory=100000000", "--block"],
@@ -116,7 +118,6 @@ def assert_same_memory(a: Store, b: Store, exact: bool = True) -> None:
             torch.testing.assert_close(ma[key], mb[key], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow  # joining the local head failed in a clean-clone CI rehearsal on this machine (see notes)
 def test_ray_job_matches_single_process_and_survives_a_worker_crash(ray_cluster, ingested, reference, tiny_model,
                                                                      tmp_path):
     store_path = tmp_path / "store"
