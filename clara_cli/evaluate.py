@@ -620,6 +620,22 @@ def write_report(report: EvalReport, out_dir: str | Path) -> list[Path]:
     return written
 
 
+def read_report(out_dir: str | Path) -> EvalReport:
+    """An EvalReport back from summary.jsonl and predictions.jsonl (to re-plot or re-tabulate)."""
+    out = Path(out_dir)
+    rows = [json.loads(line) for line in (out / "summary.jsonl").read_text().splitlines()]
+    fields = set(SystemSummary.__dataclass_fields__)
+    systems = [SystemSummary(**{k: v for k, v in r.items() if k in fields}) for r in rows]
+    qfields = set(QuestionResult.__dataclass_fields__)
+    results = [QuestionResult(**{k: v for k, v in json.loads(line).items() if k in qfields})
+               for line in (out / "predictions.jsonl").read_text().splitlines()]
+    meta = rows[0]
+    return EvalReport(k=meta["k"], max_new_tokens=meta["max_new_tokens"], n_questions=meta["n_questions"],
+                      store=meta["store"], store_version=meta["store_version"], chunks=meta["chunks"],
+                      model=meta["model"], fingerprint=meta["fingerprint"], trained=meta["trained"],
+                      dtype=meta["dtype"], systems=systems, results=results, seconds=meta["seconds"])
+
+
 def plot_report(report: EvalReport, out: Path) -> list[Path]:
     import matplotlib
 
@@ -650,36 +666,45 @@ def plot_report(report: EvalReport, out: Path) -> list[Path]:
     fig.savefig(files[-1], dpi=120)
     plt.close(fig)
 
+    from matplotlib.patches import Patch
+
     fig, ax = plt.subplots(figsize=(7, 4.5))
     passage = [s.passage_tokens for s in report.systems]
     other = [s.context_tokens - s.passage_tokens for s in report.systems]
-    ax.bar(systems, passage, color=[colors[i % len(colors)] for i in range(len(systems))], label="documents")
-    ax.bar(systems, other, bottom=passage, color="#bbbbbb", label="prompt + question")
+    ax.bar(systems, passage, color=[colors[i % len(colors)] for i in range(len(systems))])
+    ax.bar(systems, other, bottom=passage, color="#bbbbbb")
     for i, s in enumerate(report.systems):
         ax.text(i, s.context_tokens, f"{s.context_tokens:.0f}", ha="center", va="bottom", fontsize=9)
+    ax.set_ylim(0, 1.3 * max([s.context_tokens for s in report.systems] + [1]))
     ax.set_ylabel("tokens read by the generator per question")
-    ax.set_title("Generator context")
-    ax.legend(frameon=False)
+    ax.set_title(f"Generator context (top-{report.k})")
+    ax.legend(handles=[Patch(facecolor="white", edgecolor="black", label="retrieved documents (system colour)"),
+                       Patch(facecolor="#bbbbbb", label="prompt template + question")],
+              frameon=False, loc="upper right")
     fig.tight_layout()
     files.append(out / "context_tokens.png")
     fig.savefig(files[-1], dpi=120)
     plt.close(fig)
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
-    data = [[r.total_s * 1000 for r in report.results if r.system == name] for name in systems]
+    data = [[max(r.total_s, 1e-3) for r in report.results if r.system == name] for name in systems]
     ax1.boxplot(data, tick_labels=systems, showfliers=True)
-    ax1.set_ylabel("ms per question (retrieve + prefill + decode)")
-    ax1.set_title("Latency distribution")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("seconds per question (retrieve + prefill + decode)")
+    ax1.set_title("Latency distribution (log scale)")
     parts = [("retrieve", "retrieve_ms", "#999999"), ("prefill", "prefill_ms", "#1f77b4"),
              ("decode", "decode_ms", "#ff7f0e")]
     bottom = np.zeros(len(systems))
     for label, key, color in parts:
-        vals = np.array([getattr(s, key) for s in report.systems])
+        vals = np.array([getattr(s, key) / 1000 for s in report.systems])
         ax2.bar(systems, vals, bottom=bottom, label=label, color=color)
         bottom += vals
-    ax2.set_ylabel("mean ms per question")
-    ax2.set_title("Where the time goes")
-    ax2.legend(frameon=False)
+    for i, s in enumerate(report.systems):
+        ax2.text(i, bottom[i], f"{bottom[i]:.1f} s\n{s.new_tokens:.0f} tok", ha="center", va="bottom", fontsize=8)
+    ax2.set_ylim(0, 1.25 * max(list(bottom) + [1e-3]))
+    ax2.set_ylabel("mean seconds per question")
+    ax2.set_title("Where the time goes (new tokens generated)")
+    ax2.legend(frameon=False, loc="upper right")
     fig.tight_layout()
     files.append(out / "latency.png")
     fig.savefig(files[-1], dpi=120)

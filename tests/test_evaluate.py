@@ -171,6 +171,11 @@ def test_eval_json_and_report(eval_env):
     assert "| clara |" in md and "Cover-EM" in md and "R@2" in md
     preds = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 9 and all(len(p["retrieved"]) == 2 for p in preds)
+    from clara_cli.evaluate import read_report
+
+    again = read_report(report)  # the files hold everything needed to re-tabulate and re-plot
+    assert [s.to_dict() for s in again.systems] == [{k: r[k] for k in s.to_dict()} for s, r in zip(again.systems, rows, strict=True)]
+    assert len(again.results) == 9 and again.k == 2
 
 
 def test_eval_text_table(eval_env, tiny_model):
