@@ -6,7 +6,9 @@ decoder_first_last_layers.pth with the resized embed_tokens / lm_head matrices.
 
 Our layout (`clara convert`, `clara train`): safetensors only, nothing executable.
     clara.json               {"format": "clara-cli/1", "config": {...}, "trained": bool, ...}
-    adapters.safetensors     "{adapter}/{peft key}" -> LoRA tensor
+    adapters-{adapter}.safetensors   "{adapter}/{peft key}" -> LoRA tensor, one file per adapter
+                             (each stays small enough to commit; older folders hold all of
+                             them in one adapters.safetensors, which still loads)
     token_rows.safetensors   "embed_tokens" / "lm_head": the rows of the added CLaRa tokens
                              (full matrices under "embed_tokens.full" / "lm_head.full" when a
                              checkpoint also changed the base vocabulary rows)
@@ -94,6 +96,27 @@ def fingerprint(config: ClaraConfig, base_id: str, tensors: dict[str, torch.Tens
 
 
 # ---------------------------------------------------------------------- reading checkpoint tensors
+def adapter_files(path: Path) -> list[Path]:
+    """Our format's adapter files: one per adapter, or the single file of older folders."""
+    files = sorted(path.glob("adapters-*.safetensors"))
+    legacy = path / "adapters.safetensors"
+    return files + ([legacy] if legacy.is_file() else [])
+
+
+def read_adapter_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every "{adapter}/{peft key}" tensor of one of our model folders."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    files = adapter_files(path)
+    if not files:
+        raise ClaraError(f"{path}: no adapters-*.safetensors (an incomplete clara model folder)")
+    out: dict[str, torch.Tensor] = {}
+    for f in files:
+        out.update(load_file(f))
+    return out
+
+
 def load_pickle_weights_only(path: Path) -> dict:
     """torch.load with weights_only=True: tensors and plain containers, never code.
     A pickle that asks for anything else is refused with one line naming the file."""
@@ -127,7 +150,7 @@ def _read_ours(path: Path) -> tuple[ClaraConfig, dict, dict, dict]:
     if meta.get("format") != FORMAT:
         raise ClaraError(f"{path}/clara.json: unknown format {meta.get('format')!r}")
     cfg = ClaraConfig(**meta["config"])
-    flat = load_file(path / "adapters.safetensors")
+    flat = read_adapter_tensors(path)
     adapters: dict[str, dict] = {}
     for key, t in flat.items():
         name, inner = key.split("/", 1)
@@ -281,7 +304,10 @@ def save_model(model: ClaraModel, dst: str | os.PathLike, *, trained: bool | Non
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
     try:
-        save_file(adapters, str(tmp / "adapters.safetensors"))
+        for name in model.config.adapters:
+            own = {k: v for k, v in adapters.items() if k.split("/", 1)[0] == name}
+            if own:
+                save_file(own, str(tmp / f"adapters-{name}.safetensors"))
         save_file(rows, str(tmp / "token_rows.safetensors"))
         meta = {"format": FORMAT, "config": model.config.to_dict(),
                 "trained": model.trained if trained is None else trained,
@@ -308,7 +334,7 @@ def stored_dtype(src: Path) -> torch.dtype:
         return next(iter(next(iter(sd.values())).values())).dtype
     from safetensors import safe_open
 
-    with safe_open(str(src / "adapters.safetensors"), "pt") as f:
+    with safe_open(str(adapter_files(src)[0]), "pt") as f:
         return f.get_tensor(next(iter(f.keys()))).dtype
 
 

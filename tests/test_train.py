@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from clara_cli.checkpoint import read_adapter_tensors
 from clara_cli.train import TrainConfig, differentiable_topk, read_records, train
 from clara_cli.train.data import PARAPHRASE_INSTRUCTIONS, QA_SYSTEM, paraphrase_instruction
 from clara_cli.train.loop import export_model
@@ -191,7 +192,7 @@ def test_scp_changes_only_memory_rows_and_both_adapters(chain, tiny_model_dir):
     assert (emb0[:n_mem] - emb1[:n_mem]).abs().amax(dim=1).min() > 0  # every memory row moved
     assert torch.equal(emb0[n_mem:], emb1[n_mem:])
     assert torch.equal(before["lm_head"], after["lm_head"])  # untied head: not trained
-    a0, a1 = load_file(tiny_model_dir / "adapters.safetensors"), load_file(root / "scp" / "adapters.safetensors")
+    a0, a1 = read_adapter_tensors(tiny_model_dir), read_adapter_tensors(root / "scp")
     for adapter in ("encoder_adapter", "decoder_adapter"):
         keys = [k for k in a1 if k.startswith(adapter + "/")]
         assert keys and all(not torch.equal(a0[k], a1[k]) for k in keys if "lora_B" in k), adapter
@@ -219,7 +220,7 @@ def test_gradients_reach_both_adapters_across_separate_forwards(tiny_model_dir, 
 
 def test_stage_adapters_and_frozen_parts(chain):
     root, _ = chain
-    ins, e2e = load_file(root / "instruct" / "adapters.safetensors"), load_file(root / "e2e" / "adapters.safetensors")
+    ins, e2e = read_adapter_tensors(root / "instruct"), read_adapter_tensors(root / "e2e")
     rows_ins = load_file(root / "instruct" / "token_rows.safetensors")
     rows_e2e = load_file(root / "e2e" / "token_rows.safetensors")
     # e2e: compressor and memory rows frozen; query reasoner born from the compressor and trained
@@ -248,10 +249,23 @@ def test_export_casts_to_bf16_and_loads(chain, tmp_path):
     root, results = chain
     dst = export_model(root / "e2e", tmp_path / "shipped", dtype="bf16")
     assert not (dst / "trainer.pt").exists()
-    assert all(t.dtype == torch.bfloat16 for t in load_file(dst / "adapters.safetensors").values())
+    assert all(t.dtype == torch.bfloat16 for t in read_adapter_tensors(dst).values())
     model = ClaraModel.from_pretrained(str(dst), device="cpu", dtype="bf16")
     assert model.fingerprint == json.loads((dst / "clara.json").read_text())["fingerprint"]
     assert set(model.config.adapters) == {"encoder_adapter", "decoder_adapter", "query_reasoner_adapter"}
+    # One file per adapter (the shipped default stays under the repository's per-file limit) ...
+    assert sorted(p.name for p in dst.glob("adapters*")) == [
+        "adapters-decoder_adapter.safetensors", "adapters-encoder_adapter.safetensors",
+        "adapters-query_reasoner_adapter.safetensors"]
+    # ... and a folder written before the split (all adapters in one file) loads as the same model.
+    from safetensors.torch import save_file
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(dst, legacy)
+    save_file(read_adapter_tensors(dst), str(legacy / "adapters.safetensors"))
+    for p in legacy.glob("adapters-*"):
+        p.unlink()
+    assert ClaraModel.from_pretrained(str(legacy), device="cpu", dtype="bf16").fingerprint == model.fingerprint
 
 
 def test_bf16_base_with_fp32_lora_masters_runs_every_stage(tmp_path, tiny_model_dir, data):
@@ -261,7 +275,7 @@ def test_bf16_base_with_fp32_lora_masters_runs_every_stage(tmp_path, tiny_model_
         result = train(config(stage, path, tmp_path / stage, prev, steps=2, dtype="bf16"), progress=False)
         assert result.done and result.dtype == "bf16" and all(h["loss"] == h["loss"] for h in result.history)
         prev = tmp_path / stage
-    adapters = load_file(prev / "adapters.safetensors")
+    adapters = read_adapter_tensors(prev)
     assert all(t.dtype == torch.float32 for t in adapters.values())  # the masters, for exact resumption
     assert all(t.dtype == torch.bfloat16 for t in load_file(prev / "token_rows.safetensors").values())
 
@@ -277,9 +291,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir, 
     assert not first.done and first.step == 3
     resumed = train(config(stage, path, tmp_path / "b", init, save_every=2, **kw), progress=False)
     assert resumed.done and resumed.resumed_from == 3 and resumed.step == 7
-    for name in ("adapters.safetensors", "token_rows.safetensors"):
-        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    for what, read in (("adapters", read_adapter_tensors), ("rows", lambda d: load_file(d / "token_rows.safetensors"))):
+        a, b = read(tmp_path / "a"), read(tmp_path / "b")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), what
     sa = torch.load(tmp_path / "a" / "trainer.pt", weights_only=True)
     sb = torch.load(tmp_path / "b" / "trainer.pt", weights_only=True)
     assert all(torch.equal(x["exp_avg_sq"], y["exp_avg_sq"])
@@ -372,6 +386,6 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(tmp_path, tiny_model_dir,
     resumed = train(config("scp", data["scp"], out, tiny_model_dir, **cfg), progress=False)
     assert resumed.done and resumed.resumed_from == killed_at
     straight = train(config("scp", data["scp"], tmp_path / "straight", tiny_model_dir, **cfg), progress=False)
-    a, b = load_file(out / "adapters.safetensors"), load_file(tmp_path / "straight" / "adapters.safetensors")
+    a, b = read_adapter_tensors(out), read_adapter_tensors(tmp_path / "straight")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert straight.fingerprint and resumed.loss_last == pytest.approx(straight.loss_last, abs=1e-5)

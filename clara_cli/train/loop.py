@@ -3,7 +3,7 @@
 OUT is always a complete model in our format (`ClaraModel.from_pretrained(OUT)` works at any
 moment) plus what resuming needs:
 
-    OUT/clara.json, adapters.safetensors, token_rows.safetensors   the model (LoRA in fp32)
+    OUT/clara.json, adapters-*.safetensors, token_rows.safetensors   the model (LoRA in fp32)
     OUT/trainer.pt        optimizer, scheduler, RNG states (python, numpy, torch), fp32 <MEM*> rows
     OUT/train_state.json  step, data position, settings, data digest, loss history, done
 
@@ -304,11 +304,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def _restore_exact_adapters(model: ClaraModel, path: Path) -> None:
     """load_model copies adapters into params of the compute dtype; read the stored fp32 values back."""
-    from safetensors.torch import load_file
+    from ..checkpoint import read_adapter_tensors
 
     params = dict(model.decoder.named_parameters())
     with torch.no_grad():
-        for key, t in load_file(str(path / "adapters.safetensors")).items():
+        for key, t in read_adapter_tensors(path).items():
             adapter, inner = key.split("/", 1)
             stem, kind = inner.rsplit(".", 1)
             target = params.get(f"{stem}.{adapter}.{kind}")
