@@ -529,29 +529,34 @@ def convert(src, dst, base_model, as_json):
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Also write report.md, PNG plots, summary.jsonl and predictions.jsonl here.")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N questions.")
+@retrieval_options
 @model_options
 @json_option
 @click.pass_context
-def eval_cmd(ctx, data, k, max_new_tokens, baseline, report_dir, limit, model_spec, base_model, device, dtype,
-             as_json, attn="auto"):
+def eval_cmd(ctx, data, k, max_new_tokens, baseline, report_dir, limit, retriever_mode, nprobe, ef_search, rerank,
+             model_spec, base_model, device, dtype, as_json, attn="auto"):
     """Score CLaRa on the store against text RAG with the same base LM.
 
     DATA is JSON Lines (- for stdin): {"question", "answers": [..], "gold_chunk_ids"?: [..],
     "gold_titles"?: [..]}. Reports EM, F1, Cover-EM, Recall@k, context tokens, prefill/decode
-    time and cost per correct answer for clara and for each baseline retriever.
+    time and cost per correct answer for clara and for each baseline retriever. --retriever
+    picks the chunks clara's generator reads (latent: the query reasoner; bm25; hybrid).
 
     \b
     Example:
       clara eval data/heldout_qa.jsonl -k 5 --report eval-report/
+      clara eval data/heldout_qa.jsonl --retriever hybrid --baseline none --json
     """
+    from .answer import Retriever
     from .evaluate import evaluate, format_table, load_questions, parse_baselines, write_report
 
     baselines = parse_baselines(baseline)
     questions = load_questions(data, limit=limit, stdin=sys.stdin if data == "-" else None)
     snapshot = open_store(ctx).snapshot()
     model = load_model(snapshot, model_spec, base_model, device, dtype, attn)
+    retriever = Retriever(snapshot, retriever_mode, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
     report = evaluate(snapshot, model, questions, k=k, max_new_tokens=max_new_tokens, baselines=baselines,
-                      progress=not as_json)
+                      progress=not as_json, retriever=retriever)
     if as_json:
         for s in report.systems:
             emit({**report.meta(), **s.to_dict()})

@@ -408,11 +408,12 @@ def _scored(system: str, q: EvalQuestion, gen: Generation, retrieved: list[tuple
 
 
 def run_clara(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int, max_new_tokens: int,
-              titles: dict[str, str], tick=None) -> list[QuestionResult]:
-    """CLaRa end to end: query reasoner -> top-k memories -> generator, one question at a time."""
+              titles: dict[str, str], tick=None, retriever=None, system: str = "clara") -> list[QuestionResult]:
+    """CLaRa end to end: query reasoner (or the store's BM25, or both fused) -> top-k memories ->
+    generator, one question at a time."""
     from .answer import Retriever, search
 
-    retriever = Retriever(snapshot)
+    retriever = retriever or Retriever(snapshot)
     slot_tokens = model.config.n_mem + (1 if model.config.sep else 0)
     warm = search(snapshot, model, [questions[0].question], k, retriever)[0]  # first-call costs, untimed
     clara_generate(model, questions[0].question, snapshot.read_memory([h.key for h in warm]), 2)
@@ -424,7 +425,7 @@ def run_clara(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k:
         retrieve_s = time.perf_counter() - t0
         gen = clara_generate(model, q.question, memory, max_new_tokens)
         retrieved = [(h.chunk_id, h.doc_id, titles.get(h.chunk_id, h.doc_id)) for h in hits]
-        out.append(_scored("clara", q, gen, retrieved, slot_tokens * len(hits), retrieve_s))
+        out.append(_scored(system, q, gen, retrieved, slot_tokens * len(hits), retrieve_s))
         if tick:
             tick()
     return out
@@ -492,9 +493,12 @@ class GoldLookup:
 
 def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int = 5,
              max_new_tokens: int = 64, baselines: Sequence[str] = ("bm25", "minilm"),
-             progress: bool = True) -> EvalReport:
-    """Every question through clara and through text RAG with each baseline retriever."""
-    from .answer import check_model
+             progress: bool = True, retriever=None) -> EvalReport:
+    """Every question through clara and through text RAG with each baseline retriever.
+
+    `retriever` (an answer.Retriever) picks clara's memories: latent (default), bm25 or hybrid;
+    the system is then named clara, clara-bm25 or clara-hybrid."""
+    from .answer import Retriever, check_model
     from .retrievers import ChunkCorpus, build_retriever
 
     if not questions:
@@ -508,8 +512,13 @@ def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: 
     summaries, results = [], []
     bar = progress_bar(total=len(questions) * (1 + len(baselines)), desc="eval", unit="q", enabled=progress)
     try:
-        res = run_clara(snapshot, model, questions, k, max_new_tokens, titles, tick=lambda: bar.update(1))
-        summaries.append(summarize("clara", "clara query reasoner", "clara generator (memory tokens)", res))
+        retriever = retriever or Retriever(snapshot)
+        system = "clara" if retriever.mode == "latent" else f"clara-{retriever.mode}"
+        how = {"latent": "clara query reasoner", "bm25": "the store's BM25",
+               "hybrid": "query reasoner + BM25 (RRF)"}[retriever.mode]
+        res = run_clara(snapshot, model, questions, k, max_new_tokens, titles, tick=lambda: bar.update(1),
+                        retriever=retriever, system=system)
+        summaries.append(summarize(system, how, "clara generator (memory tokens)", res))
         results += res
         reader = TextRAG(model) if baselines else None
         for name in baselines:

@@ -234,3 +234,17 @@ def test_heldout_set_is_grounded_in_held_out_paragraphs():
     for q in questions:
         assert len(q.gold_titles) == 1 and is_held_out(q.gold_titles[0]), q.question
         assert q.answers[0] in paragraphs[q.gold_titles[0]], q.question
+
+
+def test_eval_retriever_option_feeds_clara_the_stores_bm25(eval_env):
+    run, root = eval_env["run"], eval_env["root"]
+    out = run("eval", str(eval_env["data"]), "-k", "2", "--max-new-tokens", "2", "--baseline", "bm25",
+              "--retriever", "bm25", "--model", eval_env["model"], "--dtype", "fp32", "--json",
+              "--report", str(root / "report-bm25"))
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["system"] for r in rows] == ["clara-bm25", "text-bm25"]
+    assert rows[0]["retriever"] == "the store's BM25" and rows[0]["recall_at_k"] == 100.0
+    preds = [json.loads(line) for line in (root / "report-bm25" / "predictions.jsonl").read_text().splitlines()]
+    by_system = {s: [p["retrieved"] for p in preds if p["system"] == s] for s in ("clara-bm25", "text-bm25")}
+    # Both rank lexically: the same best chunk (the store's BM25 returns only chunks sharing a term).
+    assert [r[0] for r in by_system["clara-bm25"]] == [r[0] for r in by_system["text-bm25"]]
