@@ -74,10 +74,23 @@ def connect(address: str | None = None, num_cpus: int | None = None):
     if address in (None, "auto"):
         address = os.environ.get("RAY_ADDRESS") or None
     if address:
+        from ray.exceptions import AuthenticationError
+
         try:
             ray.init(address=address, **kwargs)
+        except AuthenticationError:
+            # Ray's own text is a paragraph; the cause is almost always one of two settings.
+            raise ClaraError(f"the Ray cluster at {address} refused our token: run with the cluster's token "
+                             "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token, and RAY_AUTH_MODE=token), "
+                             "or start the cluster with RAY_AUTH_MODE=disabled") from None
         except (ConnectionError, RuntimeError) as err:
-            raise ClaraError(f"cannot join the Ray cluster at {address}: {str(err).splitlines()[0][:160]}") from None
+            hint = ""
+            if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+                # A cluster with token authentication refuses us with only "Failed to connect".
+                hint = (" (if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token in "
+                        "RAY_AUTH_TOKEN or ~/.ray/auth_token)")
+            raise ClaraError(f"cannot join the Ray cluster at {address}: "
+                             f"{str(err).splitlines()[0][:160]}{hint}") from None
         return ray
     notice("starting a local Ray cluster (give --ray ADDRESS to use a running one)")
     ray.init(address="local", num_cpus=num_cpus, **kwargs)

@@ -169,3 +169,26 @@ def test_model_loads_identically_in_workers(tiny_model):
     assert again.fingerprint == tiny_model.fingerprint
     x = np.asarray(again.compress(["a short text"]).numpy())
     assert np.array_equal(x, tiny_model.compress(["a short text"]).numpy())
+
+
+@pytest.mark.slow
+def test_a_cluster_with_token_auth_refusal_names_the_setting(tmp_path):
+    """A head started with RAY_AUTH_MODE=token refuses a client without the token with only
+    "Failed to connect"; the error says which settings to look at."""
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "t" * 32, "RAY_USAGE_STATS_ENABLED": "0"}
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--node-ip-address=127.0.0.1",
+                             f"--port={port}", "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats",
+                             "--object-store-memory=100000000", "--block"],
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        time.sleep(10)
+        client_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        code = ("from clara_cli.compress_ray import connect\nfrom clara_cli.errors import ClaraError\n"
+                f"try:\n    connect('127.0.0.1:{port}')\nexcept ClaraError as e:\n    print('ERR', e)\n")
+        out = subprocess.run([sys.executable, "-c", code], env=client_env, capture_output=True, text=True, timeout=180)
+        line = next(line for line in out.stdout.splitlines() if line.startswith("ERR"))
+        assert f"127.0.0.1:{port}" in line and "RAY_AUTH_MODE=token" in line
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait(10)
