@@ -43,13 +43,13 @@ clean:
 # (Ctrl-C, kill -9, reboot) run `make train-default` again. The result replaces
 # clara_cli/default_model; evaluate it (clara eval) before committing it.
 TRAIN_DIR   ?= .cache/train-default
-TRAIN_FLAGS ?= --batch-size 8 --grad-accum 4 --save-every 10 --no-dropout --seed 0
+TRAIN_FLAGS ?= --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 0
 # Records per stage (the first N of each synth file). The shipped model used these,
-# which fit one ~100-minute CPU budget; `make train-default SCP_MAX=17472
+# which fit one ~100-minute budget on 2 CPU cores; `make train-default SCP_MAX=17472
 # INSTRUCT_MAX=6000 E2E_MAX=8487` is the full recipe of docs/TRAINING.md (~6.5 h).
-SCP_MAX      ?= 3840
-INSTRUCT_MAX ?= 1536
-E2E_MAX      ?= 2048
+SCP_MAX      ?= 1536
+INSTRUCT_MAX ?= 1024
+E2E_MAX      ?= 1024
 E2E_LR       ?= 5e-5
 .PHONY: train-default
 train-default: install
@@ -57,7 +57,7 @@ train-default: install
 	$(VENV)/bin/clara train scp $(TRAIN_DIR)/data/pretrain.jsonl --out $(TRAIN_DIR)/scp \
 		--max-examples $(SCP_MAX) --epochs 1 $(TRAIN_FLAGS)
 	$(VENV)/bin/clara train instruct $(TRAIN_DIR)/data/instruct.jsonl --init-from $(TRAIN_DIR)/scp \
-		--out $(TRAIN_DIR)/instruct --max-examples $(INSTRUCT_MAX) --epochs 1 $(TRAIN_FLAGS) --batch-size 4 --grad-accum 8
+		--out $(TRAIN_DIR)/instruct --max-examples $(INSTRUCT_MAX) --epochs 1 $(TRAIN_FLAGS) --batch-size 4 --grad-accum 4
 	$(VENV)/bin/clara train e2e $(TRAIN_DIR)/data/e2e.jsonl --init-from $(TRAIN_DIR)/instruct \
 		--out $(TRAIN_DIR)/e2e --max-examples $(E2E_MAX) --lr $(E2E_LR) --epochs 1 $(TRAIN_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/e2e clara_cli/default_model bf16

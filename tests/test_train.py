@@ -347,6 +347,12 @@ def test_cli_train_json_and_bad_data(tmp_path, tiny_model_dir, data):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["step"] == 2 and summary["done"] and summary["tokens_per_s"] > 0
+    # Without a terminal (nohup, cron) there is no bar: one line per checkpoint says how far it got.
+    res = runner.invoke(cli, ["train", "scp", str(data["scp"]), "--out", str(tmp_path / "q"), "--init-from",
+                              str(tiny_model_dir), "--steps", "2", "--batch-size", "2", "--dtype", "fp32",
+                              "--device", "cpu", "--save-every", "1"])
+    assert res.exit_code == 0, res.output
+    assert "train scp: step 1/2, loss " in res.stderr and "train scp: step 2/2, loss " in res.stderr
     bad = write_jsonl(tmp_path / "bad.jsonl", ['{"question": "q", "docs": ["d"], "answer": "a"}'])
     res = runner.invoke(cli, ["train", "scp", str(bad), "--out", str(tmp_path / "p"), "--init-from",
                               str(tiny_model_dir)])

@@ -23,6 +23,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -245,6 +246,9 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
             if step % cfg.save_every == 0 or step == total or stopping:
                 _save_checkpoint(tm, out, cfg, digest, total, step, consumed, history, opt, sched,
                                  done=step == total, seconds=elapsed_before + seconds)
+                if progress and not sys.stderr.isatty():  # no bar in logs (nohup, cron): a line per checkpoint
+                    notice(f"train {cfg.stage}: step {step}/{total}, loss {agg['loss']:.3f}, "
+                           f"{run_examples / seconds:.2f} examples/s, checkpoint saved")
             if stopping:
                 break
     finally:
