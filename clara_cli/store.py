@@ -198,7 +198,8 @@ def keys_to_chunk_ids(keys: np.ndarray | Iterable[int]) -> list[str]:
 # durable file helpers
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder: so the renames in it are durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -222,7 +223,7 @@ def _write_json_atomic(path: Path, obj: Any, compact: bool = False, sync_dir: bo
             tmp.unlink()
         raise
     if sync_dir:
-        _fsync_dir(path.parent)
+        fsync_path(path.parent)
 
 
 class _HashingFile:
@@ -1426,7 +1427,7 @@ class Transaction:
             return self._committed_version
         root = self._store.root
         self._merge_small_shards()
-        _fsync_dir(root / DATA_DIR)  # the new files' names must be durable before the manifest
+        fsync_path(root / DATA_DIR)  # the new files' names must be durable before the manifest
         fault_point("commit")
         on_disk = self._store._read_manifest()
         if int(on_disk["version"]) != self._committed_version:  # cannot happen under the lock
@@ -1448,7 +1449,7 @@ class Transaction:
         self._dirty = False
         self._view = None
         fault_point("committed")
-        _fsync_dir(root)  # the rename durable
+        fsync_path(root)  # the rename durable
         if version % HOUSEKEEP_EVERY == 0:  # a long compress run: drop unused lease files and
             with contextlib.suppress(OSError):  # old history copies as it goes, not only at the end
                 self._store._leased_versions(version)

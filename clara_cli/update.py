@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TextIO
 
 import numpy as np
@@ -18,35 +18,29 @@ import numpy as np
 from .compress import compress_store, model_info
 from .errors import ClaraError, CorruptDataError
 from .index import index_ids, load_index, update_index
-from .ingest import RejectedInput, SkippedInput, ingest
+from .ingest import IngestReport, ingest
 from .model import ClaraModel
 from .store import Snapshot, Store, chunk_id_from_key, set_fault_stage
 
 
 @dataclass
-class UpdateReport:
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    chunks_added: int = 0
+class UpdateReport(IngestReport):
+    """The ingest counts plus what the compress and index stages did."""
+
     compressed: int = 0
     index_added: int = 0
     index_removed: int = 0
     indexed: int = 0
-    version: int = 0
     seconds: float = 0.0
     stage_seconds: dict = field(default_factory=dict)
-    rejected: list[RejectedInput] = field(default_factory=list)
-    skipped: list[SkippedInput] = field(default_factory=list)
 
     def summary(self) -> dict:
-        """The one JSON object `clara update --json` prints."""
-        return {"added": self.added, "changed": self.changed, "removed": self.removed,
-                "unchanged": self.unchanged, "chunks_added": self.chunks_added, "compressed": self.compressed,
-                "index_added": self.index_added, "index_removed": self.index_removed, "indexed": self.indexed,
-                "rejected": len(self.rejected), "skipped": len(self.skipped), "version": self.version,
-                "seconds": self.seconds, "stage_seconds": self.stage_seconds}
+        """The one JSON object `clara update --json` prints (rejected/skipped as counts)."""
+        counts = {k: v for k, v in self.to_dict().items() if k not in ("rejected", "skipped", "version")}
+        return {**counts, "compressed": self.compressed, "index_added": self.index_added,
+                "index_removed": self.index_removed, "indexed": self.indexed, "rejected": len(self.rejected),
+                "skipped": len(self.skipped), "version": self.version, "seconds": self.seconds,
+                "stage_seconds": self.stage_seconds}
 
 
 def update(store: Store, paths: Sequence[str], model: ClaraModel, *, overlap: int = 0, delete_missing: bool = False,
@@ -74,9 +68,8 @@ def update(store: Store, paths: Sequence[str], model: ClaraModel, *, overlap: in
             report.stage_seconds["index"] = round(time.perf_counter() - t, 3)
         finally:
             set_fault_stage("")
-    report.added, report.changed, report.removed = ing.added, ing.changed, ing.removed
-    report.unchanged, report.chunks_added = ing.unchanged, ing.chunks_added
-    report.rejected, report.skipped = ing.rejected, ing.skipped
+    for f in fields(IngestReport):
+        setattr(report, f.name, getattr(ing, f.name))
     report.compressed = comp.compressed
     report.index_added, report.index_removed, report.indexed = idx.added, idx.removed, idx.total
     report.version = store.snapshot().version

@@ -14,27 +14,16 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sample_docs import write_corpus
 
 from clara_cli.cli import cli
 from clara_cli.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 
-DOCS = {
-    "eiffel.txt": "The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It was completed in 1889.",
-    "kilimanjaro.md": "# Kilimanjaro\n\nMount Kilimanjaro is the highest mountain in Africa.",
-    "lovelace.txt": "Ada Lovelace wrote the first computer program for Charles Babbage's Analytical Engine.",
-    "sub/reef.html": "<html><head><style>p{}</style><script>var x=1;</script></head>"
-                     "<body><p>The Great Barrier Reef lies off Queensland, Australia.</p></body></html>",
-}
-
-
 @pytest.fixture()
 def env(tmp_path, tiny_model_dir):
-    corpus = tmp_path / "corpus"
-    for name, text in DOCS.items():
-        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
-        (corpus / name).write_text(text)
+    corpus = write_corpus(tmp_path / "corpus")
     store = tmp_path / "store"
     runner = CliRunner()
 

@@ -36,6 +36,7 @@ import torch
 from ..errors import ClaraError, UsageError
 from ..model import ClaraConfig, ClaraModel, resolve_device, resolve_dtype
 from ..progress import notice, progress_bar
+from ..store import fsync_path
 from .data import STAGES, file_digest, held_out_guard, read_records
 from .stages import Trainable, cosine_with_min_lr, lora_to_fp32, prepare_adapters
 
@@ -372,16 +373,16 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
                  "history": history}
         (tmp / "train_state.json").write_text(json.dumps(state) + "\n")
         for f in tmp.iterdir():
-            _fsync(f)
+            fsync_path(f)
         _publish_mode(tmp)
-        _fsync(tmp)
+        fsync_path(tmp)
         prev = _prev(out)
         if prev.exists():
             shutil.rmtree(prev)
         if out.exists():
             os.replace(out, prev)
         os.replace(tmp, out)
-        _fsync(out.parent)
+        fsync_path(out.parent)
         shutil.rmtree(prev, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -447,14 +448,6 @@ def _lock(out: Path) -> Iterator[None]:
         except BlockingIOError:
             raise ClaraError(f"another clara train is writing {out}") from None
         yield
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _get_rng() -> dict:
