@@ -68,6 +68,15 @@ def retrieval_options(f):
     return f
 
 
+def compression_options(f):
+    """--batch-size and --memory-dtype, shared by compress and update."""
+    f = click.option("--memory-dtype", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
+                     help="Shard dtype (default: the compute dtype, which is lossless; int8: per-token "
+                          "scales, half of bf16).")(f)
+    return click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
+                        help="Chunks per compressor batch.")(f)
+
+
 def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="JSON Lines on stdout, for scripts.")(f)
 
@@ -172,10 +181,7 @@ def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, no_wait, model_
 
 
 @cli.command()
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--memory-dtype", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
-              help="Shard dtype (default: the compute dtype, which is lossless; int8: per-token scales, "
-                   "half of bf16).")
+@compression_options
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", default=None, metavar="[ADDRESS]",
               help="Run as a Ray Data job (model-holding actors); ADDRESS of a cluster, or a local one.")
 @click.option("--ray-actors", default=None, type=click.IntRange(1), metavar="N",
@@ -261,9 +267,7 @@ def index(ctx, rebuild, kind, nlist, nprobe, ef_search, hnsw_m, rerank, compact_
 @click.option("--delete-missing", is_flag=True,
               help="Drop documents whose file (or JSONL/CSV/Parquet record) under PATHS is gone.")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that leave the folder given.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1))
-@click.option("--memory-dtype", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
-              help="Shard dtype (default: the compute dtype, which is lossless).")
+@compression_options
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress, notes or summary: only rejected inputs and errors, on stderr (for cron).")
 @no_wait_option
