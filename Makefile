@@ -45,9 +45,11 @@ clean:
 TRAIN_DIR   ?= .cache/train-default
 TRAIN_FLAGS ?= --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 0
 # Records per stage (the first N of each synth file). The shipped model used these,
-# which fit one ~110-minute budget on 2 CPU cores; `make train-default SCP_MAX=17472
-# INSTRUCT_MAX=6000 E2E_MAX=8487` is the full recipe of docs/TRAINING.md (~6.5 h).
+# which fit one ~110-minute budget on 2 CPU cores (scp stopped at step SCP_STOP of its
+# 96-step schedule); `make train-default SCP_MAX=17472 SCP_STOP= INSTRUCT_MAX=6000
+# E2E_MAX=8487` is the full recipe of docs/TRAINING.md (~6.5 h).
 SCP_MAX      ?= 1536
+SCP_STOP     ?= 50
 INSTRUCT_MAX ?= 640
 E2E_MAX      ?= 512
 E2E_LR       ?= 5e-5
@@ -55,7 +57,7 @@ E2E_LR       ?= 5e-5
 train-default: install
 	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --out $(TRAIN_DIR)/data
 	$(VENV)/bin/clara train scp $(TRAIN_DIR)/data/pretrain.jsonl --out $(TRAIN_DIR)/scp \
-		--max-examples $(SCP_MAX) --epochs 1 $(TRAIN_FLAGS)
+		--max-examples $(SCP_MAX) --epochs 1 $(TRAIN_FLAGS) $(if $(SCP_STOP),--stop-at-step $(SCP_STOP))
 	$(VENV)/bin/clara train instruct $(TRAIN_DIR)/data/instruct.jsonl --init-from $(TRAIN_DIR)/scp \
 		--out $(TRAIN_DIR)/instruct --max-examples $(INSTRUCT_MAX) --epochs 1 $(TRAIN_FLAGS) --batch-size 4 --grad-accum 4
 	$(VENV)/bin/clara train e2e $(TRAIN_DIR)/data/e2e.jsonl --init-from $(TRAIN_DIR)/instruct \

@@ -655,10 +655,13 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-examples", default=None, type=click.IntRange(1), help="Use only the first N records.")
+@click.option("--stop-at-step", default=None, type=click.IntRange(1), metavar="N",
+              help="Stop at step N with a checkpoint, as an interruption would (the schedule keeps its "
+                   "full length); rerun without it to continue. For time-boxed runs.")
 @json_option
 def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, grad_accum, lr, warmup_ratio,
           schedule, save_every, top_k, dropout, doc_max_length, compr_rate, dtype, device, seed, max_examples,
-          as_json):
+          stop_at_step, as_json):
     """Train one CLaRa stage on DATA (official JSONL): scp, then instruct, then e2e.
 
     Writes a model to --out that every command loads with --model. Checkpoints every
@@ -680,7 +683,7 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
                       batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
                       schedule=schedule, save_every=save_every, top_k=top_k, dropout=dropout, dtype=dtype,
                       device=device, seed=seed, max_examples=max_examples)
-    result = run_train(cfg, progress=not as_json)
+    result = run_train(cfg, progress=not as_json, stop_at=stop_at_step)
     if as_json:
         emit(result.to_dict())
     else:

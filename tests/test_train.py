@@ -353,6 +353,14 @@ def test_cli_train_json_and_bad_data(tmp_path, tiny_model_dir, data):
                               "--device", "cpu", "--save-every", "1"])
     assert res.exit_code == 0, res.output
     assert "train scp: step 1/2, loss " in res.stderr and "train scp: step 2/2, loss " in res.stderr
+    # --stop-at-step: a time-boxed run stops with a checkpoint; the same command without it finishes.
+    args = ["train", "scp", str(data["scp"]), "--out", str(tmp_path / "r"), "--init-from", str(tiny_model_dir),
+            "--steps", "3", "--batch-size", "2", "--dtype", "fp32", "--device", "cpu", "--json"]
+    for extra, step, done in ((["--stop-at-step", "2"], 2, False), (["--stop-at-step", "2"], 2, False), ([], 3, True)):
+        res = runner.invoke(cli, args + extra)
+        assert res.exit_code == 0, res.output
+        summary = json.loads(res.stdout.strip().splitlines()[-1])
+        assert (summary["step"], summary["done"], summary["total_steps"]) == (step, done, 3)
     bad = write_jsonl(tmp_path / "bad.jsonl", ['{"question": "q", "docs": ["d"], "answer": "a"}'])
     res = runner.invoke(cli, ["train", "scp", str(bad), "--out", str(tmp_path / "p"), "--init-from",
                               str(tiny_model_dir)])

@@ -135,11 +135,12 @@ class TrainResult:
 
 
 # ---------------------------------------------------------------------- the loop
-def train(cfg: TrainConfig, *, progress: bool = True, stop_after: int | None = None) -> TrainResult:
+def train(cfg: TrainConfig, *, progress: bool = True, stop_after: int | None = None,
+          stop_at: int | None = None) -> TrainResult:
     """Run (or resume, or skip when finished) one training stage; returns what it did.
 
     stop_after: stop (with a checkpoint) after that many optimizer steps in this call, as an
-    interruption would; the next call resumes."""
+    interruption would; the next call resumes. stop_at: the same, at that global step."""
     cfg = cfg.resolved()
     records = read_records(cfg.data, cfg.stage, cfg.max_examples)
     dropped = 0
@@ -163,11 +164,15 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after: int | None = N
                 notice(f"{out} already holds the finished {cfg.stage} run ({state['step']} steps); nothing to do")
                 return _result(cfg, out, state, records=n, dropped=dropped, seconds=0.0, examples=0, tokens=0,
                                resumed_from=state["step"])
-        return _run(cfg, out, records, digest, total, state, dropped, progress, stop_after)
+            if stop_at is not None and state["step"] >= stop_at:
+                notice(f"{out} is at step {state['step']}/{total} (stop at {stop_at}); nothing to do")
+                return _result(cfg, out, state, records=n, dropped=dropped, seconds=0.0, examples=0, tokens=0,
+                               resumed_from=state["step"])
+        return _run(cfg, out, records, digest, total, state, dropped, progress, stop_after, stop_at)
 
 
 def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, state: dict | None,
-         dropped: int, progress: bool, stop_after: int | None) -> TrainResult:
+         dropped: int, progress: bool, stop_after: int | None, stop_at: int | None = None) -> TrainResult:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     resuming = state is not None
@@ -243,7 +248,8 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
             seconds = time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{agg['loss']:.3f}", ex_s=f"{run_examples / seconds:.2f}")
-            stopping = stop_after is not None and step - resumed_from >= stop_after
+            stopping = ((stop_after is not None and step - resumed_from >= stop_after)
+                        or (stop_at is not None and step >= stop_at))
             if step % cfg.save_every == 0 or step == total or stopping:
                 _save_checkpoint(tm, out, cfg, digest, total, step, consumed, history, opt, sched,
                                  done=step == total, seconds=elapsed_before + seconds)
