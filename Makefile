@@ -47,7 +47,7 @@ TRAIN_FLAGS ?= --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed
 # Records per stage (the first N of each synth file). The shipped model used these,
 # which fit one ~110-minute budget on 2 CPU cores (scp stopped at step SCP_STOP of its
 # 96-step schedule); `make train-default SCP_MAX=17472 SCP_STOP= INSTRUCT_MAX=6000
-# E2E_MAX=8487` is the full recipe of docs/TRAINING.md (~6.5 h).
+# E2E_MAX=8487` is the full recipe of docs/TRAINING.md (~19 h on 2 CPU cores).
 SCP_MAX      ?= 1536
 SCP_STOP     ?= 50
 INSTRUCT_MAX ?= 640

@@ -1,0 +1,36 @@
+"""The shipped default model: complete, trained, small enough per file to live in the repository."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from clara_cli.checkpoint import DEFAULT_MODEL_DIR, adapter_files
+from clara_cli.model import ClaraConfig
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "clara.json").is_file(),
+                                reason="no trained default model is shipped in this checkout")
+
+
+def test_shipped_default_model_is_complete_trained_and_small():
+    meta = json.loads((DEFAULT_MODEL_DIR / "clara.json").read_text())
+    assert meta["trained"] is True and meta["training"]["stage"] == "e2e"
+    cfg = ClaraConfig(**meta["config"])
+    assert (cfg.doc_max_length, cfg.compr_rate, cfg.n_mem) == (256, 16, 16)
+    names = sorted(p.name for p in adapter_files(DEFAULT_MODEL_DIR))
+    assert names == [f"adapters-{a}.safetensors" for a in sorted(cfg.adapters)]
+    assert set(cfg.adapters) == {"encoder_adapter", "decoder_adapter", "query_reasoner_adapter"}
+    for path in DEFAULT_MODEL_DIR.iterdir():  # the repository's per-file limit
+        assert path.stat().st_size < 20 * 1024 * 1024, path.name
+    tensors = {}
+    for path in [*adapter_files(DEFAULT_MODEL_DIR), DEFAULT_MODEL_DIR / "token_rows.safetensors"]:
+        with safe_open(str(path), "pt") as f:
+            tensors.update({k: f.get_tensor(k) for k in f.keys()})
+    assert all(t.dtype == torch.bfloat16 and torch.isfinite(t.float()).all() for t in tensors.values())
+    # Trained: the decoder's LoRA B matrices are no longer the zeros a fresh adapter starts from.
+    assert any(k.startswith("decoder_adapter/") and "lora_B" in k and t.abs().max() > 0 for k, t in tensors.items())
+    assert tensors["embed_tokens"].shape[1] == 576
+
