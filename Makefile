@@ -66,7 +66,8 @@ train-default: install
 
 # The held-out evaluation of data/README.md: the 1,048 held-out Wikipedia paragraphs as a
 # store, compressed by MODEL (default: the embedded model), then data/heldout_qa.jsonl through
-# clara and through text RAG (BM25, MiniLM) at k=5. Report in $(EVAL_DIR)/report.
+# clara and through text RAG (BM25, MiniLM, gold paragraph) at k=5. Report in
+# $(EVAL_DIR)/report-$(MODEL_TAG).
 EVAL_DIR ?= .cache/eval-default
 MODEL    ?= default
 MODEL_TAG = $(subst /,_,$(MODEL))

@@ -313,7 +313,9 @@ def save_model(model: ClaraModel, dst: str | os.PathLike, *, trained: bool | Non
                 "trained": model.trained if trained is None else trained,
                 "fingerprint": model.fingerprint, **(extra or {})}
         (tmp / "clara.json").write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes 0700 folders; a model is meant to be shared
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700 folders; a model reads like any other folder
         old = None
         if dst.exists():  # move the old one aside first: there is never a moment without a model
             old = dst.with_name(f".{dst.name}.old-{os.getpid()}")

@@ -407,13 +407,18 @@ def _scored(system: str, q: EvalQuestion, gen: Generation, retrieved: list[tuple
                           decode_s=gen.decode_s)
 
 
-def run_clara(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int, max_new_tokens: int,
-              titles: dict[str, str], tick=None, retriever=None, system: str = "clara") -> list[QuestionResult]:
-    """CLaRa end to end: query reasoner (or the store's BM25, or both fused) -> top-k memories ->
-    generator, one question at a time."""
-    from .answer import Retriever, search
+# clara's system name and the retriever behind it, per answer.Retriever mode
+CLARA_SYSTEMS = {"latent": ("clara", "clara query reasoner"), "bm25": ("clara-bm25", "the store's BM25"),
+                 "hybrid": ("clara-hybrid", "query reasoner + BM25 (RRF)")}
 
-    retriever = retriever or Retriever(snapshot)
+
+def run_clara(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int, max_new_tokens: int,
+              titles: dict[str, str], retriever, tick=None) -> list[QuestionResult]:
+    """CLaRa end to end: the retriever's top-k memories (query reasoner, the store's BM25, or
+    both fused) -> generator, one question at a time."""
+    from .answer import search
+
+    system = CLARA_SYSTEMS[retriever.mode][0]
     slot_tokens = model.config.n_mem + (1 if model.config.sep else 0)
     warm = search(snapshot, model, [questions[0].question], k, retriever)[0]  # first-call costs, untimed
     clara_generate(model, questions[0].question, snapshot.read_memory([h.key for h in warm]), 2)
@@ -513,12 +518,8 @@ def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: 
     bar = progress_bar(total=len(questions) * (1 + len(baselines)), desc="eval", unit="q", enabled=progress)
     try:
         retriever = retriever or Retriever(snapshot)
-        system = "clara" if retriever.mode == "latent" else f"clara-{retriever.mode}"
-        how = {"latent": "clara query reasoner", "bm25": "the store's BM25",
-               "hybrid": "query reasoner + BM25 (RRF)"}[retriever.mode]
-        res = run_clara(snapshot, model, questions, k, max_new_tokens, titles, tick=lambda: bar.update(1),
-                        retriever=retriever, system=system)
-        summaries.append(summarize(system, how, "clara generator (memory tokens)", res))
+        res = run_clara(snapshot, model, questions, k, max_new_tokens, titles, retriever, tick=lambda: bar.update(1))
+        summaries.append(summarize(*CLARA_SYSTEMS[retriever.mode], "clara generator (memory tokens)", res))
         results += res
         reader = TextRAG(model) if baselines else None
         for name in baselines:

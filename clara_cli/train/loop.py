@@ -349,9 +349,7 @@ def export_model(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "b
     model.fingerprint = model_fingerprint(model)
     meta = json.loads((Path(src) / "clara.json").read_text())
     extra = {k: meta[k] for k in ("training",) if k in meta}
-    out = save_model(model, dst, trained=True, extra={**extra, "exported_from": str(src)})
-    _publish_mode(out)
-    return out
+    return save_model(model, dst, trained=True, extra={**extra, "exported_from": str(src)})
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -380,7 +378,6 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
         (tmp / "train_state.json").write_text(json.dumps(state) + "\n")
         for f in tmp.iterdir():
             fsync_path(f)
-        _publish_mode(tmp)
         fsync_path(tmp)
         prev = _prev(out)
         if prev.exists():
@@ -393,13 +390,6 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _publish_mode(folder: Path) -> None:
-    """mkdtemp folders are 0700; a model folder should read like any other (umask applies)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
 
 
 def _prev(out: Path) -> Path:
