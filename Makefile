@@ -64,6 +64,20 @@ train-default: install
 		--out $(TRAIN_DIR)/e2e --max-examples $(E2E_MAX) --lr $(E2E_LR) --epochs 1 $(TRAIN_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/e2e clara_cli/default_model bf16
 
+# The retrieval stage (ours, docs/TRAINING.md "Retrieval"): the query reasoner of the model in
+# clara_cli/default_model, trained contrastively against the frozen, centred memories of the
+# first RETRIEVAL_MAX lines of the scp data's documents (minus the development split), then
+# exported over it. The compressor and generator do not change; the retrieval center is new.
+RETRIEVAL_MAX   ?= 6000
+RETRIEVAL_STEPS ?= 200
+RETRIEVAL_FLAGS ?= --batch-size 32 --save-every 25 --no-dropout --seed 0
+.PHONY: train-retrieval
+train-retrieval: install
+	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --out $(TRAIN_DIR)/data
+	$(VENV)/bin/clara train retrieval $(TRAIN_DIR)/data/pretrain.jsonl --init-from default \
+		--out $(TRAIN_DIR)/retrieval --max-examples $(RETRIEVAL_MAX) --steps $(RETRIEVAL_STEPS) $(RETRIEVAL_FLAGS)
+	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/retrieval clara_cli/default_model bf16
+
 # The held-out evaluation of data/README.md: the 1,048 held-out Wikipedia paragraphs as a
 # store, compressed by MODEL (default: the embedded model), then data/heldout_qa.jsonl through
 # clara and through text RAG (BM25, MiniLM, gold paragraph) at k=5. Report in

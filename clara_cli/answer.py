@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .errors import ClaraError, ModelMismatchError, UsageError
-from .index import VectorSearch, flatten_normalized
+from .index import VectorSearch
 from .model import ClaraModel
 from .store import Snapshot
 
@@ -93,7 +93,7 @@ class Retriever:
         if self.vector is not None:
             if model is None:
                 raise ClaraError("latent retrieval needs the model (query reasoner)")
-            latent = self.search_vectors(flatten_normalized(model.encode_queries(texts)), depth)
+            latent = self.search_vectors(self.vector.query_vectors(model.encode_queries(texts)), depth)
         if self.lexical is not None:
             lexical = self.lexical.search_keys(texts, depth, self.live)
         if self.mode == "latent":

@@ -82,17 +82,42 @@ def base_identity(base_dir: Path) -> str:
     return h.hexdigest()
 
 
-def fingerprint(config: ClaraConfig, base_id: str, tensors: dict[str, torch.Tensor]) -> str:
-    """A model's identity: what shapes its memory space. Same for the official folder and its conversion."""
+def fingerprint(config: ClaraConfig, base_id: str, tensors: dict[str, torch.Tensor],
+                center: torch.Tensor | None = None) -> str:
+    """A model's identity: what shapes its memory space and the index built on it (the base,
+    the compressor adapter, the CLaRa token rows, the retrieval center). A store is bound to
+    it; a retrained query reasoner or generator keeps the stores of the same compressor valid.
+    Same for the official folder and its conversion."""
     h = hashlib.sha256()
     essentials = {k: getattr(config, k) for k in ("doc_max_length", "compr_rate", "sep", "lora_r", "lora_alpha")}
     h.update(json.dumps(essentials, sort_keys=True).encode())
     h.update(base_id.encode())
-    for key in sorted(tensors):
-        t = tensors[key].contiguous()
+    memory_space = {k: t for k, t in tensors.items() if "/" not in k or k.startswith("encoder_adapter/")}
+    if center is not None:
+        memory_space["retrieval_center"] = center.float()
+    for key in sorted(memory_space):
+        t = memory_space[key].contiguous()
         h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
+
+
+RETRIEVAL_FILE = "retrieval.safetensors"
+
+
+def read_retrieval_center(path: Path, config: ClaraConfig, n_dim: int) -> torch.Tensor | None:
+    """The fp32 center [n_mem*hidden] of a model whose config asks for one (else None)."""
+    if not config.retrieval_center:
+        return None
+    from safetensors.torch import load_file
+
+    file = path / RETRIEVAL_FILE
+    if not file.is_file():
+        raise ClaraError(f"{path}: config asks for a retrieval center but {RETRIEVAL_FILE} is missing")
+    center = load_file(file).get("center")
+    if center is None or tuple(center.shape) != (n_dim,):
+        raise ClaraError(f"{file}: 'center' must be a [{n_dim}] tensor")
+    return center.float()
 
 
 # ---------------------------------------------------------------------- reading checkpoint tensors
@@ -272,8 +297,10 @@ def load_model(path: str | os.PathLike | None = None, device: str = "auto", dtyp
     full = rows.get("embed_tokens.full")
     equal = full is None or torch.equal(full[:n_base].to(base_emb.dtype), base_emb)
     model.full_rows = not equal
+    if kind == "clara":
+        model.retrieval_center = read_retrieval_center(ckpt, cfg, cfg.n_mem * model.hidden_size)
     model.fingerprint = fingerprint(cfg, base_identity(base_dir),
-                                    _canonical_tensors(adapters, rows, n_base, equal, tied))
+                                    _canonical_tensors(adapters, rows, n_base, equal, tied), model.retrieval_center)
     model.trained = trained
     model.source = str(ckpt)
     return model.to(dev).eval()
@@ -309,6 +336,10 @@ def save_model(model: ClaraModel, dst: str | os.PathLike, *, trained: bool | Non
             if own:
                 save_file(own, str(tmp / f"adapters-{name}.safetensors"))
         save_file(rows, str(tmp / "token_rows.safetensors"))
+        if model.config.retrieval_center:
+            if model.retrieval_center is None:
+                raise ClaraError("config.retrieval_center is set but the model has no center")
+            save_file({"center": model.retrieval_center.float().contiguous()}, str(tmp / RETRIEVAL_FILE))
         meta = {"format": FORMAT, "config": model.config.to_dict(),
                 "trained": model.trained if trained is None else trained,
                 "fingerprint": model.fingerprint, **(extra or {})}

@@ -624,7 +624,7 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
 
 
 @cli.command("train")
-@click.argument("stage", type=click.Choice(["scp", "instruct", "e2e"]))
+@click.argument("stage", type=click.Choice(["scp", "instruct", "e2e", "retrieval"]))
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), metavar="DIR",
               help="Output model folder (our format), also the resumable checkpoint.")
@@ -655,14 +655,22 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--max-examples", default=None, type=click.IntRange(1), help="Use only the first N records.")
+@click.option("--tau", default=0.05, show_default=True, type=click.FloatRange(0, min_open=True),
+              help="retrieval: InfoNCE temperature.")
+@click.option("--query-word-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="retrieval: drop each question word with this probability (augmentation).")
 @click.option("--stop-at-step", default=None, type=click.IntRange(1), metavar="N",
               help="Stop at step N with a checkpoint, as an interruption would (the schedule keeps its "
                    "full length); rerun without it to continue. For time-boxed runs.")
 @json_option
 def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, grad_accum, lr, warmup_ratio,
           schedule, save_every, top_k, dropout, doc_max_length, compr_rate, dtype, device, seed, max_examples,
-          stop_at_step, as_json):
+          tau, query_word_dropout, stop_at_step, as_json):
     """Train one CLaRa stage on DATA (official JSONL): scp, then instruct, then e2e.
+
+    `retrieval` (ours, not the paper's) trains the query reasoner alone with a contrastive
+    loss against frozen, centred document memories (docs/TRAINING.md, "Retrieval"); it reads
+    the e2e format and leaves the development split of the training paragraphs out.
 
     Writes a model to --out that every command loads with --model. Checkpoints every
     --save-every steps; rerunning the same command after a crash or kill resumes, and a
@@ -674,6 +682,7 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
       clara train scp data/pretrain.jsonl --out ckpt/scp
       clara train instruct data/instruct.jsonl --init-from ckpt/scp --out ckpt/instruct
       clara train e2e data/e2e.jsonl --init-from ckpt/instruct --out ckpt/e2e
+      clara train retrieval data/retrieval.jsonl --init-from ckpt/e2e --out ckpt/retrieval
     """
     from .train import TrainConfig
     from .train import train as run_train
@@ -682,7 +691,8 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
                       doc_max_length=doc_max_length, compr_rate=compr_rate, steps=steps, epochs=epochs,
                       batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
                       schedule=schedule, save_every=save_every, top_k=top_k, dropout=dropout, dtype=dtype,
-                      device=device, seed=seed, max_examples=max_examples)
+                      device=device, seed=seed, max_examples=max_examples, tau=tau,
+                      query_word_dropout=query_word_dropout)
     result = run_train(cfg, progress=not as_json, stop_at=stop_at_step)
     if as_json:
         emit(result.to_dict())

@@ -38,7 +38,24 @@ def model_info(model: ClaraModel) -> dict:
         "hidden": model.hidden_size,
         "doc_max_length": model.config.doc_max_length,
         "trained": model.trained,
+        # a tensor, not JSON: bind_store_model keeps a copy of it in the store as a file
+        **({"retrieval_center": model.retrieval_center} if model.retrieval_center is not None else {}),
     }
+
+
+def bind_store_model(tx, info: dict) -> None:
+    """Bind the store to its model. A model that centres retrieval leaves its center in the store
+    (a tracked file named by the model record), so that `clara index` and search, which load no
+    model, score exactly as the model was trained to; the fingerprint covers the center."""
+    info = dict(info)
+    center = info.pop("retrieval_center", None)
+    if center is not None and not tx.view.model:
+        path = tx.new_data_path("center", ".npy")
+        with open(path, "wb") as f:
+            np.save(f, np.asarray(center, dtype=np.float32))
+        tx.track_file(path.name)
+        info["center_file"] = path.name
+    tx.bind_model(info)
 
 
 def storage_dtype(model: ClaraModel, requested: str | None = None) -> torch.dtype:
@@ -76,7 +93,7 @@ def compress_store(store: Store, model: ClaraModel, batch_size: int = 32, memory
     t0 = time.perf_counter()
     dtype = storage_dtype(model, memory_dtype)
     with store.writer(wait=wait) as tx:
-        tx.bind_model(model_info(model))
+        bind_store_model(tx, model_info(model))
         keys, texts = pending_chunks(tx.view)
         batches = 0
         with progress_bar(total=len(texts), desc="compress", unit="chunk", enabled=progress) as bar:

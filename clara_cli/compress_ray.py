@@ -20,7 +20,14 @@ import time
 import numpy as np
 import torch
 
-from .compress import CompressReport, add_memory, model_info, pending_chunks, storage_dtype
+from .compress import (
+    CompressReport,
+    add_memory,
+    bind_store_model,
+    model_info,
+    pending_chunks,
+    storage_dtype,
+)
 from .errors import ClaraError
 from .model import ClaraModel
 from .progress import notice, progress_bar
@@ -111,7 +118,7 @@ def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "a
     t0 = time.perf_counter()
     dtype = storage_dtype(model, memory_dtype)
     with store.writer(wait=wait) as tx:
-        tx.bind_model(model_info(model))
+        bind_store_model(tx, model_info(model))
         keys, texts = pending_chunks(tx.view)
         if not texts:
             return CompressReport(0, 0, 0, round(time.perf_counter() - t0, 3), _dtype_name(dtype))

@@ -87,10 +87,26 @@ class IndexOptions:
             raise UsageError(f"unknown index kind {self.kind!r} (use flat, ivf, hnsw or auto)")
 
 
-def flatten_normalized(memory: torch.Tensor) -> np.ndarray:
-    """[n, n_mem, hidden] -> [n, n_mem*hidden] fp32 rows of unit length (the method's cosine)."""
-    flat = memory.reshape(memory.shape[0], -1).float()
-    return torch.nn.functional.normalize(flat, dim=-1).numpy()
+def flatten_normalized(memory: torch.Tensor, center: np.ndarray | None = None) -> np.ndarray:
+    """[n, n_mem, hidden] -> [n, n_mem*hidden] fp32 rows of unit length (the method's cosine),
+    after subtracting the model's retrieval center where it has one (model.retrieval_vectors)."""
+    from .model import retrieval_vectors
+
+    c = None if center is None else torch.from_numpy(center)
+    return retrieval_vectors(memory, c).numpy()
+
+
+def store_center(snapshot: Snapshot) -> np.ndarray | None:
+    """The retrieval center [n_mem*hidden] fp32 the store's model left in it, or None
+    (Apple's checkpoints, and models that score the plain flattened cosine)."""
+    name = (snapshot.model or {}).get("center_file")
+    if not name:
+        return None
+    return np.ascontiguousarray(np.load(snapshot.check_file(name), allow_pickle=False), dtype=np.float32)
+
+
+def _centered(x: torch.Tensor, center: np.ndarray | None) -> torch.Tensor:
+    return x if center is None else x - torch.from_numpy(center)
 
 
 def default_nlist(n: int) -> int:
@@ -192,13 +208,13 @@ class MemoryMap:
         return out
 
 
-def estimate_mu(mm: MemoryMap, rows: int = 8192) -> np.ndarray:
+def estimate_mu(mm: MemoryMap, rows: int = 8192, center: np.ndarray | None = None) -> np.ndarray:
     """Unit mean direction of the normalised rows (from the first blocks of every shard).
     Real memory shares one dominant direction (mean pairwise cosine ~0.96)."""
     acc, n = None, 0
     per_part = max(256, rows // max(1, len(mm.parts)))
     for _, _, mem, scales in _first_rows(mm, per_part):
-        x = torch.nn.functional.normalize(dequantize(mem, scales, mm.n_mem), dim=-1).sum(0)
+        x = torch.nn.functional.normalize(_centered(dequantize(mem, scales, mm.n_mem), center), dim=-1).sum(0)
         acc, n = (x if acc is None else acc + x), n + len(mem)
     if acc is None:
         return np.zeros(0, np.float32)
@@ -211,10 +227,11 @@ def _first_rows(mm: MemoryMap, per_part: int):
         yield name, keys[:per_part], mem[take], None if scales is None else scales[take]
 
 
-def row_stats(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int, mu: np.ndarray) -> np.ndarray:
-    """[b, 2] fp32: each row's L2 norm and its dot with mu (one upcast pass; cached by flat
-    indexes because on CPU it costs ~10x the bf16 dot products of a scan)."""
-    x = dequantize(block, scales, n_mem)
+def row_stats(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int, mu: np.ndarray,
+              center: np.ndarray | None = None) -> np.ndarray:
+    """[b, 2] fp32: each (centred) row's L2 norm and its dot with mu (one upcast pass; cached by
+    flat indexes because on CPU it costs ~10x the bf16 dot products of a scan)."""
+    x = _centered(dequantize(block, scales, n_mem), center)
     return torch.stack([torch.linalg.vector_norm(x, dim=1), x @ torch.from_numpy(mu)], 1).numpy()
 
 
@@ -230,14 +247,17 @@ def dequantize(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int) -> 
 
 
 def block_scores(qn: torch.Tensor, block: torch.Tensor, scales: torch.Tensor | None, n_mem: int,
-                 stats: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+                 stats: torch.Tensor, mu: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
     """Approximate cosines [Q, b] with the dot products in the block's dtype (bf16 on CPU uses
     AMX; int8 is upcast to bf16, exactly); the caller reranks the best in fp32.
 
     A bf16 product is also *rounded to bf16*: near cosine 0.99 that is +-0.002, more than the
     gaps between neighbours of real (anisotropic) memory. So the query's component along the
     shared direction mu goes through the cached fp32 row stats, and only the residual, whose
-    dots are ~25x smaller and so ~25x finer in bf16, through the bf16 product."""
+    dots are ~25x smaller and so ~25x finer in bf16, through the bf16 product.
+
+    With a retrieval center c (stats then describe d - c): q.(d - c) = a mu.(d - c) + qr.d - qr.c,
+    the last term one fp32 number per query."""
     a = qn @ mu
     qr = qn - a[:, None] * mu[None]
     if block.dtype == torch.int8:
@@ -248,31 +268,35 @@ def block_scores(qn: torch.Tensor, block: torch.Tensor, scales: torch.Tensor | N
     else:
         dots = (qr.to(block.dtype) @ block.T).float()
     dots = dots + a[:, None] * stats[None, :, 1]
+    if center is not None:
+        dots = dots - (qr @ center)[:, None]
     return dots / stats[None, :, 0].clamp_min(1e-12)
 
 
-def exact_rerank(mm: MemoryMap, qn: torch.Tensor, keys: np.ndarray, k: int) -> list[tuple[int, float]]:
+def exact_rerank(mm: MemoryMap, qn: torch.Tensor, keys: np.ndarray, k: int,
+                 center: np.ndarray | None = None) -> list[tuple[int, float]]:
     """fp32 cosine of one query against the full memory of the candidate keys: the exact
     answer among the candidates. (A GEMV and the row norms: on CPU, clara_kernels' cosine_topk
     falls back to torch with a normalised copy, which costs more for a few hundred rows.)"""
     if len(keys) == 0:
         return []
-    rows = mm.gather(keys)
+    rows = _centered(mm.gather(keys), center)
     scores = (rows @ qn) / torch.linalg.vector_norm(rows, dim=1).clamp_min(1e-12) / qn.norm().clamp_min(1e-12)
     top = torch.topk(scores, min(k, len(keys)))
     return [(int(keys[i]), float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
 
 def scan_topk(mm: MemoryMap, qn: torch.Tensor, k: int, stats: np.ndarray, mu: np.ndarray,
-              block_rows: int = 4096) -> list[tuple[np.ndarray, np.ndarray]]:
+              block_rows: int = 4096, center: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per query (keys, approximate scores) of the best k rows over every live row; stats are
-    row_stats in mm.keys order against mu."""
+    row_stats in mm.keys order against mu (of rows less the center, where there is one)."""
     best_s = torch.full((qn.shape[0], 0), -2.0)
     best_k = np.zeros((qn.shape[0], 0), np.int64)
     mu_t = torch.from_numpy(mu)
+    c_t = None if center is None else torch.from_numpy(center)
     for offset, keys, block, scales in mm.blocks(block_rows):
         sb = torch.from_numpy(stats[offset:offset + len(keys)])
-        s = torch.cat([best_s, block_scores(qn, block, scales, mm.n_mem, sb, mu_t)], 1)
+        s = torch.cat([best_s, block_scores(qn, block, scales, mm.n_mem, sb, mu_t, c_t)], 1)
         allk = np.concatenate([best_k, np.broadcast_to(keys, (qn.shape[0], len(keys)))], 1)
         best_s, top = s.topk(min(k, s.shape[1]), dim=1)
         best_k = np.take_along_axis(allk, top.numpy(), 1)
@@ -280,7 +304,7 @@ def scan_topk(mm: MemoryMap, qn: torch.Tensor, k: int, stats: np.ndarray, mu: np
 
 
 def aligned_stats(mm: MemoryMap, mu: np.ndarray, known_keys: np.ndarray | None = None,
-                  known_stats: np.ndarray | None = None) -> np.ndarray:
+                  known_stats: np.ndarray | None = None, center: np.ndarray | None = None) -> np.ndarray:
     """row_stats in mm.keys order: from a flat index's file where it has the key (computed
     against the same mu), one upcast pass over the blocks that hold any other row."""
     out = np.full((mm.n, 2), np.nan, np.float32)
@@ -293,7 +317,7 @@ def aligned_stats(mm: MemoryMap, mu: np.ndarray, known_keys: np.ndarray | None =
     if np.isnan(out[:, 0]).any():
         for offset, keys, block, scales in mm.blocks():
             if np.isnan(out[offset:offset + len(keys), 0]).any():
-                out[offset:offset + len(keys)] = row_stats(block, scales, mm.n_mem, mu)
+                out[offset:offset + len(keys)] = row_stats(block, scales, mm.n_mem, mu, center)
     return out
 
 
@@ -388,7 +412,7 @@ def _build(view: Snapshot, kind: str, params: dict, live: np.ndarray, dim: int, 
     nlist = int(params.get("nlist") or default_nlist(len(live)))
     train_rows = max(pca_rows, min(len(live), 40 * nlist)) if kind == "ivf" else pca_rows
     sample = _sample_keys(live, train_rows)
-    x = flatten_normalized(view.read_memory(sample))
+    x = flatten_normalized(view.read_memory(sample), store_center(view))
     if compact < dim:
         basis = train_projection(x[_sample_keys(np.arange(len(x)), pca_rows)], compact)
         y = x @ basis
@@ -489,10 +513,11 @@ def update_index(store: Store, options: IndexOptions | None = None, progress: bo
                   "keys_file": info.get("keys_file") if unchanged else None,
                   "stats_file": info.get("stats_file") if unchanged else None,
                   "mu_file": info.get("mu_file") if unchanged else None}
+        center = store_center(view)
         if not unchanged and kind == "flat":
             mm = MemoryMap(view)
-            mu = old_stats[1] if old_stats is not None else estimate_mu(mm)
-            stats = aligned_stats(mm, mu, present, old_stats[0] if old_stats is not None else None)
+            mu = old_stats[1] if old_stats is not None else estimate_mu(mm, center=center)
+            stats = aligned_stats(mm, mu, present, old_stats[0] if old_stats is not None else None, center)
             for suffix, array, field_name in ((".keys.npy", mm.keys, "keys_file"),
                                               (".stats.npy", stats, "stats_file"), (".mu.npy", mu, "mu_file")):
                 path = tx.new_data_path("index", suffix)
@@ -505,7 +530,7 @@ def update_index(store: Store, options: IndexOptions | None = None, progress: bo
                 index, params = _build(view, kind, params, live, dim, progress)
             if kind == "ivf" and len(stale):
                 index.remove_ids(faiss.IDSelectorBatch(stale))
-            add_rows(index, view, new, progress)
+            add_rows(index, view, new, progress, center=center)
             path = tx.new_data_path("index", ".faiss")
             try:
                 faiss.write_index(index, str(path))
@@ -535,8 +560,9 @@ def _public(params: dict, kind: str) -> dict:
     return {k: params[k] for k in keep if params.get(k) is not None}
 
 
-def add_rows(index: faiss.Index, view: Snapshot, keys: np.ndarray, progress: bool, block: int = 4096) -> None:
-    """Add rows (normalised full vectors; the index projects them), streamed from the
+def add_rows(index: faiss.Index, view: Snapshot, keys: np.ndarray, progress: bool, block: int = 4096,
+             center: np.ndarray | None = None) -> None:
+    """Add rows (normalised, centred full vectors; the index projects them), streamed from the
     memory-mapped shards in shard order (sequential reads, no gather)."""
     if len(keys) == 0:
         return
@@ -549,7 +575,7 @@ def add_rows(index: faiss.Index, view: Snapshot, keys: np.ndarray, progress: boo
             if not mask.all():
                 sel = torch.from_numpy(np.nonzero(mask)[0])
                 part, rows, scales = part[mask], rows[sel], None if scales is None else scales[sel]
-            x = torch.nn.functional.normalize(dequantize(rows, scales, n_mem), dim=-1)
+            x = torch.nn.functional.normalize(_centered(dequantize(rows, scales, n_mem), center), dim=-1)
             index.add_with_ids(np.ascontiguousarray(x.numpy()), np.ascontiguousarray(part))
             bar.update(len(part))
 
@@ -577,6 +603,7 @@ class VectorSearch:
             raise ClaraError("nothing to search: no chunk is compressed yet (run `clara compress`)")
         model = snapshot.model or {}
         self.dim = int(model["n_mem"]) * int(model["hidden"])
+        self.center = store_center(snapshot)
         self.index = None
         if info and info.get("fingerprint") not in (None, model.get("fingerprint")):
             notice("the index was built for another model: searching exactly (run `clara index --rebuild`)")
@@ -615,10 +642,10 @@ class VectorSearch:
                 keys = np.load(self.snapshot.check_file(info["keys_file"]), allow_pickle=False)
                 stats = np.load(self.snapshot.check_file(info["stats_file"]), allow_pickle=False)
                 mu = np.load(self.snapshot.check_file(info["mu_file"]), allow_pickle=False)
-                self._stats = (aligned_stats(self.memory_map, mu, keys, stats), mu)
+                self._stats = (aligned_stats(self.memory_map, mu, keys, stats, self.center), mu)
             else:
-                mu = estimate_mu(self.memory_map)
-                self._stats = (aligned_stats(self.memory_map, mu), mu)
+                mu = estimate_mu(self.memory_map, center=self.center)
+                self._stats = (aligned_stats(self.memory_map, mu, center=self.center), mu)
         return self._stats
 
     def _candidates(self, queries: np.ndarray, depth: int) -> list[np.ndarray]:
@@ -627,7 +654,8 @@ class VectorSearch:
         if self.index is None:
             qn = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
             stats, mu = self.row_stats
-            return [k for k, _ in scan_topk(self.memory_map, qn, min(depth, len(self.live)), stats, mu)]
+            return [k for k, _ in scan_topk(self.memory_map, qn, min(depth, len(self.live)), stats, mu,
+                                            center=self.center)]
         fetch = min(int(self.index.ntotal), depth)
         params = None
         if len(self.stale):
@@ -646,8 +674,12 @@ class VectorSearch:
             out.append(np.concatenate([got, self.unindexed]) if len(self.unindexed) else got)
         return out
 
+    def query_vectors(self, query_memory: torch.Tensor) -> np.ndarray:
+        """Query-reasoner memories [Q, n_mem, h] -> the rows `search` takes (centred as the store's model)."""
+        return flatten_normalized(query_memory, self.center)
+
     def search(self, queries: np.ndarray, k: int, depth: int | None = None) -> list[list[tuple[int, float]]]:
-        """(key, fp32 cosine) per query, best first; queries are L2-normalised [Q, D] rows."""
+        """(key, fp32 cosine) per query, best first; queries are `query_vectors` rows (L2-normalised)."""
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ClaraError(f"queries have shape {list(queries.shape)}, expected [n, {self.dim}]")
         k = min(k, len(self.live))
@@ -659,5 +691,5 @@ class VectorSearch:
             for qi, cand in enumerate(self._candidates(queries, depth)):
                 cand = cand[np.isin(cand, self.live)]
                 qn = torch.from_numpy(np.ascontiguousarray(queries[qi], dtype=np.float32))
-                results.append(exact_rerank(self.memory_map, qn, cand, k))
+                results.append(exact_rerank(self.memory_map, qn, cand, k, self.center))
         return results

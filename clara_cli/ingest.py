@@ -881,7 +881,9 @@ def ingest(store: Store, paths: Sequence[str], tokenizer, max_tokens: int, overl
     report = IngestReport()
     with store.writer(wait=wait) as txn:
         if model_info is not None:
-            txn.bind_model(model_info)
+            from .compress import bind_store_model
+
+            bind_store_model(txn, model_info)
         known = txn.base.document_hashes()
         seen: dict[str, str] = {}  # doc_id -> where it was read from (duplicates are refused)
         rejected_sources: set[str] = set()

@@ -12,7 +12,10 @@ Compressor / query input (left-padded within a batch, memory tokens appended):
     '---- truncated to doc_max_length+3 ---' '------ n_mem -------'
 
 The memory of a text is the LAST hidden state (after the final norm) at the n_mem
-memory positions: [n_mem, hidden]. Retrieval scores flattened vectors by cosine.
+memory positions: [n_mem, hidden]. Retrieval scores flattened vectors by cosine; a model
+with `retrieval_center` (ours, off for Apple's) first subtracts a fixed mean memory from
+both sides, because one shared direction holds ~90% of the memory's energy and hides what
+separates documents (docs/TRAINING.md, "Retrieval").
 The generator reads a chat prompt whose <MEM*> slots are overwritten by memories.
 """
 
@@ -47,6 +50,9 @@ class ClaraConfig:
     lora_dropout: float = 0.1
     generation_top_k: int = 5
     adapters: list[str] = field(default_factory=lambda: list(ADAPTERS))
+    # Our deviation, off for Apple's checkpoints: score cos(q - c, d - c) with c the mean
+    # flattened memory of the training corpus (stored with the model, retrieval.safetensors).
+    retrieval_center: bool = False
 
     @property
     def n_mem(self) -> int:
@@ -80,11 +86,19 @@ def add_clara_tokens(tokenizer, n_mem: int) -> None:
         tokenizer.pad_token_id = tokenizer.bos_token_id
 
 
-def retrieval_scores(queries: torch.Tensor, memories: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of flattened memories, fp32: [Q, n_mem, h] x [N, n_mem, h] -> [Q, N]."""
-    q = F.normalize(queries.reshape(queries.shape[0], -1).float(), dim=-1)
-    d = F.normalize(memories.reshape(memories.shape[0], -1).float(), dim=-1)
-    return q @ d.T
+def retrieval_vectors(memory: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """[n, n_mem, h] -> unit fp32 rows [n, n_mem*h] of (flattened memory - center): what the
+    cosine reads. center None (Apple's checkpoints) is the method's plain flattened cosine."""
+    flat = memory.reshape(memory.shape[0], -1).float()
+    if center is not None:
+        flat = flat - center.to(flat.device, torch.float32)
+    return F.normalize(flat, dim=-1)
+
+
+def retrieval_scores(queries: torch.Tensor, memories: torch.Tensor,
+                     center: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarity of flattened (centred) memories, fp32: [Q, n_mem, h] x [N, n_mem, h] -> [Q, N]."""
+    return retrieval_vectors(queries, center) @ retrieval_vectors(memories, center).T
 
 
 def cpu_supports_bf16() -> bool:
@@ -145,6 +159,8 @@ class ClaraModel(nn.Module):
         # Rows below this id are the base vocabulary; the CLaRa tokens come after it.
         self.n_base_tokens = min(self.mem_token_ids + [self.enc_token_id, self.sep_token_id])
         self.full_rows = False  # True when a checkpoint also changed base vocabulary rows
+        # [n_mem*hidden] fp32 when config.retrieval_center: subtracted before every retrieval cosine
+        self.retrieval_center: torch.Tensor | None = None
         self._merged: dict[str, nn.Module] = {}
         self.attn = "sdpa"  # or "triton": clara_kernels' varlen attention, packed compressor batches
         self.eval()

@@ -24,9 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import ClaraError, UsageError
 
-STAGES = ("scp", "instruct", "e2e")
+STAGES = ("scp", "instruct", "e2e", "retrieval")
 
 # Stage-1 system prompts and paraphrase instructions, verbatim from the official code.
 QA_SYSTEM = ("You are a helpful assistant. Given a document, your task is to generate some single questions "
@@ -112,6 +112,8 @@ def parse_record(obj: object, stage: str, where: str) -> Record:
             raise UsageError(f'{where}: "question" has {len(questions)} items but "answers" has {len(answers)}')
         return PretrainRecord("qa", docs, questions, answers, line=_line(where))
 
+    if stage == "retrieval" and (isinstance(obj.get("question"), list) or "data_type" in obj):
+        return parse_record(obj, "scp", where)  # QA lines of one document: read_records expands them
     if isinstance(obj.get("question"), list) or "data_type" in obj:
         raise UsageError(f"{where}: this is a pretraining record (data_type / question list); {stage} needs "
                          '{"question": "..", "docs": [..], "answer": ".."}')
@@ -139,6 +141,17 @@ def parse_record(obj: object, stage: str, where: str) -> Record:
     return QARecord(question, docs, answer, sorted(set(pos), key=pos.index), line=_line(where))
 
 
+def as_retrieval_records(record: Record) -> list[QARecord]:
+    """A retrieval example is (question, its document): an scp QA record gives one per QA
+    line, a paraphrase record none; e2e/instruct records are taken as they are."""
+    if isinstance(record, QARecord):
+        return [record]
+    if record.data_type != "qa":
+        return []
+    return [QARecord(q, list(record.docs), a, [0], line=record.line)
+            for q, a in zip(record.questions, record.answers, strict=True) if q.strip()]
+
+
 def _line(where: str) -> int:
     tail = where.rsplit(":", 1)[-1]
     return int(tail) if tail.isdigit() else 0
@@ -162,6 +175,8 @@ def read_records(path: str | Path, stage: str, max_examples: int | None = None) 
             records.append(parse_record(obj, stage, where))
             if max_examples is not None and len(records) >= max_examples:
                 break
+    if stage == "retrieval":  # the scp file's QA lines work too: one question per record
+        records = [q for r in records for q in as_retrieval_records(r)]
     if not records:
         raise UsageError(f"{path}: no training records")
     return records
@@ -173,6 +188,34 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------- development split
+@functools.lru_cache(maxsize=1)
+def _dev_texts() -> frozenset[str]:
+    from ..corpora import is_dev, wiki_paragraphs
+
+    try:
+        return frozenset(p["text"] for p in wiki_paragraphs("train") if is_dev(p["title"]))
+    except ClaraError:
+        return frozenset()  # corpus not installed: nothing of it can be in the data
+
+
+def drop_dev_documents(records: list[QARecord]) -> tuple[list[QARecord], int]:
+    """Leave the development split (corpora.is_dev) out: records whose positive document is a
+    dev paragraph are dropped, and dev paragraphs leave the other records' candidate lists."""
+    dev = _dev_texts()
+    kept, dropped = [], 0
+    for r in records:
+        pos = {r.docs[i] for i in r.pos_index}
+        if pos & dev or not r.docs:
+            dropped += 1
+            continue
+        docs = [d for d in r.docs if d not in dev]
+        if len(docs) != len(r.docs):
+            r = QARecord(r.question, docs, r.answer, [docs.index(d) for d in pos], line=r.line)
+        kept.append(r)
+    return kept, dropped
 
 
 # ---------------------------------------------------------------------- held-out guard

@@ -37,7 +37,7 @@ from ..errors import ClaraError, UsageError
 from ..model import ClaraConfig, ClaraModel, resolve_device, resolve_dtype
 from ..progress import notice, progress_bar
 from ..store import fsync_path
-from .data import STAGES, file_digest, held_out_guard, read_records
+from .data import STAGES, drop_dev_documents, file_digest, held_out_guard, read_records
 from .stages import Trainable, cosine_with_min_lr, lora_to_fp32, prepare_adapters
 
 STATE_FORMAT = "clara-train/1"
@@ -47,6 +47,8 @@ STAGE_DEFAULTS = {
     "scp": {"lr": 1e-4, "schedule": "cosine", "warmup_ratio": 0.03},
     "instruct": {"lr": 1e-4, "schedule": "cosine", "warmup_ratio": 0.03},
     "e2e": {"lr": 5e-6, "schedule": "constant", "warmup_ratio": 0.0},
+    # Ours (docs/TRAINING.md, "Retrieval"): the query reasoner alone, contrastive, frozen memories.
+    "retrieval": {"lr": 2e-4, "schedule": "cosine", "warmup_ratio": 0.03},
 }
 # Settings that may change between a run and its resumption (they do not change the result).
 VOLATILE = ("out", "save_every", "device", "progress")
@@ -76,6 +78,8 @@ class TrainConfig:
     mse_weight: float = 0.1
     top_k: int = 5                   # documents per question (instruct: read; e2e: selected)
     temperature: float = 0.02        # e2e differentiable top-k
+    tau: float = 0.05                # retrieval: InfoNCE temperature over the whole document pool
+    query_word_dropout: float = 0.0  # retrieval: drop each question word with this probability
     dropout: bool = True             # LoRA dropout 0.1 as the paper; off is faster
     autocast: bool | None = None     # LoRA side paths in the compute dtype too (default: when not fp32)
     max_length: int = 1024           # generator prompt + target tokens
@@ -85,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     max_examples: int | None = None
     exclude_heldout: bool = True     # drop records whose documents are held-out Wikipedia paragraphs
+    exclude_dev: bool = True         # retrieval: leave the development split (corpora.is_dev) out
 
     def resolved(self) -> TrainConfig:
         if self.stage not in STAGES:
@@ -150,6 +155,12 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after: int | None = N
             notice(f"dropped {dropped} records whose documents are held-out Wikipedia paragraphs")
         if not records:
             raise UsageError(f"{cfg.data}: every record uses held-out documents; nothing to train on")
+    if cfg.stage == "retrieval" and cfg.exclude_dev:
+        records, dropped_dev = drop_dev_documents(records)
+        if dropped_dev:
+            notice(f"left out {dropped_dev} records whose answer is in a development-split paragraph")
+        if not records:
+            raise UsageError(f"{cfg.data}: every record is about a development-split paragraph")
     digest = file_digest(cfg.data)
     n = len(records)
     total = cfg.steps or max(1, math.ceil(cfg.epochs * n / (cfg.batch_size * cfg.grad_accum)))
@@ -209,11 +220,13 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
         torch.manual_seed(cfg.seed)
         step, consumed, history, elapsed_before = 0, 0, [], 0.0
 
-    if cfg.stage == "e2e":  # frozen compressor: every candidate compressed once, in one deterministic pass
+    if cfg.stage in ("e2e", "retrieval"):  # frozen compressor: every candidate compressed once, in one deterministic pass
         docs = [d for r in records for d in r.docs]
         bar = progress_bar(total=len(set(docs)), desc="compressing candidates", unit="doc", enabled=progress)
         tm.cache_documents(docs, progress=bar.update)
         bar.close()
+    if cfg.stage == "retrieval":
+        tm.build_pool(center=model.retrieval_center is None)
 
     resumed_from = step
     t0, run_examples, run_tokens = time.perf_counter(), 0, 0
@@ -333,7 +346,8 @@ def model_fingerprint(model: ClaraModel) -> str:
 
     base_dir = resolve_base(model.config.base_model, None)
     return fingerprint(model.config, base_identity(base_dir),
-                       checkpoint_tensors(model, model.n_base_tokens, full_rows=model.full_rows))
+                       checkpoint_tensors(model, model.n_base_tokens, full_rows=model.full_rows),
+                       model.retrieval_center)
 
 
 def export_model(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "bf16") -> Path:

@@ -8,6 +8,9 @@
     e2e       question --query_reasoner_adapter--> query; cosine vs ~20 frozen doc memories;
               straight-through top-k picks k; question + picks --decoder--> answer
               loss = LM; learns: query reasoner + decoder
+    retrieval (ours, not the paper's) question --query_reasoner_adapter--> query; centred cosine
+              vs the frozen memories of every document of the data (the pool)
+              loss = InfoNCE (softmax over the pool at temperature tau); learns: query reasoner
 
 transformers' PEFT integration runs one adapter per forward, so the compressor and the
 generator are separate forwards joined by the memory tensors; `set_adapter` flips
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ClaraError
-from ..model import SYSTEM_PROMPT, ClaraModel, lora_config
+from ..model import SYSTEM_PROMPT, ClaraModel, lora_config, retrieval_scores, retrieval_vectors
 from .data import (
     PARAPHRASE_SYSTEM,
     QA_SYSTEM,
@@ -53,8 +57,9 @@ TRAINED_ADAPTERS = {
     "scp": ("encoder_adapter", "decoder_adapter"),
     "instruct": ("encoder_adapter", "decoder_adapter"),
     "e2e": ("query_reasoner_adapter", "decoder_adapter"),
+    "retrieval": ("query_reasoner_adapter",),
 }
-TRAINS_MEM_ROWS = {"scp": True, "instruct": True, "e2e": False}
+TRAINS_MEM_ROWS = {"scp": True, "instruct": True, "e2e": False, "retrieval": False}
 
 
 @dataclass
@@ -91,7 +96,7 @@ def prepare_adapters(model: ClaraModel, stage: str, fresh_start: bool, seed: int
             for module in decoder.modules():
                 if isinstance(module, LoraLayer) and "decoder_adapter" in module.lora_A:
                     module.reset_lora_parameters("decoder_adapter", True)
-    if stage == "e2e" and "query_reasoner_adapter" not in decoder.peft_config:
+    if stage in ("e2e", "retrieval") and "query_reasoner_adapter" not in decoder.peft_config:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             decoder.add_adapter(lora_config(model.config), adapter_name="query_reasoner_adapter")
@@ -139,6 +144,8 @@ class Trainable:
         self.mem_rows = (nn.Parameter(emb.detach()[lo:lo + self.n_mem].float().clone())
                          if TRAINS_MEM_ROWS[stage] else None)
         self.doc_cache: dict[str, torch.Tensor] = {}
+        self.pool: torch.Tensor | None = None  # retrieval: [N, n_mem*h] centred unit rows of every cached doc
+        self.pool_row: dict[str, int] = {}
         from peft.tuners.lora import LoraLayer
 
         self._lora_layers = [m for m in decoder.modules() if isinstance(m, LoraLayer)]
@@ -271,7 +278,21 @@ class Trainable:
         for t, m in zip(todo, mem, strict=True):
             self.doc_cache[t] = m
 
-    # ------------------------------------------------------------------ the three stages
+    @torch.no_grad()
+    def build_pool(self, center: bool) -> None:
+        """The retrieval stage's negatives: every cached document, as the search will score it.
+
+        center=True (a model without one yet): the center becomes the mean flattened memory of
+        the pool, recorded in the model (config.retrieval_center, saved with it)."""
+        texts = list(self.doc_cache)
+        mem = torch.stack([self.doc_cache[t] for t in texts]).float()      # [N, n_mem, h]
+        if center:
+            self.model.retrieval_center = mem.reshape(len(texts), -1).mean(0)  # [n_mem*h]
+            self.model.config.retrieval_center = True
+        self.pool = retrieval_vectors(mem, self.model.retrieval_center)       # [N, n_mem*h]
+        self.pool_row = {t: i for i, t in enumerate(texts)}
+
+    # ------------------------------------------------------------------ the stages
     def step(self, records: Sequence, keys: Sequence[tuple[int, int]],
              cfg: TrainConfig) -> tuple[torch.Tensor, StepStats]:
         """Loss of one micro-batch for this stage (before accumulation scaling).
@@ -281,6 +302,8 @@ class Trainable:
             return self._scp(records, keys, cfg)
         if self.stage == "instruct":
             return self._instruct(records, cfg)
+        if self.stage == "retrieval":
+            return self._retrieval(records, keys, cfg)
         return self._e2e(records, cfg)
 
     def _scp(self, records: Sequence[PretrainRecord], keys: Sequence[tuple[int, int]], cfg: TrainConfig):
@@ -328,8 +351,7 @@ class Trainable:
         selected, hits, positives = [], 0, 0
         for b, r in enumerate(records):
             cand = torch.stack([self.doc_cache[d] for d in r.docs]).float()  # [N, n_mem, h], constant
-            q = F.normalize(query[b].reshape(1, -1).float(), dim=-1)         # [1, n_mem*h]
-            scores = q @ F.normalize(cand.reshape(len(r.docs), -1), dim=-1).T  # [1, N]
+            scores = retrieval_scores(query[b:b + 1], cand, self.model.retrieval_center)  # [1, N]
             k = min(cfg.top_k, len(r.docs))
             W, idx = differentiable_topk(scores, k, cfg.temperature)        # [1, k, N], [1, k]
             selected.append((W[0] @ cand.reshape(len(r.docs), -1)).reshape(k, self.n_mem, -1))  # [k, n_mem, h]
@@ -338,6 +360,34 @@ class Trainable:
         pairs = [self._answer_ids(r.question, s.shape[0], r.answer, cfg.max_length) for r, s in zip(records, selected, strict=True)]
         lm, dec_tokens = self.lm_loss([p for p, _ in pairs], [t for _, t in pairs], selected)
         return lm, StepStats(lm.item(), lm.item(), 0.0, len(records), int(mask.sum()) + dec_tokens, hits, positives)
+
+
+    def _retrieval(self, records: Sequence[QARecord], keys: Sequence[tuple[int, int]], cfg: TrainConfig):
+        if self.pool is None:
+            raise ClaraError("the retrieval stage needs build_pool() first")
+        questions = [drop_words(r.question, cfg.query_word_dropout, cfg.seed, e, i)
+                     for r, (e, i) in zip(records, keys, strict=True)]
+        ids, mask = self.model.pad_left(self.model.encoder_token_ids(questions))
+        query = self.hidden("query_reasoner_adapter", self.embed(ids), mask)[:, -self.n_mem:]  # [B, n_mem, h]
+        q = retrieval_vectors(query, self.model.retrieval_center)               # [B, n_mem*h]
+        scores = q @ self.pool.T                                                # [B, N]
+        target = torch.tensor([self.pool_row[r.docs[(r.pos_index or [0])[0]]] for r in records])
+        loss = F.cross_entropy(scores / cfg.tau, target)
+        top = scores.detach().topk(min(5, scores.shape[1]), dim=1).indices      # [B, 5]
+        hits = int((top == target[:, None]).any(1).sum())
+        return loss, StepStats(loss.item(), loss.item(), 0.0, len(records), int(mask.sum()), hits, len(records))
+
+
+def drop_words(text: str, p: float, seed: int, epoch: int, index: int) -> str:
+    """Each word dropped with probability p (seeded per example and epoch, so a resumed run
+    draws the same); at least three words stay. Teaches the query reasoner to match a question
+    that does not copy the document's sentence."""
+    words = text.split()
+    if p <= 0 or len(words) <= 3:
+        return text
+    rng = random.Random(f"{seed}:{epoch}:{index}")
+    kept = [w for w in words if rng.random() >= p]
+    return " ".join(kept if len(kept) >= 3 else words[:3])
 
 
 def choose_docs(record: QARecord, k: int) -> list[str]:

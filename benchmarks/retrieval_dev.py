@@ -1,0 +1,125 @@
+"""Recall of the query reasoner on the development split, for choosing a retrieval recipe.
+
+The corpus is every paragraph of the development split of the training paragraphs
+(`corpora.is_dev`, ~490, which the retrieval stage never trains on); the questions are
+`data/dev_qa.jsonl`, written by a person over some of them (natural questions, not the
+rule-made cloze sentences the stage trains on). Held-out paragraphs and questions are not
+read here: they only make the final table (`make eval-default`).
+
+    python benchmarks/retrieval_dev.py MODEL [MODEL ...] [--dtype auto] [--json]
+
+Per model: Recall@1/@5 with the model's own scoring (centred where it records a center), with
+the plain flattened cosine of the method, with the dev corpus' own mean subtracted (centering
+without training), and the model's scoring fused with BM25 by reciprocal rank (what
+`--retriever hybrid` does); BM25 alone once. Document memories are computed once per
+compressor and cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from clara_cli.answer import FUSION_DEPTH, rrf
+from clara_cli.checkpoint import adapter_files
+from clara_cli.corpora import is_dev, wiki_paragraphs
+from clara_cli.model import ClaraModel, resolve_dtype, retrieval_scores
+from clara_cli.retrievers import BM25Retriever
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown CPU"
+
+
+def compressor_key(path: str, dtype: torch.dtype) -> str:
+    """Memories depend on the base, the compressor adapter and the token rows (and dtype)."""
+    folder = Path(path) if path != "default" else ROOT / "clara_cli" / "default_model"
+    h = hashlib.sha256(str(dtype).encode())
+    files = [f for f in adapter_files(folder) if "encoder_adapter" in f.name] + [folder / "token_rows.safetensors"]
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def recall(ranked: list[list[int]], gold: list[set[int]], k: int) -> float:
+    return 100.0 * sum(bool(set(t[:k]) & g) for t, g in zip(ranked, gold, strict=True)) / len(gold)
+
+
+def ranks(scores: torch.Tensor, depth: int = FUSION_DEPTH) -> list[list[int]]:
+    return scores.topk(min(depth, scores.shape[1]), dim=1).indices.tolist()
+
+
+def fused(latent: list[list[int]], lexical: list[list[int]]) -> list[list[int]]:
+    return [[key for key, _ in rrf([[(i, 0.0) for i in a], [(i, 0.0) for i in b]], FUSION_DEPTH)]
+            for a, b in zip(latent, lexical, strict=True)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--questions", default=str(ROOT / "data" / "dev_qa.jsonl"))
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--cache", default=str(ROOT / ".cache" / "retrieval-dev"))
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    paras = [p for p in wiki_paragraphs("train") if is_dev(p["title"])]
+    titles = [p["title"] for p in paras]
+    questions = [json.loads(line) for line in Path(args.questions).read_text().splitlines() if line.strip()]
+    gold = [{titles.index(t) for t in q["gold_titles"]} for q in questions]
+    dtype = resolve_dtype(args.dtype)
+    bm25 = [[i for i, _ in r] for r in BM25Retriever([p["text"] for p in paras]).search(
+        [q["question"] for q in questions], FUSION_DEPTH)]
+    meta = {"questions": len(questions), "corpus": len(paras)}
+    rows = [{"model": "-", "scoring": "BM25", "R@1": round(recall(bm25, gold, 1), 1),
+             "R@5": round(recall(bm25, gold, 5), 1), **meta}]
+    for spec in args.models:
+        model = ClaraModel.from_pretrained(None if spec == "default" else spec, device="cpu", dtype=args.dtype)
+        cache = Path(args.cache) / f"{compressor_key(spec, dtype)}.pt"
+        if cache.is_file():
+            memory = torch.load(cache, weights_only=True)
+        else:
+            t0 = time.perf_counter()
+            memory = model.compress([p["text"] for p in paras], batch_size=16)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(memory, cache)
+            print(f"compressed {len(paras)} dev paragraphs in {time.perf_counter() - t0:.0f} s", flush=True)
+        t0 = time.perf_counter()
+        query = model.encode_queries([q["question"] for q in questions])
+        seconds = time.perf_counter() - t0
+        corpus_mean = memory.reshape(len(memory), -1).mean(0)
+        own = ranks(retrieval_scores(query, memory, model.retrieval_center))
+        variants = [("model" if model.retrieval_center is not None else "plain cosine (model)", own),
+                    ("model + BM25 (RRF)", fused(own, bm25))]
+        if model.retrieval_center is not None:
+            variants.append(("plain cosine", ranks(retrieval_scores(query, memory, None))))
+        variants.append(("dev-corpus mean removed", ranks(retrieval_scores(query, memory, corpus_mean))))
+        for scoring, ranked in variants:
+            rows.append({"model": spec, "scoring": scoring, "R@1": round(recall(ranked, gold, 1), 1),
+                         "R@5": round(recall(ranked, gold, 5), 1), **meta, "query_s": round(seconds, 2)})
+    meta = {"cpu": cpu_name(), "dtype": str(dtype).replace("torch.", "")}
+    if args.json:
+        for r in rows:
+            print(json.dumps({**r, **meta}))
+        return
+    print(f"{meta['cpu']}, {meta['dtype']}: {len(questions)} dev questions over {len(paras)} dev paragraphs")
+    print(f"{'model':<40} {'scoring':<26} {'R@1':>6} {'R@5':>6}")
+    for r in rows:
+        print(f"{r['model'][-40:]:<40} {r['scoring']:<26} {r['R@1']:>6} {r['R@5']:>6}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""The retrieval stage (contrastive query reasoner against frozen, centred memories) and the
+retrieval center it records: saved with the model, left in the store at bind time, and applied
+identically by training, the flat scan, the ANN indexes and the exact rerank."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clara_cli.checkpoint import read_adapter_tensors
+from clara_cli.compress import compress_store
+from clara_cli.index import IndexOptions, VectorSearch, store_center, update_index
+from clara_cli.model import ClaraModel, retrieval_scores
+from clara_cli.store import Store
+from clara_cli.train import TrainConfig, train
+from clara_cli.train.stages import drop_words
+
+DOCS = [
+    "The Eiffel Tower is a wrought-iron lattice tower in Paris, France, completed in 1889.",
+    "Mount Kilimanjaro is the highest mountain in Africa, about 5,895 metres above sea level.",
+    "Ada Lovelace wrote what is often called the first computer program, for Babbage's engine.",
+    "The Danube flows through ten countries and empties into the Black Sea in Romania.",
+    "Marie Curie was the first person to win Nobel Prizes in two different sciences.",
+    "The Great Wall of China stretches across northern China for thousands of kilometres.",
+    "The Amazon rainforest covers much of the Amazon basin of South America.",
+    "Johann Sebastian Bach was a German composer of the late Baroque period.",
+]
+QUESTIONS = ["When was the Eiffel Tower completed?", "How high is Kilimanjaro?", "Who wrote the first program?",
+             "Where does the Danube end?", "Who won two Nobel Prizes in sciences?", "How long is the Great Wall?",
+             "What does the Amazon rainforest cover?", "Which period did Bach compose in?"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("retrieval-data") / "retrieval.jsonl"
+    rows = [{"question": q, "docs": [d], "answer": "x", "pos_index": [0]} for q, d in zip(QUESTIONS, DOCS, strict=True)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def config(data: Path, out: Path, init: Path, **kw) -> TrainConfig:
+    base = {"steps": 30, "batch_size": 8, "dtype": "fp32", "device": "cpu", "save_every": 100, "lr": 3e-3,
+            "dropout": False, "tau": 0.1}
+    return TrainConfig("retrieval", str(data), str(out), init_from=str(init), **{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, data):
+    out = tmp_path_factory.mktemp("retrieval") / "model"
+    return out, train(config(data, out, tiny_model_dir), progress=False)
+
+
+def recall_at_1(model: ClaraModel) -> float:
+    scores = retrieval_scores(model.encode_queries(QUESTIONS), model.compress(DOCS), model.retrieval_center)
+    return float((scores.argmax(1) == torch.arange(len(DOCS))).float().mean())
+
+
+def test_contrastive_stage_learns_to_find_the_document(trained, tiny_model_dir):
+    out, result = trained
+    losses = [h["loss"] for h in result.history]
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    before = ClaraModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="fp32")
+    after = ClaraModel.from_pretrained(str(out), device="cpu", dtype="fp32")
+    assert recall_at_1(after) == 1.0 > recall_at_1(before)
+
+
+def test_only_the_query_reasoner_changes_and_the_center_is_recorded(trained, tiny_model_dir):
+    out, _ = trained
+    old, new = read_adapter_tensors(tiny_model_dir), read_adapter_tensors(out)
+    for key, t in new.items():
+        same = torch.equal(t.float(), old[key].float())
+        assert same == (not key.startswith("query_reasoner_adapter/")), key
+    meta = json.loads((out / "clara.json").read_text())
+    assert meta["config"]["retrieval_center"] is True
+    model = ClaraModel.from_pretrained(str(out), device="cpu", dtype="fp32")
+    mean = model.compress(DOCS).reshape(len(DOCS), -1).mean(0)
+    assert torch.allclose(model.retrieval_center, mean, atol=1e-5)  # the pool's mean memory
+
+
+def test_a_new_query_reasoner_keeps_the_fingerprint(trained, tmp_path, tiny_model_dir, data):
+    """The fingerprint covers what shapes memory and index (compressor, rows, center), so stores
+    compressed before a query reasoner is retrained stay valid; Apple-style models (no center)
+    get another fingerprint than centred ones."""
+    out, first = trained
+    again = train(config(data, tmp_path / "more", out, lr=1e-3, steps=3), progress=False)
+    assert again.fingerprint == first.fingerprint
+    plain = ClaraModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="fp32")
+    assert plain.retrieval_center is None and plain.fingerprint != first.fingerprint
+
+
+def test_resumed_retrieval_run_equals_uninterrupted(tmp_path, tiny_model_dir, data):
+    straight = train(config(data, tmp_path / "a", tiny_model_dir, steps=6, query_word_dropout=0.3), progress=False)
+    train(config(data, tmp_path / "b", tiny_model_dir, steps=6, query_word_dropout=0.3), progress=False, stop_after=3)
+    resumed = train(config(data, tmp_path / "b", tiny_model_dir, steps=6, query_word_dropout=0.3), progress=False)
+    assert resumed.resumed_from == 3 and resumed.loss_last == pytest.approx(straight.loss_last, abs=1e-6)
+    a, b = read_adapter_tensors(tmp_path / "a"), read_adapter_tensors(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_word_dropout_is_seeded_and_keeps_three_words():
+    q = "In which year was the wrought iron lattice tower in Paris completed"
+    assert drop_words(q, 0.5, 0, 1, 7) == drop_words(q, 0.5, 0, 1, 7)
+    assert {drop_words(q, 0.5, 0, e, 7) for e in range(5)} != {q}
+    assert len(drop_words(q, 0.99, 0, 0, 0).split()) >= 3 and drop_words(q, 0.0, 0, 0, 0) == q
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_store_search_scores_the_centred_cosine(trained, tmp_path, kind):
+    """compress leaves the center in the store; every index kind returns the exact centred
+    cosine of the model (brute force here), and verify accepts the store."""
+    from clara_cli.compress import model_info
+    from clara_cli.ingest import ingest
+    from clara_cli.update import check_store
+
+    out, _ = trained
+    model = ClaraModel.from_pretrained(str(out), device="cpu", dtype="fp32")
+    store = Store.open(tmp_path / "s", create=True)
+    rows = tmp_path / "docs.jsonl"
+    rows.write_text("".join(json.dumps({"id": f"d{i}", "text": d}) + "\n" for i, d in enumerate(DOCS * 3)))
+    ingest(store, [str(rows)], model.tokenizer, 64, model_info=model_info(model), progress=False)
+    compress_store(store, model, progress=False)
+    update_index(store, IndexOptions(kind=kind, nlist=2, compact_dim=16), progress=False)
+    snap = store.snapshot()
+    center = store_center(snap)
+    assert center is not None and np.allclose(center, model.retrieval_center.numpy())
+    keys = np.asarray(snap.memory_keys(), dtype=np.int64)
+    memory = snap.read_memory(keys)
+    search = VectorSearch(snap)
+    q = model.encode_queries(QUESTIONS)
+    expect = retrieval_scores(q, memory, model.retrieval_center)  # [Q, N]
+    for qi, hits in enumerate(search.search(search.query_vectors(q), k=3)):
+        top = torch.topk(expect[qi], 3)
+        assert [s for _, s in hits] == pytest.approx(top.values.tolist(), abs=1e-4)
+    assert check_store(store.snapshot()).ok
+
+
+def test_scp_qa_lines_become_retrieval_examples(tmp_path):
+    from clara_cli.train import read_records
+
+    path = tmp_path / "pretrain.jsonl"
+    path.write_text(json.dumps({"data_type": "qa", "question": QUESTIONS[:2], "answers": ["1889", "5,895"],
+                                "docs": [DOCS[0]]}) + "\n"
+                    + json.dumps({"data_type": "paraphrase", "question": [""], "answers": [DOCS[1]],
+                                  "docs": [DOCS[1]]}) + "\n")
+    records = read_records(path, "retrieval")
+    assert [(r.question, r.docs, r.pos_index) for r in records] == [(q, [DOCS[0]], [0]) for q in QUESTIONS[:2]]
