@@ -43,6 +43,9 @@ def check_model(snapshot: Snapshot, model: ClaraModel) -> None:
 
 
 RETRIEVER_MODES = ("latent", "bm25", "hybrid")
+#: What ask, search and eval use without --retriever: the mode that measured best on the
+#: development split (benchmarks/retrieval_dev.py; docs/TRAINING.md "Retrieval").
+DEFAULT_RETRIEVER = "hybrid"
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 FUSION_DEPTH = 50  # ranks fused from each side
 
@@ -60,7 +63,7 @@ class Retriever:
     """latent (the method's cosine through the store's index), bm25 (the store's BM25), or
     hybrid (both fused by reciprocal rank); only live chunks with memory are returned."""
 
-    def __init__(self, snapshot: Snapshot, mode: str = "latent", nprobe: int | None = None,
+    def __init__(self, snapshot: Snapshot, mode: str = DEFAULT_RETRIEVER, nprobe: int | None = None,
                  ef_search: int | None = None, rerank: int | None = None):
         if mode not in RETRIEVER_MODES:
             raise UsageError(f"unknown retriever {mode!r} (use {', '.join(RETRIEVER_MODES)})")

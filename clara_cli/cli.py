@@ -62,9 +62,12 @@ def retrieval_options(f):
                      help="ANN candidates reranked exactly (default: the index's).")(f)
     f = click.option("--ef-search", default=None, type=click.IntRange(1), metavar="N", help="HNSW efSearch.")(f)
     f = click.option("--nprobe", default=None, type=click.IntRange(1), metavar="N", help="IVF lists probed.")(f)
-    f = click.option("--retriever", "retriever_mode", type=click.Choice(["latent", "bm25", "hybrid"]),
-                     default="latent", show_default=True,
-                     help="latent: CLaRa memory cosine; bm25: the store's BM25; hybrid: both, rank-fused.")(f)
+    from .answer import DEFAULT_RETRIEVER, RETRIEVER_MODES
+
+    f = click.option("--retriever", "retriever_mode", type=click.Choice(RETRIEVER_MODES),
+                     default=DEFAULT_RETRIEVER, show_default=True,
+                     help="latent: the query reasoner's (centred) memory cosine; bm25: the store's BM25; "
+                          "hybrid: both, rank-fused.")(f)
     return f
 
 

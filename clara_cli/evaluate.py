@@ -298,6 +298,7 @@ class QuestionResult:
     retrieve_s: float
     prefill_s: float
     decode_s: float
+    recall_at_1: float | None = None  # the same recall over the first retrieved chunk only
 
     @property
     def total_s(self) -> float:
@@ -334,6 +335,7 @@ class SystemSummary:
     tokens_per_correct: float | None
     seconds_per_correct: float | None
     index_s: float
+    recall_at_1: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -343,6 +345,7 @@ def summarize(system: str, retriever: str, reader: str, results: list[QuestionRe
               index_s: float = 0.0) -> SystemSummary:
     n = len(results)
     recalls = [r.recall for r in results if r.recall is not None]
+    recalls_1 = [r.recall_at_1 for r in results if r.recall_at_1 is not None]
     totals = np.array([r.total_s for r in results]) if results else np.zeros(1)
     correct = int(sum(r.cover_em for r in results))
     tokens = float(sum(r.context_tokens for r in results))
@@ -369,7 +372,7 @@ def summarize(system: str, retriever: str, reader: str, results: list[QuestionRe
         correct=correct,
         tokens_per_correct=tokens / correct if correct else None,
         seconds_per_correct=float(totals.sum()) / correct if correct else None,
-        index_s=index_s)
+        index_s=index_s, recall_at_1=100 * mean(recalls_1) if recalls_1 else None)
 
 
 @dataclass
@@ -401,6 +404,7 @@ def _scored(system: str, q: EvalQuestion, gen: Generation, retrieved: list[tuple
     return QuestionResult(system=system, question=q.question, answers=q.answers, prediction=gen.text,
                           em=s["em"], f1=s["f1"], cover_em=s["cover_em"],
                           recall=recall_at_k(retrieved, q.gold_chunk_ids, q.gold_titles),
+                          recall_at_1=recall_at_k(retrieved[:1], q.gold_chunk_ids, q.gold_titles),
                           retrieved=[c for c, _, _ in retrieved], retrieved_titles=[t for _, _, t in retrieved],
                           context_tokens=gen.prompt_tokens, passage_tokens=passage_tokens,
                           new_tokens=gen.new_tokens, retrieve_s=retrieve_s, prefill_s=gen.prefill_s,
@@ -501,7 +505,7 @@ def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: 
              progress: bool = True, retriever=None) -> EvalReport:
     """Every question through clara and through text RAG with each baseline retriever.
 
-    `retriever` (an answer.Retriever) picks clara's memories: latent (default), bm25 or hybrid;
+    `retriever` (an answer.Retriever) picks clara's memories: latent, bm25 or hybrid (default: answer.DEFAULT_RETRIEVER);
     the system is then named clara, clara-bm25 or clara-hybrid."""
     from .answer import Retriever, check_model
     from .retrievers import ChunkCorpus, build_retriever
@@ -551,18 +555,19 @@ def _fmt(value, digits: int = 1) -> str:
 
 TABLE_COLUMNS = [
     ("system", "system", None), ("EM", "em", 1), ("F1", "f1", 1), ("Cover-EM", "cover_em", 1),
-    ("R@k", "recall_at_k", 1), ("ctx tok", "context_tokens", 0), ("prefill ms", "prefill_ms", 0),
+    ("R@1", "recall_at_1", 1), ("R@k", "recall_at_k", 1), ("ctx tok", "context_tokens", 0), ("prefill ms", "prefill_ms", 0),
     ("decode ms", "decode_ms", 0), ("retr ms", "retrieve_ms", 0), ("ans/s", "answers_per_s", 2),
     ("tok/correct", "tokens_per_correct", 0), ("s/correct", "seconds_per_correct", 2),
 ]
 
 
 def table_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
-    header = [h.replace("R@k", f"R@{report.k}") for h, _, _ in TABLE_COLUMNS]
+    columns = [c for c in TABLE_COLUMNS if not (report.k == 1 and c[1] == "recall_at_1")]  # R@1 is R@k
+    header = [h.replace("R@k", f"R@{report.k}") for h, _, _ in columns]
     rows = []
     for s in report.systems:
         d = s.to_dict()
-        rows.append([d[key] if digits is None else _fmt(d[key], digits) for _, key, digits in TABLE_COLUMNS])
+        rows.append([d[key] if digits is None else _fmt(d[key], digits) for _, key, digits in columns])
     return header, rows
 
 

@@ -17,8 +17,12 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "clara.json").is_file()
 
 def test_shipped_default_model_is_complete_trained_and_small():
     meta = json.loads((DEFAULT_MODEL_DIR / "clara.json").read_text())
-    assert meta["trained"] is True and meta["training"]["stage"] == "e2e"
+    assert meta["trained"] is True and meta["training"]["stage"] == "retrieval"
     cfg = ClaraConfig(**meta["config"])
+    # ours: the query reasoner scores centred cosines; the center ships beside the adapters (fp32)
+    with safe_open(str(DEFAULT_MODEL_DIR / "retrieval.safetensors"), "pt") as f:
+        center = f.get_tensor("center")
+    assert cfg.retrieval_center and center.shape == (cfg.n_mem * 576,) and center.dtype == torch.float32
     assert (cfg.doc_max_length, cfg.compr_rate, cfg.n_mem) == (256, 16, 16)
     names = sorted(p.name for p in adapter_files(DEFAULT_MODEL_DIR))
     assert names == [f"adapters-{a}.safetensors" for a in sorted(cfg.adapters)]

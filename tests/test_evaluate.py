@@ -151,11 +151,12 @@ def test_eval_json_and_report(eval_env):
     out = run("eval", str(eval_env["data"]), "-k", "2", "--max-new-tokens", "3", "--baseline", "bm25,minilm",
               "--model", eval_env["model"], "--dtype", "fp32", "--json", "--report", str(root / "report"))
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert [r["system"] for r in rows] == ["clara", "text-bm25", "text-minilm"]
+    assert [r["system"] for r in rows] == ["clara-hybrid", "text-bm25", "text-minilm"]  # ask's default retriever
     for r in rows:
         assert r["n"] == 3 and r["k"] == 2 and r["n_recall"] == 2  # the third question has no gold
-        for key in ("em", "f1", "cover_em", "recall_at_k"):
+        for key in ("em", "f1", "cover_em", "recall_at_k", "recall_at_1"):
             assert 0.0 <= r[key] <= 100.0
+        assert r["recall_at_1"] <= r["recall_at_k"]
         assert r["context_tokens"] > r["passage_tokens"] > 0
         assert r["prefill_ms"] > 0 and r["decode_ms"] >= 0 and r["answers_per_s"] > 0
         assert r["new_tokens"] <= 3
@@ -168,7 +169,7 @@ def test_eval_json_and_report(eval_env):
             "latency.png"} <= {p.name for p in report.iterdir()}
     assert (report / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (report / "report.md").read_text()
-    assert "| clara |" in md and "Cover-EM" in md and "R@2" in md
+    assert "| clara-hybrid |" in md and "Cover-EM" in md and "| R@1 | R@2 |" in md
     preds = [json.loads(line) for line in (report / "predictions.jsonl").read_text().splitlines()]
     assert len(preds) == 9 and all(len(p["retrieved"]) == 2 for p in preds)
     from clara_cli.evaluate import read_report
