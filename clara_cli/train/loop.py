@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,7 @@ import torch
 from ..errors import ClaraError, UsageError
 from ..model import ClaraConfig, ClaraModel, resolve_device, resolve_dtype
 from ..progress import notice, progress_bar
-from ..store import fsync_path
+from ..store.durable import staged_folder
 from .data import STAGES, file_digest, held_out_guard, read_records
 from .stages import Trainable, cosine_with_min_lr, lora_to_fp32, prepare_adapters
 
@@ -356,18 +355,16 @@ def export_model(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "b
 def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, total: int, step: int,
                      consumed: int, history: list, opt, sched, *, done: bool, seconds: float) -> None:
     """Model + trainer state into a temp folder beside OUT, then swapped in by rename."""
-    from ..checkpoint import save_model
+    from ..checkpoint import write_model_files
 
     model = tm.model
     tm.write_back()
     model.trained = True
     model.fingerprint = model_fingerprint(model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ckpt.", dir=out.parent))
-    tmp.rmdir()  # save_model creates it (atomically, from its own temp folder)
-    try:
+    with staged_folder(out, aside=_prev(out), prefix=f".{out.name}.ckpt.") as tmp:
         training = {"stage": cfg.stage, "step": step, "total_steps": total, "data": cfg.data,
                     "data_sha256": digest, "examples_seen": consumed}
-        save_model(model, tmp, trained=True, extra={"training": training})
+        write_model_files(model, tmp, trained=True, extra={"training": training})
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _get_rng(),
                     "mem_rows": tm.mem_rows.detach().cpu() if tm.mem_rows is not None else None},
                    tmp / "trainer.pt")
@@ -376,20 +373,6 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
                  "fingerprint": model.fingerprint, "dtype": _dtype_name(model.dtype), "seconds": round(seconds, 2),
                  "history": history}
         (tmp / "train_state.json").write_text(json.dumps(state) + "\n")
-        for f in tmp.iterdir():
-            fsync_path(f)
-        fsync_path(tmp)
-        prev = _prev(out)
-        if prev.exists():
-            shutil.rmtree(prev)
-        if out.exists():
-            os.replace(out, prev)
-        os.replace(tmp, out)
-        fsync_path(out.parent)
-        shutil.rmtree(prev, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _prev(out: Path) -> Path:
