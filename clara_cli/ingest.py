@@ -832,11 +832,6 @@ def iter_chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: in
         raise _Reject(f"{doc.source}: changed while being read (it is read again next run)")
 
 
-def chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: int = 0) -> list[dict]:
-    """The chunk table rows of one document."""
-    return list(iter_chunk_rows(doc, tokenizer, max_tokens, overlap))
-
-
 # ---------------------------------------------------------------------------------------------
 # ingest
 
@@ -986,6 +981,6 @@ def _missing_documents(base, paths: Sequence[str], seen: dict[str, str], rejecte
     return gone
 
 
-__all__ = ["IngestReport", "RejectedInput", "SkippedInput", "SourceDocument", "chunk_rows", "chunk_stream",
+__all__ = ["IngestReport", "RejectedInput", "SkippedInput", "SourceDocument", "chunk_stream",
            "chunk_text", "count_tokens", "html_to_text", "ingest", "iter_chunk_rows", "make_chunk_id", "one_line",
            "read_inputs", "sha256_text"]

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "clara.json").is_file()
 def test_shipped_default_model_is_complete_trained_and_small():
     meta = json.loads((DEFAULT_MODEL_DIR / "clara.json").read_text())
     assert meta["trained"] is True and meta["training"]["stage"] == "e2e"
-    cfg = ClaraConfig(**meta["config"])
+    cfg = ClaraConfig.from_dict(meta["config"])
     assert (cfg.doc_max_length, cfg.compr_rate, cfg.n_mem) == (256, 16, 16)
     names = sorted(p.name for p in adapter_files(DEFAULT_MODEL_DIR))
     assert names == [f"adapters-{a}.safetensors" for a in sorted(cfg.adapters)]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import ClaraError, UsageError
-from ..model import ClaraConfig, ClaraModel, resolve_device, resolve_dtype
+from ..model import ClaraConfig, ClaraModel, dtype_name, resolve_device, resolve_dtype
 from ..progress import notice, progress_bar
 from ..store.durable import staged_folder
 from .data import STAGES, file_digest, held_out_guard, read_records
@@ -289,7 +289,7 @@ def _load_start_model(cfg: TrainConfig, resume_dir: Path | None, device: torch.d
 
     src = resume_dir or (Path(cfg.init_from) if cfg.init_from not in (None, "default") else None)
     if src is None and cfg.init_from == "default":  # the embedded default model (trained or not)
-        model = load_model(None, device="cpu", dtype=_dtype_name(dtype), base_model=cfg.base_model)
+        model = load_model(None, device="cpu", dtype=dtype_name(dtype), base_model=cfg.base_model)
     elif src is None:
         from ..checkpoint import DEFAULT_BASE
 
@@ -301,15 +301,11 @@ def _load_start_model(cfg: TrainConfig, resume_dir: Path | None, device: torch.d
         model = ClaraModel.from_base(decoder, tokenizer, config, seed=cfg.seed, trained=False, source="fresh")
         model.fingerprint = "fresh"
     else:
-        model = load_model(src, device="cpu", dtype=_dtype_name(dtype), base_model=cfg.base_model)
+        model = load_model(src, device="cpu", dtype=dtype_name(dtype), base_model=cfg.base_model)
     lora_to_fp32(model)
     if src is not None and checkpoint_kind(src) == "clara":
         _restore_exact_adapters(model, src)
     return model
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def _restore_exact_adapters(model: ClaraModel, path: Path) -> None:
@@ -370,7 +366,7 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
                    tmp / "trainer.pt")
         state = {"format": STATE_FORMAT, "stage": cfg.stage, "step": step, "total_steps": total,
                  "consumed": consumed, "done": done, "data_sha256": digest, "config": cfg.identity(),
-                 "fingerprint": model.fingerprint, "dtype": _dtype_name(model.dtype), "seconds": round(seconds, 2),
+                 "fingerprint": model.fingerprint, "dtype": dtype_name(model.dtype), "seconds": round(seconds, 2),
                  "history": history}
         (tmp / "train_state.json").write_text(json.dumps(state) + "\n")
 
