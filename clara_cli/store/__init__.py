@@ -1,7 +1,7 @@
 """The store: one directory of immutable data files plus a manifest that is swapped atomically.
 
 Modules, kept apart the way Lance and Delta Lake keep protocol, log and readers apart
-(docs/design.md §4):
+(docs/design.md §3, §4):
 
 - `protocol`: layout, schemas, the manifest and its rules
 - `store`: `Store` (open, snapshot, writer, gc)

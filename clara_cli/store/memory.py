@@ -3,7 +3,7 @@
 A shard is one safetensors file: ``memory [rows, n_mem, hidden]`` in its stored dtype,
 ``chunk_keys [rows]`` int64, ``row_crc [rows]`` (CRC32 of each key, row and its scales), and
 for int8 ``scales [rows, n_mem]`` fp32 (symmetric absmax per memory token). Its metadata
-repeat the model fingerprint, shape, dtype and a CRC of the keys (docs/design.md §4).
+repeat the model fingerprint, shape, dtype and a CRC of the keys (docs/design.md §3).
 """
 
 from __future__ import annotations

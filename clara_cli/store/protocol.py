@@ -1,4 +1,4 @@
-"""The store's format: file layout, table schemas, the manifest and its rules (docs/design.md §4).
+"""The store's format: file layout, table schemas, the manifest and its rules (docs/design.md §3).
 
 Layout::
 
