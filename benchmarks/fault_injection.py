@@ -177,8 +177,7 @@ def _check(store, model, queries: list[str], gc: bool) -> dict:
     import numpy as np
 
     from clara_cli.answer import Retriever, search
-    from clara_cli.store import DATA_DIR
-    from clara_cli.update import check_store, indexed_keys
+    from clara_cli.store import DATA_DIR, check_store, indexed_keys
 
     with store.snapshot() as snap:
         report = check_store(snap)

@@ -10,7 +10,7 @@ import numpy as np
 from .errors import ClaraError, ModelMismatchError, UsageError
 from .index import VectorSearch
 from .model import ClaraModel
-from .store import Snapshot
+from .store import Snapshot, chunk_ids_to_keys
 
 HIT_FIELDS = ("chunk_id", "doc_id", "source", "start", "end", "text")
 
@@ -80,7 +80,7 @@ class Retriever:
 
             self.lexical = StoreBM25.load(snapshot) or StoreBM25.over(snapshot)
         chunks = snapshot.chunks(columns=list(HIT_FIELDS))
-        self.rows = {int(cid, 16): i for i, cid in enumerate(chunks.column("chunk_id").to_pylist())}
+        self.rows = {key: i for i, key in enumerate(chunk_ids_to_keys(chunks.column("chunk_id")).tolist())}
         self.chunks = chunks
 
     def search_vectors(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:

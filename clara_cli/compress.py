@@ -12,15 +12,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .model import ClaraModel
+from .model import ClaraModel, dtype_from_name
 from .progress import progress_bar
-from .store import Store, quantize_int8
+from .store import MEMORY_DTYPES, Store, chunk_ids_to_keys, quantize_int8
 
 
 @dataclass
 class CompressReport:
     compressed: int
-    pending_before: int
     batches: int
     seconds: float
     memory_dtype: str
@@ -30,7 +29,7 @@ class CompressReport:
 
 
 def model_info(model: ClaraModel) -> dict:
-    """What the store records about its model (DESIGN.md §3: a store is bound to one model)."""
+    """What the store records about its model (docs/design.md §3: a store is bound to one model)."""
     return {
         "fingerprint": model.fingerprint,
         "spec": model.source,
@@ -61,7 +60,7 @@ def bind_store_model(tx, info: dict) -> None:
 def storage_dtype(model: ClaraModel, requested: str | None = None) -> torch.dtype:
     """bf16/fp16 compute yields values exact in that dtype: storing them so is lossless."""
     if requested:
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}[requested]
+        return dtype_from_name(requested)
     return model.dtype if model.dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
@@ -77,7 +76,7 @@ def add_memory(tx, keys: np.ndarray, memory: torch.Tensor, dtype: torch.dtype) -
 def pending_chunks(store_view, columns=("chunk_id", "text", "n_tokens")):
     """Live chunks that have no memory row yet, longest first (homogeneous batches pad little)."""
     chunks = store_view.chunks(columns=list(columns))
-    keys = np.array([int(c, 16) for c in chunks.column("chunk_id").to_pylist()], dtype=np.int64)
+    keys = chunk_ids_to_keys(chunks.column("chunk_id"))
     done = np.asarray(store_view.memory_keys(), dtype=np.int64)
     todo = ~np.isin(keys, done)
     n_tokens = np.asarray(chunks.column("n_tokens").to_numpy(zero_copy_only=False))
@@ -96,12 +95,13 @@ def compress_store(store: Store, model: ClaraModel, batch_size: int = 32, memory
         bind_store_model(tx, model_info(model))
         keys, texts = pending_chunks(tx.view)
         batches = 0
+        merged = model.merge_pays_off(len(texts), batch_size)
         with progress_bar(total=len(texts), desc="compress", unit="chunk", enabled=progress) as bar:
             for start in range(0, len(texts), batch_size):
-                memory = model.compress(texts[start:start + batch_size], batch_size=batch_size, merged=len(texts) > 4 * batch_size)
+                memory = model.compress(texts[start:start + batch_size], batch_size=batch_size, merged=merged)
                 add_memory(tx, keys[start:start + batch_size], memory, dtype)
                 tx.commit()
                 batches += 1
                 bar.update(len(memory))
-    return CompressReport(compressed=len(texts), pending_before=len(texts), batches=batches,
-                          seconds=round(time.perf_counter() - t0, 3), memory_dtype=str(dtype).replace("torch.", ""))
+    return CompressReport(compressed=len(texts), batches=batches,
+                          seconds=round(time.perf_counter() - t0, 3), memory_dtype=MEMORY_DTYPES[dtype])

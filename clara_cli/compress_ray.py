@@ -29,11 +29,10 @@ from .compress import (
     storage_dtype,
 )
 from .errors import ClaraError
-from .model import ClaraModel
+from .model import ClaraModel, dtype_name
 from .progress import notice, progress_bar
-from .store import Store
+from .store import MEMORY_DTYPES, Store
 
-_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 #: Test hook: an actor whose process sees this env var (a file path) crashes on its first batch
 #: if the file does not exist yet, after creating it (so the restarted actor succeeds).
 CRASH_ONCE_ENV = "CLARA_RAY_CRASH_ONCE"
@@ -107,7 +106,7 @@ def connect(address: str | None = None, num_cpus: int | None = None):
 def model_spec(model: ClaraModel, base_model: str | None = None) -> dict:
     """How a worker loads the driver's model."""
     return {"path": None if model.source == "default" else model.source, "base_model": base_model,
-            "dtype": _DTYPE_NAMES.get(model.dtype, "fp32"), "attn": model.attn,
+            "dtype": dtype_name(model.dtype), "attn": model.attn,
             "fingerprint": model.fingerprint}
 
 
@@ -121,7 +120,7 @@ def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "a
         bind_store_model(tx, model_info(model))
         keys, texts = pending_chunks(tx.view)
         if not texts:
-            return CompressReport(0, 0, 0, round(time.perf_counter() - t0, 3), _dtype_name(dtype))
+            return CompressReport(0, 0, round(time.perf_counter() - t0, 3), MEMORY_DTYPES[dtype])
         ray = connect(address)
         from ray import data as ray_data
 
@@ -131,7 +130,7 @@ def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "a
         n_actors = actors or (gpus if gpus else max(1, cpus // 2))
         cpus_per_actor = 1 if gpus else max(1, cpus // n_actors)
         spec = {**model_spec(model, base_model), "batch_size": batch_size, "gpu": bool(gpus),
-                "merged": len(texts) > 4 * batch_size,  # the single-process job's choice
+                "merged": model.merge_pays_off(len(texts), batch_size),  # the single-process job's choice
                 "threads": cpus_per_actor}
         items = [{"batch": b, "keys": keys[s:s + batch_size].astype("<i8").tobytes(),
                   "texts": json.dumps(texts[s:s + batch_size])}
@@ -150,9 +149,5 @@ def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "a
                 tx.commit()
                 done += 1
                 bar.update(len(part))
-    return CompressReport(compressed=len(texts), pending_before=len(texts), batches=done,
-                          seconds=round(time.perf_counter() - t0, 3), memory_dtype=_dtype_name(dtype))
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
+    return CompressReport(compressed=len(texts), batches=done,
+                          seconds=round(time.perf_counter() - t0, 3), memory_dtype=MEMORY_DTYPES[dtype])

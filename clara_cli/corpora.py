@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .errors import ClaraError
@@ -44,6 +45,88 @@ def wiki_paragraphs(split: str = "all") -> Iterator[dict]:
         held = is_held_out(title)
         if split == "all" or (split == "heldout") == held:
             yield {"id": f"wiki:{title}", "title": title, "text": text}
+
+
+# ---------------------------------------------------------------------------------------------
+# the held-out rule: one guard for synthetic data (synth.py) and training data (train/data.py)
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"”')\]]*\s+(?=[\"“(\[]?[A-Z0-9])")
+ABBREVIATION_RE = re.compile(r"(?:\b[A-Z]|\b(?:c|ca|St|Sgt|Lt|Col|Gen|Mr|Mrs|Ms|Dr|Prof|Rev|Jr|Sr|Mt|Ft|"
+                             r"No|Vol|vs|Inc|Co|Ltd|approx|e\.g|i\.e|U\.S))\.$")
+_WORD = re.compile(r"\w+")
+MIN_SENTENCE_CHARS = 40  # shorter sentences ("He died in 1901.") are shared by unrelated texts
+SHINGLE_WORDS = 8
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences by terminal punctuation before a capital or digit; skips `c.`/`St.`-style breaks
+    only roughly, which is enough for cloze questions and for hashing."""
+    parts, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        before = text[start:m.start()]
+        if ABBREVIATION_RE.search(before):
+            continue  # an initial or an abbreviation, not a sentence end
+        parts.append(before.strip())
+        start = m.end()
+    parts.append(text[start:].strip())
+    return [p for p in parts if p]
+
+
+def _sentence_key(sentence: str) -> str:
+    return hashlib.sha256(" ".join(sentence.lower().split()).encode()).hexdigest()[:16]
+
+
+def _shingles(text: str, n: int = SHINGLE_WORDS) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
+
+
+class HeldOutGuard:
+    """Says whether a document belongs to the held-out evaluation split, so that no training
+    or synthetic-data stage ever sees one.
+
+    A document is held out when any of these holds: its title (or its id without the `wiki:`
+    prefix) is held out by `is_held_out`; it shares a sentence of 40+ characters with a held-out
+    paragraph (catches copies under another name); or at least half of its 8-word shingles occur
+    in held-out paragraphs (catches chunks and lightly edited copies). Without the corpus
+    package installed only the title rule applies."""
+
+    def __init__(self, use_corpus: bool = True):
+        self.sentences: set[str] = set()
+        self.shingles: set[tuple[str, ...]] = set()
+        if use_corpus:
+            try:
+                for p in wiki_paragraphs("heldout"):
+                    self.sentences.update(_sentence_key(s) for s in split_sentences(p["text"])
+                                          if len(s) >= MIN_SENTENCE_CHARS)
+                    self.shingles |= _shingles(p["text"])
+            except ClaraError:
+                pass  # corpus not installed: the title rule alone
+
+    def is_held_out(self, text: str, title: str = "", doc_id: str = "") -> bool:
+        """Whether a document with this text (and, if known, title and id) is held out."""
+        if (title and is_held_out(title)) or (doc_id and is_held_out(doc_id.removeprefix("wiki:"))):
+            return True
+        if any(_sentence_key(s) in self.sentences for s in split_sentences(text) if len(s) >= MIN_SENTENCE_CHARS):
+            return True
+        if not self.shingles:
+            return False
+        mine = _shingles(text)
+        return sum(s in self.shingles for s in mine) >= 0.5 * len(mine)
+
+    def blocks(self, doc) -> bool:
+        """Whether a document (anything with `title`, `doc_id` and `text`) is held out."""
+        return self.is_held_out(doc.text, doc.title, doc.doc_id)
+
+    def filter(self, records: Sequence) -> tuple[list, int]:
+        """(records none of whose `docs` is held out, number dropped)."""
+        verdict: dict[str, bool] = {}
+        for r in records:
+            for d in r.docs:
+                if d not in verdict:
+                    verdict[d] = self.is_held_out(d)
+        kept = [r for r in records if not any(verdict[d] for d in r.docs)]
+        return kept, len(records) - len(kept)
 
 
 def main() -> None:

@@ -40,9 +40,3 @@ class MissingMemoryError(ClaraError, KeyError):
     """Asked for memory rows the store does not have (chunk not compressed, or deleted)."""
 
     __str__ = Exception.__str__  # KeyError would quote the message
-
-
-class InputFileError(ClaraError):
-    """One input (file, line, record) could not be read; names it."""
-
-    exit_code = 3

@@ -1,6 +1,6 @@
 """`clara eval`: CLaRa over a store against text RAG with the same base LM, side by side.
 
-Metrics are the RAG literature's (DESIGN.md §1), on SQuAD-normalised strings, each the max
+Metrics are the RAG literature's (docs/design.md §1), on SQuAD-normalised strings, each the max
 over the gold answers of a question:
   EM        normalised prediction == normalised gold
   F1        token-level F1 of the normalised strings

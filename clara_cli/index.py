@@ -158,7 +158,7 @@ class MemoryMap:
         self.snapshot = snapshot
         self.n_mem = int(snapshot.model["n_mem"])
         self.parts: list[tuple[str, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor | None]] = []
-        for entry, rows, keys in snapshot._memory_rows():
+        for entry, rows, keys in snapshot.memory_rows():
             path = snapshot.data_path(entry["name"])
             if not path.is_file() or path.stat().st_size != entry["bytes"]:
                 raise CorruptDataError(f"{path}: memory shard missing or of the wrong size")

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from .errors import ClaraError, ModelMismatchError
 from .progress import progress_bar
-from .store import CHUNK_SCHEMA, DOCUMENT_SCHEMA, Store, fault_point
+from .store import CHUNK_SCHEMA, DOCUMENT_SCHEMA, Store, fault_point, make_chunk_id
 
 TEXT_SUFFIXES = {".txt", ".md"}
 HTML_SUFFIXES = {".html", ".htm"}
@@ -812,12 +812,6 @@ def chunk_stream(pieces: Iterable[str], tokenizer, max_tokens: int, overlap: int
         tokens.release(i)
 
 
-def make_chunk_id(doc_id: str, start: int, end: int, content_hash: str) -> str:
-    """16 hex digits of a 63-bit number: int(chunk_id, 16) is the int64 key FAISS uses."""
-    digest = hashlib.sha256(f"{doc_id}\0{start}\0{end}\0{content_hash}".encode()).digest()
-    return f"{int.from_bytes(digest[:8], 'big') >> 1:016x}"
-
-
 def iter_chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: int = 0) -> Iterator[dict]:
     """The chunk table rows of one document, one at a time (a streamed document is re-read and
     must still hash to its content_hash: a file changed since it was hashed is refused)."""
@@ -836,11 +830,6 @@ def iter_chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: in
                "text": piece, "content_hash": piece_hash, "n_tokens": n_tokens}
     if digest is not None and digest.hexdigest() != doc.content_hash:
         raise _Reject(f"{doc.source}: changed while being read (it is read again next run)")
-
-
-def chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: int = 0) -> list[dict]:
-    """The chunk table rows of one document."""
-    return list(iter_chunk_rows(doc, tokenizer, max_tokens, overlap))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -994,6 +983,6 @@ def _missing_documents(base, paths: Sequence[str], seen: dict[str, str], rejecte
     return gone
 
 
-__all__ = ["IngestReport", "RejectedInput", "SkippedInput", "SourceDocument", "chunk_rows", "chunk_stream",
+__all__ = ["IngestReport", "RejectedInput", "SkippedInput", "SourceDocument", "chunk_stream",
            "chunk_text", "count_tokens", "html_to_text", "ingest", "iter_chunk_rows", "make_chunk_id", "one_line",
            "read_inputs", "sha256_text"]

@@ -1,4 +1,4 @@
-"""ClaraModel: the whole CLaRa forward pass on one page (DESIGN.md §1).
+"""ClaraModel: the whole CLaRa forward pass on one page (docs/design.md §1).
 
 One causal LM plays three roles through three LoRA adapters on the same base weights:
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ADAPTERS = ("encoder_adapter", "decoder_adapter", "query_reasoner_adapter")
+MERGED_COPY_MAX_BYTES = 4 << 30  # a merged copy doubles the weights in memory: not for 7B models
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Your task is to extract relevant information from "
     "provided documents and to answer to questions as briefly as possible."
@@ -48,11 +49,18 @@ class ClaraConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.1
-    generation_top_k: int = 5
     adapters: list[str] = field(default_factory=lambda: list(ADAPTERS))
     # Our deviation, off for Apple's checkpoints: score cos(q - c, d - c) with c the mean
     # flattened memory of the training corpus (stored with the model, retrieval.safetensors).
     retrieval_center: bool = False
+
+    #: Keys older clara.json files carry that nothing reads any more (accepted, then dropped).
+    RETIRED_KEYS = ("generation_top_k",)
+
+    @classmethod
+    def from_dict(cls, config: dict) -> ClaraConfig:
+        """A config from a checkpoint's clara.json, older ones included."""
+        return cls(**{k: v for k, v in config.items() if k not in cls.RETIRED_KEYS})
 
     @property
     def n_mem(self) -> int:
@@ -121,13 +129,28 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+#: The one table of dtype names: the short names options, reports and training state use.
+DTYPE_NAMES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # torch's own names
+COMPUTE_DTYPES = ("fp32", "bf16", "fp16")
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    """`fp32`/`bf16`/`fp16`/`int8` (or torch's `float32`...) -> the torch dtype."""
+    return DTYPE_NAMES[DTYPE_ALIASES.get(name, name)]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name of a torch dtype (`torch.bfloat16` -> `bf16`)."""
+    return next(name for name, value in DTYPE_NAMES.items() if value == dtype)
+
+
 def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+    """The compute dtype for a name, or for `auto` the fast one on this device."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    named = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-    if dtype in named:
-        return named[dtype]
+    if DTYPE_ALIASES.get(dtype, dtype) in COMPUTE_DTYPES:
+        return dtype_from_name(dtype)
     if dtype != "auto":
         from .errors import UsageError
 
@@ -283,12 +306,18 @@ class ClaraModel(nn.Module):
         self.use_adapter(adapter)
         return self.decoder.get_decoder()
 
+    def merge_pays_off(self, n_texts: int, batch_size: int) -> bool:
+        """Whether to encode n_texts through a merged copy of the weights: it pays off for bulk
+        jobs (more than 4 batches), and is made only when the copy fits comfortably (base
+        weights under MERGED_COPY_MAX_BYTES). Jobs that encode batch by batch ask once for all."""
+        return n_texts > 4 * batch_size and param_bytes(self.decoder) < MERGED_COPY_MAX_BYTES
+
     @torch.inference_mode()
     def encode(self, texts: Sequence[str], adapter: str, batch_size: int = 32,
                merged: bool | None = None, progress=None) -> torch.Tensor:
         """Texts -> [len(texts), n_mem, hidden] fp32 on CPU, in length-sorted, dynamically padded batches."""
-        if merged is None:  # a merged copy pays off for bulk jobs, if it fits comfortably
-            merged = len(texts) > 4 * batch_size and param_bytes(self.decoder) < 4 * 2**30
+        if merged is None:
+            merged = self.merge_pays_off(len(texts), batch_size)
         rows = self.encoder_token_ids(texts)
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
         out = torch.empty(len(rows), self.config.n_mem, self.hidden_size, dtype=torch.float32)

@@ -1,7 +1,8 @@
 """Standard text retrievers over a store's chunks: BM25 (bm25s) and all-MiniLM-L6-v2.
 
-They are the reference points CLaRa's query reasoner is measured against (`clara eval`),
-the hard-negative miner of `clara synth`, and building blocks for hybrid retrieval later.
+They are the reference points CLaRa's query reasoner is measured against (`clara eval`) and
+the hard-negative miner of `clara synth`. (The store's own BM25, which hybrid retrieval fuses
+with the latent search, is `lexical.py`.)
 Both return (row, score) pairs, best first, where row indexes the texts they were built on.
 """
 

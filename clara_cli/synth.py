@@ -23,13 +23,12 @@ Outputs, in the official JSONL formats the trainer reads:
   e2e.jsonl       {"question", "docs": [candidates], "answer", "pos_index": [i]}
 Negatives are BM25's highest-ranked documents for the question that do not contain the answer.
 
-Held-out paragraphs (corpora.is_held_out on the title or id, or any sentence of a held-out
-Wikipedia paragraph) are never read. Everything is deterministic for a seed.
+Held-out paragraphs (corpora.HeldOutGuard: the project's one held-out rule) are never read.
+Everything is deterministic for a seed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -39,7 +38,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .corpora import is_held_out
+from .corpora import HeldOutGuard, split_sentences
 from .errors import ClaraError, UsageError
 from .evaluate import normalize_answer
 from .progress import notice, progress_bar
@@ -89,57 +88,6 @@ class SynthReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# ---------------------------------------------------------------------------------------------
-# held-out guard
-
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"”')\]]*\s+(?=[\"“(\[]?[A-Z0-9])")
-ABBREVIATION_RE = re.compile(r"(?:\b[A-Z]|\b(?:c|ca|St|Sgt|Lt|Col|Gen|Mr|Mrs|Ms|Dr|Prof|Rev|Jr|Sr|Mt|Ft|"
-                             r"No|Vol|vs|Inc|Co|Ltd|approx|e\.g|i\.e|U\.S))\.$")
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences by terminal punctuation before a capital or digit; skips `c.`/`St.`-style breaks
-    only roughly, which is enough for cloze questions and for hashing."""
-    parts, start = [], 0
-    for m in _SENTENCE_END.finditer(text):
-        before = text[start:m.start()]
-        if ABBREVIATION_RE.search(before):
-            continue  # an initial or an abbreviation, not a sentence end
-        parts.append(before.strip())
-        start = m.end()
-    parts.append(text[start:].strip())
-    return [p for p in parts if p]
-
-
-def _sentence_key(sentence: str) -> str:
-    return hashlib.sha256(" ".join(sentence.lower().split()).encode()).hexdigest()[:16]
-
-
-class HeldOutGuard:
-    """Says whether a document belongs to the held-out evaluation split.
-
-    The rule is corpora.is_held_out on the title (and on the id without its `wiki:` prefix);
-    in addition, when the Wikipedia corpus is installed, any document sharing a sentence of 40+
-    characters with a held-out paragraph is treated as held out, whatever it is called."""
-
-    def __init__(self, use_corpus: bool = True):
-        self.sentences: set[str] = set()
-        if use_corpus:
-            try:
-                from .corpora import wiki_paragraphs
-
-                for p in wiki_paragraphs("heldout"):
-                    self.sentences.update(_sentence_key(s) for s in split_sentences(p["text"]) if len(s) >= 40)
-            except ClaraError:
-                pass  # corpus not installed: the title rule alone
-
-    def blocks(self, doc: SynthDoc) -> bool:
-        if is_held_out(doc.title) or is_held_out(doc.doc_id.removeprefix("wiki:")):
-            return True
-        return any(_sentence_key(s) in self.sentences for s in split_sentences(doc.text) if len(s) >= 40)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,8 +41,7 @@ def build_tiny_model(dst: Path, seed: int = 7) -> Path:
     tokenizer.save_pretrained(base_dir)
 
     model = ClaraModel.from_base(LlamaForCausalLM.from_pretrained(base_dir), AutoTokenizer.from_pretrained(base_dir),
-                                 ClaraConfig(base_model=str(base_dir), doc_max_length=64, compr_rate=16,
-                                             generation_top_k=2))
+                                 ClaraConfig(base_model=str(base_dir), doc_max_length=64, compr_rate=16))
     with torch.no_grad():
         for name, p in model.decoder.named_parameters():
             if "lora_" in name:

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from sample_docs import DOCS, write_corpus
 
 from clara_cli.cli import cli
+from clara_cli.ingest import read_inputs
 
 
 def clara_bin() -> str:
@@ -55,8 +56,9 @@ def test_end_to_end_json(env):
     assert len(hits) == 3 and [h["rank"] for h in hits] == [1, 2, 3]
     assert set(hits[0]) == {"rank", "score", "chunk_id", "doc_id", "source", "start", "end", "text"}
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
-    text = Path(hits[0]["source"]).read_text()
-    assert hits[0]["text"] in text or "<p>" in text
+    for hit in hits:  # each hit is its document's text at [start, end) (of an HTML page's text)
+        doc = next(iter(read_inputs([hit["source"]])))
+        assert doc.text[hit["start"]:hit["end"]] == hit["text"]
 
     questions = "\n".join(json.dumps({"question": q}) for q in ["Where is the reef?", "Who wrote a program?"])
     answers = [json.loads(line) for line in run("ask", "-", "-k", "2", "--max-new-tokens", "4", "--json",
@@ -107,7 +109,8 @@ def test_changed_file_replaces_its_chunks_and_index_follows(env):
 def test_store_bound_to_another_model_refuses(env, fixture_dir):
     build(env)
     result = env["run"]("compress", "--model", str(fixture_dir), code=5)
-    assert "compressed with model" in result.stderr or "model" in result.stderr
+    bound = json.loads((env["store"] / "manifest.json").read_text())["model"]["fingerprint"]
+    assert f"is bound to model {bound}" in result.stderr and result.stderr.count("\n") == 1
     result = env["run"]("search", "x", "--model", str(fixture_dir), code=5)
     assert result.stderr.count("\n") == 1
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clara_cli import store as store_module
 from clara_cli.cli import cli
-from clara_cli.store import Store, configure_faults, fault_point, set_fault_stage
+from clara_cli.store import Store, configure_faults, fault_point, faults_enabled, set_fault_stage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_store import tables  # noqa: E402
@@ -40,7 +39,7 @@ def no_faults():
 
 
 def test_fault_hooks_cost_nothing_unset_and_fire_exactly(tmp_path):
-    assert not store_module._FAULT_ON  # CI runs without CLARA_FAULT: fault_point is one global test
+    assert not faults_enabled()  # CI runs without CLARA_FAULT: fault_point is one global test
     fault_point("commit")
     with pytest.raises(ValueError, match="CLARA_FAULT"):
         configure_faults("commit")

@@ -36,17 +36,25 @@ def test_truncation_keeps_doc_max_length_plus_3(tiny_model):
     assert rows[0][:2] == [tiny_model.enc_token_id, tiny_model.tokenizer.bos_token_id]
 
 
-def test_queries_live_in_memory_space(tiny_model):
+def test_retrieval_is_the_cosine_of_flattened_memory(tiny_model):
     q = tiny_model.encode_queries(["Where is the Eiffel Tower?"])
     mem = tiny_model.compress(TEXTS)
+    assert q.shape == (1, *mem.shape[1:])  # queries live in the memory's space
     scores = retrieval_scores(q, mem)
-    assert scores.shape == (1, len(TEXTS)) and scores.abs().max() <= 1.0 + 1e-6
+    want = torch.nn.functional.cosine_similarity(q.reshape(1, -1).float(), mem.reshape(len(TEXTS), -1).float())
+    assert torch.allclose(scores[0], want, atol=1e-5)  # flattened cosine, not mean pooling
+    # A document's own memory is its best match: a search by memory finds the document.
+    assert retrieval_scores(mem, mem).argmax(dim=1).tolist() == list(range(len(TEXTS)))
 
 
 def test_generate_with_different_k_per_question(tiny_model):
     mem = tiny_model.compress(TEXTS)
-    answers = tiny_model.generate(["q one?", "q two?"], [mem[:1], mem[1:4]], max_new_tokens=5)
-    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    memories = [mem[:1], mem[1:4]]
+    answers = tiny_model.generate(["q one?", "q two?"], memories, max_new_tokens=5)
+    # Batching questions with different k (padded prompts) gives each the answer it gets alone.
+    alone = [tiny_model.generate([q], [m], max_new_tokens=5)[0] for q, m in zip(["q one?", "q two?"], memories, strict=True)]
+    assert answers == alone
+    assert all(a.strip() for a in answers)
 
 
 def test_bf16_close_to_fp32(tiny_model_dir, tiny_model):
@@ -56,3 +64,11 @@ def test_bf16_close_to_fp32(tiny_model_dir, tiny_model):
     assert b.dtype == torch.float32
     cos = torch.nn.functional.cosine_similarity(a.reshape(5, -1), b.reshape(5, -1))
     assert cos.min() > 0.98
+
+
+def test_merged_copy_only_for_bulk_jobs_that_fit(tiny_model, monkeypatch):
+    import clara_cli.model as model_module
+
+    assert tiny_model.merge_pays_off(5 * 8, batch_size=8) and not tiny_model.merge_pays_off(4 * 8, batch_size=8)
+    monkeypatch.setattr(model_module, "MERGED_COPY_MAX_BYTES", 1)  # a model too big to copy
+    assert not tiny_model.merge_pays_off(100 * 8, batch_size=8)

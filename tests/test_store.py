@@ -495,3 +495,22 @@ def test_a_long_writer_cleans_lease_files_as_it_goes(store):
             txn.commit()
         assert len(list((store.root / "readers").iterdir())) <= HOUSEKEEP_EVERY + 6
     assert store.snapshot().documents().num_rows == 2 * HOUSEKEEP_EVERY + 5
+
+
+def test_staged_folder_swaps_in_whole_or_not_at_all(tmp_path):
+    from clara_cli.store import staged_folder
+
+    dst = tmp_path / "model"
+    with staged_folder(dst) as tmp:
+        (tmp / "a.txt").write_text("one")
+    assert (dst / "a.txt").read_text() == "one"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert dst.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+    with pytest.raises(RuntimeError), staged_folder(dst) as tmp:
+        (tmp / "a.txt").write_text("two")
+        raise RuntimeError("killed half way")
+    assert (dst / "a.txt").read_text() == "one" and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    with staged_folder(dst) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert sorted(p.name for p in dst.iterdir()) == ["b.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["model"]

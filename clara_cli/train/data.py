@@ -19,11 +19,10 @@ import functools
 import hashlib
 import json
 import random
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..corpora import HeldOutGuard
 from ..errors import ClaraError, UsageError
 
 STAGES = ("scp", "instruct", "e2e", "retrieval")
@@ -219,53 +218,11 @@ def drop_dev_documents(records: list[QARecord]) -> tuple[list[QARecord], int]:
 
 
 # ---------------------------------------------------------------------- held-out guard
-_WORD = re.compile(r"\w+")
-
-
-def _shingles(text: str, n: int = 8) -> set[tuple[str, ...]]:
-    words = _WORD.findall(text.lower())
-    return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
-
-
 @functools.lru_cache(maxsize=1)
 def held_out_guard() -> HeldOutGuard:
-    """The guard is built once per process (it reads the whole corpus)."""
+    """The guard (corpora.HeldOutGuard, the one held-out rule) is built once per process: it
+    reads the whole corpus."""
     return HeldOutGuard()
-
-
-class HeldOutGuard:
-    """Recognises documents that come from held-out Wikipedia paragraphs (corpora.is_held_out).
-
-    A document is held out when at least half of its 8-word shingles occur in held-out
-    paragraphs, which also catches chunks and lightly edited copies. Without the corpus
-    package installed there is nothing to guard against and every document passes."""
-
-    def __init__(self) -> None:
-        from ..corpora import wiki_paragraphs
-        from ..errors import ClaraError
-
-        self.shingles: set[tuple[str, ...]] = set()
-        try:
-            for p in wiki_paragraphs("heldout"):
-                self.shingles |= _shingles(p["text"])
-        except ClaraError:
-            pass  # corpus not installed
-
-    def is_held_out(self, text: str) -> bool:
-        if not self.shingles:
-            return False
-        mine = _shingles(text)
-        return sum(s in self.shingles for s in mine) >= 0.5 * len(mine)
-
-    def filter(self, records: Sequence[Record]) -> tuple[list[Record], int]:
-        """(records without any held-out document, number dropped)."""
-        verdict: dict[str, bool] = {}
-        for r in records:
-            for d in r.docs:
-                if d not in verdict:
-                    verdict[d] = self.is_held_out(d)
-        kept = [r for r in records if not any(verdict[d] for d in r.docs)]
-        return kept, len(records) - len(kept)
 
 
 # ---------------------------------------------------------------------- prompts

@@ -24,7 +24,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -34,9 +33,9 @@ import numpy as np
 import torch
 
 from ..errors import ClaraError, UsageError
-from ..model import ClaraConfig, ClaraModel, resolve_device, resolve_dtype
+from ..model import ClaraConfig, ClaraModel, dtype_name, resolve_device, resolve_dtype
 from ..progress import notice, progress_bar
-from ..store import fsync_path
+from ..store.durable import staged_folder
 from .data import STAGES, drop_dev_documents, file_digest, held_out_guard, read_records
 from .stages import Trainable, cosine_with_min_lr, lora_to_fp32, prepare_adapters
 
@@ -303,7 +302,7 @@ def _load_start_model(cfg: TrainConfig, resume_dir: Path | None, device: torch.d
 
     src = resume_dir or (Path(cfg.init_from) if cfg.init_from not in (None, "default") else None)
     if src is None and cfg.init_from == "default":  # the embedded default model (trained or not)
-        model = load_model(None, device="cpu", dtype=_dtype_name(dtype), base_model=cfg.base_model)
+        model = load_model(None, device="cpu", dtype=dtype_name(dtype), base_model=cfg.base_model)
     elif src is None:
         from ..checkpoint import DEFAULT_BASE
 
@@ -315,15 +314,11 @@ def _load_start_model(cfg: TrainConfig, resume_dir: Path | None, device: torch.d
         model = ClaraModel.from_base(decoder, tokenizer, config, seed=cfg.seed, trained=False, source="fresh")
         model.fingerprint = "fresh"
     else:
-        model = load_model(src, device="cpu", dtype=_dtype_name(dtype), base_model=cfg.base_model)
+        model = load_model(src, device="cpu", dtype=dtype_name(dtype), base_model=cfg.base_model)
     lora_to_fp32(model)
     if src is not None and checkpoint_kind(src) == "clara":
         _restore_exact_adapters(model, src)
     return model
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def _restore_exact_adapters(model: ClaraModel, path: Path) -> None:
@@ -370,40 +365,24 @@ def export_model(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "b
 def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, total: int, step: int,
                      consumed: int, history: list, opt, sched, *, done: bool, seconds: float) -> None:
     """Model + trainer state into a temp folder beside OUT, then swapped in by rename."""
-    from ..checkpoint import save_model
+    from ..checkpoint import write_model_files
 
     model = tm.model
     tm.write_back()
     model.trained = True
     model.fingerprint = model_fingerprint(model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.ckpt.", dir=out.parent))
-    tmp.rmdir()  # save_model creates it (atomically, from its own temp folder)
-    try:
+    with staged_folder(out, aside=_prev(out), prefix=f".{out.name}.ckpt.") as tmp:
         training = {"stage": cfg.stage, "step": step, "total_steps": total, "data": cfg.data,
                     "data_sha256": digest, "examples_seen": consumed}
-        save_model(model, tmp, trained=True, extra={"training": training})
+        write_model_files(model, tmp, trained=True, extra={"training": training})
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _get_rng(),
                     "mem_rows": tm.mem_rows.detach().cpu() if tm.mem_rows is not None else None},
                    tmp / "trainer.pt")
         state = {"format": STATE_FORMAT, "stage": cfg.stage, "step": step, "total_steps": total,
                  "consumed": consumed, "done": done, "data_sha256": digest, "config": cfg.identity(),
-                 "fingerprint": model.fingerprint, "dtype": _dtype_name(model.dtype), "seconds": round(seconds, 2),
+                 "fingerprint": model.fingerprint, "dtype": dtype_name(model.dtype), "seconds": round(seconds, 2),
                  "history": history}
         (tmp / "train_state.json").write_text(json.dumps(state) + "\n")
-        for f in tmp.iterdir():
-            fsync_path(f)
-        fsync_path(tmp)
-        prev = _prev(out)
-        if prev.exists():
-            shutil.rmtree(prev)
-        if out.exists():
-            os.replace(out, prev)
-        os.replace(tmp, out)
-        fsync_path(out.parent)
-        shutil.rmtree(prev, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _prev(out: Path) -> Path:

@@ -1,4 +1,4 @@
-"""The training forward passes of the three CLaRa stages (DESIGN.md §1).
+"""The training forward passes of the three CLaRa stages (docs/design.md §1).
 
     scp       doc --encoder_adapter--> memory --decoder_adapter--> QA lines / paraphrase
               loss = LM + 0.1 * MSE(mean text-token state, mean memory-token state)
@@ -52,7 +52,7 @@ from .topk import differentiable_topk
 if TYPE_CHECKING:
     from .loop import TrainConfig
 
-# What each stage learns (DESIGN.md §1; the official code's optimizer sees the same sets).
+# What each stage learns (docs/design.md §1; the official code's optimizer sees the same sets).
 TRAINED_ADAPTERS = {
     "scp": ("encoder_adapter", "decoder_adapter"),
     "instruct": ("encoder_adapter", "decoder_adapter"),

@@ -1,4 +1,4 @@
-"""Straight-through differentiable top-k (DESIGN.md §1, end-to-end stage).
+"""Straight-through differentiable top-k (docs/design.md §1, end-to-end stage).
 
 The forward pass is an exact hard selection of the top-k candidates in rank order; the
 backward pass sees, for each slot, a softmax over s/tau restricted to the candidates not
