@@ -344,6 +344,21 @@ def chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: int = 0
 # ingest
 
 
+def missing_inputs(paths: Sequence[str]) -> list[RejectedInput]:
+    """The inputs that name nothing: no such file or folder, a glob that matches nothing. A
+    command that would create a store checks them first, so a typo creates no empty store."""
+    missing = []
+    for arg in paths:
+        if arg == "-" or os.path.lexists(arg):
+            continue
+        if glob.has_magic(arg):
+            if not glob.glob(arg, recursive=True):
+                missing.append(RejectedInput(arg, f"{arg}: no files match"))
+        else:
+            missing.append(RejectedInput(arg, f"{arg}: no such file or directory"))
+    return missing
+
+
 def _scope(arg: str):
     """What `--delete-missing` may remove for one input: a predicate on absolute source paths."""
     if glob.has_magic(arg) and not os.path.exists(arg):
@@ -493,5 +508,6 @@ def _missing_documents(base, paths: Sequence[str], seen: dict[str, str], rejecte
 
 
 __all__ = ["IngestReport", "RejectedInput", "SkippedInput", "SourceDocument", "chunk_rows", "chunk_stream",
-           "chunk_text", "count_tokens", "html_to_text", "ingest", "iter_chunk_rows", "make_chunk_id", "one_line",
+           "chunk_text", "count_tokens", "html_to_text", "ingest", "iter_chunk_rows", "make_chunk_id",
+           "missing_inputs", "one_line",
            "page_source", "read_inputs", "sha256_text"]

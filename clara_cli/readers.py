@@ -504,6 +504,14 @@ def _size_cap(suffix: str, max_file_size: int | None) -> int | None:
     return MAX_BINARY_DOC_BYTES if suffix in PDF_SUFFIXES | DOCX_SUFFIXES else MAX_TEXT_BYTES
 
 
+def parse_size(text: str) -> int:
+    """"10M", "500K", "1.5G", "2048" (bytes; K/M/G are powers of 1024) -> bytes; ValueError if not."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*", text.upper())
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. 500K, 10M, 1G, or 0 for no cap)")
+    return int(float(match.group(1)) * (1 << (10 * " KMGT".index(match.group(2) or " "))))
+
+
 def human_size(n: int) -> str:
     """Bytes for people: 10 MiB, 1.5 KiB, 12 bytes."""
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
