@@ -306,12 +306,23 @@ def make_chunk_id(doc_id: str, start: int, end: int, content_hash: str) -> str:
 
 
 def page_source(source: str, pages: list[tuple[int, int]] | None, start: int) -> str:
-    """A chunk's source: the file, plus "#page=N" (the page the chunk starts on, the fragment PDF
-    viewers open at) for a document read page by page."""
+    """A chunk's source: the file, plus "#page=N" (the fragment PDF viewers open at) for a
+    document read page by page; chunks of such a document never cross a page."""
     if not pages:
         return source
     at = bisect.bisect_right([first for first, _ in pages], start) - 1
     return f"{source}#page={pages[max(at, 0)][1]}"
+
+
+def _page_spans(doc: SourceDocument, tokenizer, max_tokens: int, overlap: int
+                ) -> Iterator[tuple[int, int, int, str]]:
+    """chunk_stream page by page (offsets into the whole text): a chunk names exactly one page."""
+    text = doc.text
+    firsts = [first for first, _ in doc.pages or []]
+    for i, first in enumerate(firsts):
+        end = firsts[i + 1] if i + 1 < len(firsts) else len(text)
+        for a, b, n, piece in chunk_stream([text[first:end]], tokenizer, max_tokens, overlap):
+            yield a + first, b + first, n, piece
 
 
 def iter_chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: int = 0) -> Iterator[dict]:
@@ -326,7 +337,9 @@ def iter_chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: in
                 digest.update(piece.encode("utf-8"))
             yield piece
 
-    for index, (start, end, n_tokens, piece) in enumerate(chunk_stream(pieces(), tokenizer, max_tokens, overlap)):
+    spans = _page_spans(doc, tokenizer, max_tokens, overlap) if pages and not doc.streamed else \
+        chunk_stream(pieces(), tokenizer, max_tokens, overlap)
+    for index, (start, end, n_tokens, piece) in enumerate(spans):
         piece_hash = sha256_text(piece)
         yield {"chunk_id": make_chunk_id(doc.doc_id, start, end, piece_hash), "doc_id": doc.doc_id,
                "source": page_source(doc.source, pages, start), "chunk_index": index, "start": start, "end": end,

@@ -577,7 +577,7 @@ def _clean_extracted(text: str) -> str:
 
 def _read_pdf(path: Path, name: str, source: str) -> SourceDocument:
     """The text layer of a PDF, page by page (pages joined by a blank line; `pages` maps a
-    character to its page so a chunk can say "#page=3"). An encrypted PDF opens only when its
+    character to its page: chunks are cut page by page and say "#page=3"). An encrypted PDF opens only when its
     user password is empty; one with no text anywhere is skipped (a scan: OCR it first)."""
     from pypdf import PdfReader
 
