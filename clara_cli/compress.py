@@ -124,6 +124,16 @@ def plan_compression(view) -> CompressionPlan:
                            int(sum(int(n_tokens[members[g][0]]) for g in order)))
 
 
+def copy_stored_duplicates(tx, plan: CompressionPlan, dtype: torch.dtype, rows_per_commit: int = 4096) -> int:
+    """Give the pending chunks whose text already has memory in the store a copy of that row
+    (one commit per rows_per_commit); returns how many."""
+    for lo in range(0, len(plan.copy_to), rows_per_commit):
+        src = plan.copy_from[lo:lo + rows_per_commit]
+        add_memory(tx, plan.copy_to[lo:lo + rows_per_commit], tx.view.read_memory(src, dtype=torch.float32), dtype)
+        tx.commit()
+    return len(plan.copy_to)
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{max(1, round(seconds))} s"
@@ -147,11 +157,7 @@ def compress_store(store: Store, model: ClaraModel, batch_size: int = 32, memory
         plan = plan_compression(tx.view)
         batches = 0
         with progress_bar(total=plan.pending, desc="compress", unit="chunk", enabled=progress) as bar:
-            for lo in range(0, len(plan.copy_to), 4096):  # identical texts already in the store
-                src = plan.copy_from[lo:lo + 4096]
-                add_memory(tx, plan.copy_to[lo:lo + 4096], tx.view.read_memory(src, dtype=torch.float32), dtype)
-                tx.commit()
-                bar.update(len(src))
+            bar.update(copy_stored_duplicates(tx, plan, dtype))
             texts = plan.texts
             if notify and texts:
                 dup = f" ({plan.duplicates} more share the memory of an identical chunk text)" if plan.duplicates else ""
