@@ -13,12 +13,15 @@ The result is checked against `shared/fixtures/official-tiny/base/tokenizer.json
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -195,6 +198,33 @@ def _remove_stale_builds(target: Path, max_age_s: float = 3600.0) -> None:
             pass
 
 
+@contextlib.contextmanager
+def progress_only_on_a_terminal() -> Iterator[None]:
+    """transformers' GGUF loader draws its own tqdm bar on stderr whatever stderr is (a log file,
+    a pipe, cron mail); inside this block it follows the project's rule: a bar only when stderr
+    is a terminal. Its other bars (checkpoint shards) follow transformers' switch, set here too."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    original = gguf_utils.tqdm
+    terminal = sys.stderr.isatty()
+
+    def tqdm(*args, **kwargs):
+        kwargs["disable"] = kwargs.get("disable", False) or not terminal
+        return original(*args, **kwargs)
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    gguf_utils.tqdm = tqdm
+    if not terminal:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
+        if was_enabled and not terminal:
+            hf_logging.enable_progress_bar()
+
+
 def _build_base_folder(gguf_path: Path, out: Path) -> None:
     """Dequantise the GGUF into fp32 safetensors plus tokenizer files in `out`."""
     import torch
@@ -207,9 +237,10 @@ def _build_base_folder(gguf_path: Path, out: Path) -> None:
     tied = all(t.name != "output.weight" for t in reader.tensors)
     del reader
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    with progress_only_on_a_terminal():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config

@@ -90,6 +90,38 @@ def no_wait_option(f):
                         help="If another writer holds the store, fail at once (exit code 4) instead of waiting.")(f)
 
 
+def _size_arg(ctx, param, value):
+    if value is None:
+        return None
+    from .readers import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+def max_file_size_option(f):
+    """--max-file-size on the commands that read files."""
+    return click.option("--max-file-size", default=None, metavar="SIZE", callback=_size_arg,
+                        help="Skip document files larger than SIZE (500K, 20M, 1G; 0: no cap). Default: 10M "
+                             "for text/HTML/code, 100M for PDF/DOCX; JSONL/CSV/Parquet are not capped.")(f)
+
+
+def refuse_missing_inputs(ctx, paths) -> None:
+    """Before a store is created: inputs that name nothing are rejected and no store is made."""
+    from .ingest import missing_inputs
+    from .store import MANIFEST
+
+    if (ctx.obj["store"] / MANIFEST).is_file() or "-" in paths:
+        return
+    missing = missing_inputs(paths)
+    if len(missing) == len(paths):
+        for bad in missing:
+            click.echo(f"clara: rejected: {bad.message}", err=True)
+        raise PartialFailure(f"nothing to read, so no store was created at {ctx.obj['store']}")
+
+
 def open_store(ctx, create: bool = False):
     from .store import Store
 
@@ -138,17 +170,20 @@ def cli(ctx, store):
 @click.option("--overlap", default=0, show_default=True, type=click.IntRange(0), help="Tokens shared by consecutive chunks.")
 @click.option("--delete-missing", is_flag=True, help="Drop chunks whose source file is gone.")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that leave the folder given.")
+@max_file_size_option
 @no_wait_option
 @model_options
 @json_option
 @click.pass_context
-def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, no_wait, model_spec, base_model, device, dtype, attn,
-           as_json):
+def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, max_file_size, no_wait, model_spec, base_model, device,
+           dtype, attn, as_json):
     """Read documents into the store, chunked to the model's doc_max_length.
 
     PATHS are files, folders (recursive), globs, or - for JSON Lines on stdin
-    ({"text": ..., "id"?: ..., "metadata"?: {...}}). Formats: .txt .md .html .jsonl .csv .parquet.
-    Unchanged input adds nothing; a changed file replaces its chunks.
+    ({"text": ..., "id"?: ..., "metadata"?: {...}}). Formats: text (.txt .md .rst .org .tex,
+    source code; legacy encodings detected), .html, .pdf (per page), .docx, .jsonl .csv
+    .parquet; other files are skipped by name. Unchanged input adds nothing; a changed file
+    replaces its chunks.
 
     \b
     Example:
@@ -158,6 +193,7 @@ def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, no_wait, model_
     from .compress import model_info
     from .ingest import ingest as run_ingest
 
+    refuse_missing_inputs(ctx, paths)
     store = open_store(ctx, create=True)
     model = load_model(store.snapshot(), model_spec, base_model, "cpu", "fp32" if dtype == "auto" else dtype,
                        warn_untrained=False)
@@ -165,20 +201,21 @@ def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, no_wait, model_
     report = run_ingest(store, list(paths), model.tokenizer, max_tokens=model.config.doc_max_length,
                         overlap=overlap, delete_missing=delete_missing, stdin=stdin,
                         model_info=model_info(model), progress=not as_json, follow_symlinks=follow_symlinks,
-                        wait=not no_wait)
+                        wait=not no_wait, max_file_size=max_file_size)
     for bad in report.rejected:
         click.echo(f"clara: rejected: {bad.message}", err=True)
     for skip in report.skipped:
         click.echo(f"clara: skipped: {skip.message}", err=True)
     summary = {"added": report.added, "changed": report.changed, "removed": report.removed,
                "unchanged": report.unchanged, "chunks_added": report.chunks_added,
-               "rejected": len(report.rejected)}
+               "rejected": len(report.rejected), "skipped": len(report.skipped)}
     if as_json:
         emit(summary)
     else:
         click.echo(f"{report.added} added, {report.changed} changed, {report.removed} removed, "
                    f"{report.unchanged} unchanged documents; {report.chunks_added} new chunks"
-                   + (f"; {len(report.rejected)} inputs rejected" if report.rejected else ""))
+                   + (f"; {len(report.rejected)} inputs rejected" if report.rejected else "")
+                   + (f"; {len(report.skipped)} skipped" if report.skipped else ""))
     if report.rejected:
         raise PartialFailure(f"{len(report.rejected)} of the inputs were rejected (the rest is committed)")
 
@@ -270,6 +307,7 @@ def index(ctx, rebuild, kind, nlist, nprobe, ef_search, hnsw_m, rerank, compact_
 @click.option("--delete-missing", is_flag=True,
               help="Drop documents whose file (or JSONL/CSV/Parquet record) under PATHS is gone.")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that leave the folder given.")
+@max_file_size_option
 @compression_options
 @click.option("-q", "--quiet", is_flag=True,
               help="No progress, notes or summary: only rejected inputs and errors, on stderr (for cron).")
@@ -277,8 +315,8 @@ def index(ctx, rebuild, kind, nlist, nprobe, ef_search, hnsw_m, rerank, compact_
 @model_options
 @json_option
 @click.pass_context
-def update(ctx, paths, overlap, delete_missing, follow_symlinks, batch_size, memory_dtype, quiet, no_wait, model_spec,
-           base_model, device, dtype, attn, as_json):
+def update(ctx, paths, overlap, delete_missing, follow_symlinks, max_file_size, batch_size, memory_dtype, quiet, no_wait,
+           model_spec, base_model, device, dtype, attn, as_json):
     """Ingest, compress and index PATHS in one incremental run (made for cron).
 
     Only new or changed content is compressed; unchanged input writes nothing. One writer lock
@@ -294,12 +332,13 @@ def update(ctx, paths, overlap, delete_missing, follow_symlinks, batch_size, mem
     """
     from .update import update as run_update
 
+    refuse_missing_inputs(ctx, paths)
     store = open_store(ctx, create=True)
     model = load_model(store.snapshot(), model_spec, base_model, device, dtype, attn, warn_untrained=not quiet)
     report = run_update(store, list(paths), model, overlap=overlap, delete_missing=delete_missing,
                         follow_symlinks=follow_symlinks, stdin=sys.stdin if "-" in paths else None,
                         batch_size=batch_size, memory_dtype=memory_dtype, progress=not (quiet or as_json),
-                        wait=not no_wait)
+                        wait=not no_wait, max_file_size=max_file_size, notify=not quiet)
     for bad in report.rejected:
         click.echo(f"clara: rejected: {bad.message}", err=True)
     if not quiet:
@@ -310,9 +349,11 @@ def update(ctx, paths, overlap, delete_missing, follow_symlinks, batch_size, mem
     elif not quiet:
         click.echo(f"{report.added} added, {report.changed} changed, {report.removed} removed, "
                    f"{report.unchanged} unchanged documents; {report.chunks_added} new chunks, "
-                   f"{report.compressed} compressed, {report.indexed} indexed; version {report.version} "
-                   f"in {report.seconds:.1f} s"
-                   + (f"; {len(report.rejected)} inputs rejected" if report.rejected else ""))
+                   f"{report.compressed} compressed"
+                   + (f" ({report.duplicates} duplicates: memory reused)" if report.duplicates else "")
+                   + f", {report.indexed} indexed; version {report.version} in {report.seconds:.1f} s"
+                   + (f"; {len(report.rejected)} inputs rejected" if report.rejected else "")
+                   + (f"; {len(report.skipped)} skipped" if report.skipped else ""))
     if report.rejected:
         raise PartialFailure(f"{len(report.rejected)} of the inputs were rejected (the rest is committed)")
 

@@ -2,18 +2,22 @@
 
 Commits after every batch (a new immutable shard plus a manifest swap), so a killed
 run loses at most the batch in flight and a rerun continues with what is pending.
+Identical chunk texts are compressed once: a pending chunk whose text (content hash) is
+already in the store copies that memory row, and duplicates within the run share the row
+computed for the first of them (a file of one repeated word is one compression, not 600).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from .model import ClaraModel, dtype_from_name
-from .progress import progress_bar
+from .progress import notice, progress_bar
 from .store import MEMORY_DTYPES, Store, chunk_ids_to_keys, quantize_int8
 
 
@@ -23,6 +27,7 @@ class CompressReport:
     batches: int
     seconds: float
     memory_dtype: str
+    duplicates: int = 0  # of `compressed`, chunks whose memory was copied from an identical text
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -73,35 +78,109 @@ def add_memory(tx, keys: np.ndarray, memory: torch.Tensor, dtype: torch.dtype) -
         tx.add_memory(keys, memory.to(dtype))
 
 
-def pending_chunks(store_view, columns=("chunk_id", "text", "n_tokens")):
-    """Live chunks that have no memory row yet, longest first (homogeneous batches pad little)."""
-    chunks = store_view.chunks(columns=list(columns))
+@dataclass
+class CompressionPlan:
+    """What a compress run does: rows copied from identical texts already in the store, and the
+    texts to compute (longest first), each with the keys of the pending chunks that share it."""
+
+    copy_to: np.ndarray  # pending chunk keys whose text already has memory in the store ...
+    copy_from: np.ndarray  # ... and the key of that memory row
+    texts: list[str]  # distinct pending texts to compress, longest first
+    groups: list[np.ndarray]  # keys of the pending chunks holding texts[i] (first: the representative)
+    tokens: int  # tokens of the texts to compress
+
+    @property
+    def pending(self) -> int:
+        return len(self.copy_to) + sum(len(g) for g in self.groups)
+
+    @property
+    def duplicates(self) -> int:
+        return self.pending - len(self.texts)
+
+
+def plan_compression(view) -> CompressionPlan:
+    """Group the pending chunks by content hash (the sha256 of the chunk text)."""
+    chunks = view.chunks(columns=["chunk_id", "text", "n_tokens", "content_hash"])
     keys = chunk_ids_to_keys(chunks.column("chunk_id"))
-    done = np.asarray(store_view.memory_keys(), dtype=np.int64)
-    todo = ~np.isin(keys, done)
+    hashes = chunks.column("content_hash").to_pylist()
     n_tokens = np.asarray(chunks.column("n_tokens").to_numpy(zero_copy_only=False))
-    idx = np.nonzero(todo)[0]
-    idx = idx[np.argsort(-n_tokens[idx], kind="stable")]
-    texts = chunks.column("text").to_pylist()
-    return keys[idx], [texts[i] for i in idx]
+    done = np.isin(keys, np.asarray(view.memory_keys(), dtype=np.int64))
+    stored: dict[str, int] = {}
+    for i in np.nonzero(done)[0]:
+        stored.setdefault(hashes[i], int(keys[i]))
+    copy_to, copy_from, first_of = [], [], {}
+    members: list[list[int]] = []
+    for i in np.nonzero(~done)[0]:
+        h = hashes[i]
+        if h in stored:
+            copy_to.append(int(keys[i]))
+            copy_from.append(stored[h])
+        elif h in first_of:
+            members[first_of[h]].append(i)
+        else:
+            first_of[h] = len(members)
+            members.append([i])
+    order = sorted(range(len(members)), key=lambda g: -int(n_tokens[members[g][0]]))  # stable: longest first
+    texts_col = chunks.column("text")
+    return CompressionPlan(np.asarray(copy_to, np.int64), np.asarray(copy_from, np.int64),
+                           [texts_col[members[g][0]].as_py() for g in order],
+                           [keys[np.asarray(members[g])] for g in order],
+                           int(sum(int(n_tokens[members[g][0]]) for g in order)))
+
+
+def copy_stored_duplicates(tx, plan: CompressionPlan, dtype: torch.dtype, rows_per_commit: int = 4096) -> int:
+    """Give the pending chunks whose text already has memory in the store a copy of that row
+    (one commit per rows_per_commit); returns how many."""
+    for lo in range(0, len(plan.copy_to), rows_per_commit):
+        src = plan.copy_from[lo:lo + rows_per_commit]
+        add_memory(tx, plan.copy_to[lo:lo + rows_per_commit], tx.view.read_memory(src, dtype=torch.float32), dtype)
+        tx.commit()
+    return len(plan.copy_to)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+PROBE_BATCH = 4  # with notify, the first batch is this small: an estimate within seconds
 
 
 def compress_store(store: Store, model: ClaraModel, batch_size: int = 32, memory_dtype: str | None = None,
-                   progress: bool = True, wait: bool = True) -> CompressReport:
-    """Compress what is pending; one commit per batch."""
+                   progress: bool = True, wait: bool = True, notify: bool = False,
+                   say: Callable[[str], None] = notice) -> CompressReport:
+    """Compress what is pending; one commit per batch. With notify, say up front how many
+    chunks will be compressed, and (after a small first batch) about how long it will take."""
     t0 = time.perf_counter()
     dtype = storage_dtype(model, memory_dtype)
     with store.writer(wait=wait) as tx:
         bind_store_model(tx, model_info(model))
-        keys, texts = pending_chunks(tx.view)
+        plan = plan_compression(tx.view)
         batches = 0
-        merged = model.merge_pays_off(len(texts), batch_size)
-        with progress_bar(total=len(texts), desc="compress", unit="chunk", enabled=progress) as bar:
-            for start in range(0, len(texts), batch_size):
-                memory = model.compress(texts[start:start + batch_size], batch_size=batch_size, merged=merged)
-                add_memory(tx, keys[start:start + batch_size], memory, dtype)
+        merged = model.merge_pays_off(len(plan.texts), batch_size)
+        with progress_bar(total=plan.pending, desc="compress", unit="chunk", enabled=progress) as bar:
+            bar.update(copy_stored_duplicates(tx, plan, dtype))
+            texts = plan.texts
+            if notify and texts:
+                dup = f" ({plan.duplicates} more share the memory of an identical chunk text)" if plan.duplicates else ""
+                say(f"compressing {len(texts)} chunk(s), {plan.tokens} tokens{dup}")
+            first = min(PROBE_BATCH, batch_size) if notify and len(texts) > batch_size else batch_size
+            bounds = [0, *range(first, len(texts), batch_size), len(texts)] if texts else [0]
+            for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+                t_batch = time.perf_counter()
+                memory = model.compress(texts[lo:hi], batch_size=batch_size, merged=merged)
+                group = plan.groups[lo:hi]
+                rows = torch.from_numpy(np.repeat(np.arange(hi - lo), [len(g) for g in group]))
+                add_memory(tx, np.concatenate(group), memory[rows.to(memory.device)], dtype)
                 tx.commit()
                 batches += 1
-                bar.update(len(memory))
-    return CompressReport(compressed=len(texts), batches=batches,
-                          seconds=round(time.perf_counter() - t0, 3), memory_dtype=MEMORY_DTYPES[dtype])
+                bar.update(len(rows))
+                if notify and batches == 1 and hi < len(texts):
+                    rate = (hi - lo) / max(time.perf_counter() - t_batch, 1e-6)
+                    say(f"compress: about {_duration((len(texts) - hi) / rate)} left "
+                        f"({rate:.1f} chunks/s on the first, longest chunks)")
+    return CompressReport(compressed=plan.pending, batches=batches, seconds=round(time.perf_counter() - t0, 3),
+                          memory_dtype=MEMORY_DTYPES[dtype], duplicates=plan.duplicates)

@@ -24,8 +24,9 @@ from .compress import (
     CompressReport,
     add_memory,
     bind_store_model,
+    copy_stored_duplicates,
     model_info,
-    pending_chunks,
+    plan_compression,
     storage_dtype,
 )
 from .errors import ClaraError
@@ -118,9 +119,14 @@ def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "a
     dtype = storage_dtype(model, memory_dtype)
     with store.writer(wait=wait) as tx:
         bind_store_model(tx, model_info(model))
-        keys, texts = pending_chunks(tx.view)
+        plan = plan_compression(tx.view)  # identical texts: compressed once, as compress_store
+        copy_stored_duplicates(tx, plan, dtype)
+        texts, groups = plan.texts, plan.groups
+        keys = np.asarray([g[0] for g in groups], dtype=np.int64)  # one representative per text
+        group_of = {int(g[0]): g for g in groups}
         if not texts:
-            return CompressReport(0, 0, round(time.perf_counter() - t0, 3), MEMORY_DTYPES[dtype])
+            return CompressReport(plan.pending, 0, round(time.perf_counter() - t0, 3), MEMORY_DTYPES[dtype],
+                                  duplicates=plan.duplicates)
         ray = connect(address)
         from ray import data as ray_data
 
@@ -145,9 +151,11 @@ def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "a
                 part = np.frombuffer(row["keys"], dtype="<i8").astype(np.int64)
                 shape = json.loads(row["shape"])
                 memory = torch.frombuffer(bytearray(row["memory"]), dtype=torch.float32).reshape(shape)
-                add_memory(tx, part, memory, dtype)
+                members = [group_of[int(k)] for k in part]
+                rows = torch.from_numpy(np.repeat(np.arange(len(part)), [len(m) for m in members]))
+                add_memory(tx, np.concatenate(members), memory[rows], dtype)
                 tx.commit()
                 done += 1
-                bar.update(len(part))
-    return CompressReport(compressed=len(texts), batches=done,
-                          seconds=round(time.perf_counter() - t0, 3), memory_dtype=MEMORY_DTYPES[dtype])
+                bar.update(len(rows))
+    return CompressReport(compressed=plan.pending, batches=done, seconds=round(time.perf_counter() - t0, 3),
+                          memory_dtype=MEMORY_DTYPES[dtype], duplicates=plan.duplicates)

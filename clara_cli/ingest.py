@@ -1,4 +1,4 @@
-"""Ingest: read files, folders, globs and stdin; chunk by tokens; diff against the store.
+"""Ingest: read files, folders, globs and stdin (readers.py); chunk by tokens; diff against the store.
 
 Re-running on unchanged input does no work and writes nothing (content hashes), so a cron
 job is cheap; a bad input is reported and never stops the good ones. Memory stays bounded
@@ -8,128 +8,48 @@ JSONL/CSV records are capped in size, and chunk rows are written to the store in
 
 from __future__ import annotations
 
-import codecs
-import contextlib
-import csv
-import errno
+import bisect
 import fnmatch
 import glob
 import hashlib
 import json
 import os
-import re
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import TextIO
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .errors import ClaraError, ModelMismatchError
 from .progress import progress_bar
+from .readers import (  # noqa: F401 - re-exported: ingest's public names before readers.py split off
+    HTML_SUFFIXES,
+    KNOWN_SUFFIXES,
+    MAX_BINARY_DOC_BYTES,
+    MAX_HTML_BYTES,
+    MAX_RECORD_CHARS,
+    MAX_TEXT_BYTES,
+    RECORD_SUFFIXES,
+    STDIN_SOURCE,
+    STREAM_BYTES,
+    TEXT_SUFFIXES,
+    RejectedInput,
+    SkippedInput,
+    SourceDocument,
+    _Reject,
+    html_to_text,
+    human_size,
+    one_line,
+    read_inputs,
+    sha256_text,
+)
 from .store import CHUNK_SCHEMA, DOCUMENT_SCHEMA, Store, fault_point, make_chunk_id
 
-TEXT_SUFFIXES = {".txt", ".md"}
-HTML_SUFFIXES = {".html", ".htm"}
-RECORD_SUFFIXES = {".jsonl", ".csv", ".parquet"}
-KNOWN_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | RECORD_SUFFIXES
-STDIN_SOURCE = "<stdin>"
-
+_READ_BLOCK = 1 << 20
 _FLUSH_CHUNKS = 20_000  # write a Parquet pair every this many chunks (or _FLUSH_CHARS of chunk text):
 _FLUSH_CHARS = 8 << 20  # bounded memory on big corpora and big documents
-STREAM_BYTES = 8 << 20  # text files larger than this are read as a stream, twice (hash, then chunk)
-MAX_RECORD_CHARS = 32 << 20  # a JSONL line or CSV field longer than this is refused (memory bound)
-MAX_HTML_BYTES = 64 << 20  # HTML is parsed whole: bigger pages are refused
-_READ_BLOCK = 1 << 20
-
-
-class SourceDocument:
-    """One document read from the inputs. A large file keeps no text in memory: pieces()
-    reads it again, and its content hash and length come from a first streaming pass."""
-
-    def __init__(self, doc_id: str, source: str, text: str | None = None, metadata: dict | None = None, *,
-                 reader: Callable[[], Iterable[str]] | None = None, content_hash: str | None = None,
-                 n_chars: int | None = None):
-        if text is None and reader is None:
-            raise ValueError("a document needs text or a reader")
-        self.doc_id = doc_id
-        self.source = source
-        self.metadata = metadata if metadata is not None else {}
-        self._text = text
-        self._reader = reader
-        self._hash = content_hash
-        self._n_chars = n_chars
-
-    def __repr__(self) -> str:
-        return f"SourceDocument({self.doc_id!r}, {self.source!r}, {self.n_chars} chars)"
-
-    @property
-    def text(self) -> str:
-        """The whole text (read now for a streamed document: avoid on big files)."""
-        return self._text if self._text is not None else "".join(self.pieces())
-
-    @property
-    def streamed(self) -> bool:
-        return self._text is None
-
-    def pieces(self) -> Iterator[str]:
-        if self._text is not None:
-            yield self._text
-        else:
-            assert self._reader is not None
-            yield from self._reader()
-
-    @property
-    def content_hash(self) -> str:
-        if self._hash is None:
-            self._hash = sha256_text(self.text)
-        return self._hash
-
-    @property
-    def n_chars(self) -> int:
-        if self._n_chars is None:
-            self._n_chars = len(self.text)
-        return self._n_chars
-
-
-def one_line(text: str) -> str:
-    """Control characters (a newline in a file name) and undecodable bytes of file names
-    escaped: the message stays one printable line that any terminal can show."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def _utf8_ok(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # lone surrogates: undecodable file-name bytes, or JSON "\ud800"
-        return False
-    return True
-
-
-@dataclass
-class RejectedInput:
-    source: str  # the input as the user named it (file path, or "<stdin>")
-    message: str  # one line naming the file (and line/row for JSONL/CSV/Parquet)
-
-    def __post_init__(self) -> None:
-        self.message = one_line(self.message)
-
-
-@dataclass
-class SkippedInput:
-    """Left out on purpose (a link leaving the folder, a folder reached twice): a note, not an error."""
-
-    source: str
-    message: str
-
-    def __post_init__(self) -> None:
-        self.message = one_line(self.message)
 
 
 @dataclass
@@ -149,439 +69,6 @@ class IngestReport:
                 "rejected": [{"source": r.source, "message": r.message} for r in self.rejected],
                 "skipped": [{"source": r.source, "message": r.message} for r in self.skipped],
                 "version": self.version}
-
-
-class _Reject(Exception):
-    """Internal: this input (or record) cannot be read; the message is the one line users see."""
-
-
-# ---------------------------------------------------------------------------------------------
-# decoding and formats
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
-         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-
-
-def _iter_decoded(path: Path, name: str) -> Iterator[str]:
-    """A text file in pieces: UTF-8, or UTF-16/32 when a BOM says so, line ends made \\n;
-    binary or undecodable input is refused (possibly after some pieces: hash it first)."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-        codec = next((c for bom, c in _BOMS if head.startswith(bom)), None)
-        f.seek(0)
-        decoder = codecs.getincrementaldecoder(codec or "utf-8")("strict")
-        consumed, pending_cr = 0, False
-        while True:
-            block = f.read(_READ_BLOCK)
-            final = not block
-            if codec is None and b"\0" in block:
-                raise _Reject(f"{name}: binary file (contains NUL bytes)")
-            buffered = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(block, final=final)
-            except UnicodeDecodeError as err:
-                if codec:
-                    raise _Reject(f"{name}: not valid {codec.upper()} text despite its byte-order mark") from None
-                offset = consumed - buffered + err.start
-                raise _Reject(f"{name}: not UTF-8 text (undecodable byte at offset {offset})") from None
-            consumed += len(block)
-            if "\0" in text:
-                raise _Reject(f"{name}: binary file (contains NUL characters)")
-            if pending_cr:
-                text, pending_cr = "\r" + text, False
-            if text.endswith("\r") and not final:  # maybe half of a \r\n
-                text, pending_cr = text[:-1], True
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-            if text:
-                yield text
-            if final:
-                return
-
-
-def _decode_file(path: Path, name: str) -> str:
-    return "".join(_iter_decoded(path, name))
-
-
-_LINE, _PARA = "\x01", "\x02"  # separator marks (removed from the page text itself)
-
-
-class _HTMLText(HTMLParser):
-    """Visible text of an HTML page: scripts and styles dropped, block elements on their own lines."""
-
-    SKIP = {"script", "style", "noscript", "template", "svg", "head"}
-    PARAGRAPH = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "table", "ul", "ol",
-                 "dl", "section", "article", "header", "footer", "nav", "aside", "main", "figure",
-                 "form", "fieldset", "details", "address", "hr", "title"}
-    LINE = {"br", "div", "li", "dt", "dd", "tr", "caption", "figcaption", "summary", "option",
-            "body", "html"}
-    CELL = {"td", "th"}
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.skip = 0
-        self.pre = 0
-        self.in_head_title = False
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "title":  # keep the title even though it lives in <head>
-            self.in_head_title = True
-        if tag in self.SKIP:
-            self.skip += 1
-        elif tag == "pre":
-            self.pre += 1
-        self._separate(tag)
-
-    def handle_endtag(self, tag):
-        if tag == "title":
-            self.in_head_title = False
-        if tag in self.SKIP:
-            self.skip = max(0, self.skip - 1)
-        elif tag == "pre":
-            self.pre = max(0, self.pre - 1)
-        self._separate(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        self._separate(tag)
-
-    def _separate(self, tag):
-        if tag in self.PARAGRAPH:
-            self.parts.append(_PARA)
-        elif tag in self.LINE:
-            self.parts.append(_LINE)
-        elif tag in self.CELL:
-            self.parts.append(" ")
-
-    def handle_data(self, data):
-        if self.skip and not self.in_head_title:
-            return
-        data = data.replace(_LINE, " ").replace(_PARA, " ")
-        self.parts.append(data if self.pre else re.sub(r"[ \t\n\r\f\v]+", " ", data))
-
-    def text(self) -> str:
-        # A run of separators (and the spaces around them) becomes one line or paragraph break.
-        raw = re.sub(f"[ {_LINE}{_PARA}]*[{_LINE}{_PARA}][ {_LINE}{_PARA}]*",
-                     lambda m: "\n\n" if _PARA in m.group() else "\n", "".join(self.parts))
-        return re.sub(r"\n{3,}", "\n\n", raw).strip()
-
-
-def html_to_text(html: str) -> str:
-    parser = _HTMLText()
-    parser.feed(html)
-    parser.close()
-    return parser.text()
-
-
-def _check_text(text: str, name: str) -> str:
-    if not text.strip():
-        raise _Reject(f"{name}: empty (no text)")
-    return text
-
-
-def _record(source: str, number: int, obj: dict, where: str, prefix: str = "") -> SourceDocument:
-    """A JSONL/CSV/Parquet record -> document; `where` ("file:line") names it in errors."""
-    text = obj.get("text")
-    if not isinstance(text, str):
-        raise _Reject(f"{where}: {prefix}missing \"text\" string")
-    if not text.strip():
-        raise _Reject(f"{where}: {prefix}empty text")
-    if "\0" in text:
-        raise _Reject(f"{where}: {prefix}text contains NUL characters")
-    if not _utf8_ok(text):
-        raise _Reject(f"{where}: {prefix}text is not valid Unicode (a lone surrogate, or undecodable input)")
-    ident = obj.get("id")
-    if ident is None or ident == "":
-        doc_id = f"{source}#{number}"
-    elif isinstance(ident, bool) or not isinstance(ident, (str, int)):
-        raise _Reject(f"{where}: {prefix}\"id\" must be a string or an integer")
-    else:
-        doc_id = str(ident)
-        if not _utf8_ok(doc_id):
-            raise _Reject(f"{where}: {prefix}\"id\" is not valid Unicode")
-    metadata = obj.get("metadata")
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        raise _Reject(f"{where}: {prefix}\"metadata\" must be an object")
-    return SourceDocument(doc_id, source, text.replace("\r\n", "\n").replace("\r", "\n"), metadata)
-
-
-def _bounded_lines(stream, limit: int | None = None) -> Iterator[str | bytes | None]:
-    """The lines of a text or binary stream; a line longer than limit (MAX_RECORD_CHARS) is read
-    past in pieces and comes out as None (memory stays bounded however long a line is)."""
-    limit = MAX_RECORD_CHARS if limit is None else limit
-    while True:
-        line = stream.readline(limit + 1)
-        if not line:
-            return
-        newline = b"\n" if isinstance(line, bytes) else "\n"
-        if len(line) > limit and not line.endswith(newline):
-            while True:
-                rest = stream.readline(_READ_BLOCK)
-                if not rest or rest.endswith(newline):
-                    break
-            yield None
-            continue
-        yield line
-
-
-def _read_jsonl_lines(stream, source: str, name: str) -> Iterator[SourceDocument | RejectedInput]:
-    for number, line in enumerate(_bounded_lines(stream), 1):
-        where = f"{name}:{number}"
-        try:
-            if line is None:
-                size = f"{MAX_RECORD_CHARS >> 20} MiB" if MAX_RECORD_CHARS >= 1 << 20 else f"{MAX_RECORD_CHARS} characters"
-                raise _Reject(f"{where}: line longer than {size} (put a document this long in a .txt file)")
-            if isinstance(line, bytes):
-                if number == 1 and line.startswith(codecs.BOM_UTF8):
-                    line = line[3:]
-                try:
-                    line = line.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise _Reject(f"{where}: not UTF-8 text") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as err:
-                raise _Reject(f"{where}: invalid JSON ({getattr(err, 'msg', err)})") from None
-            if not isinstance(obj, dict):
-                raise _Reject(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            yield _record(source, number, obj, where)
-        except _Reject as err:
-            yield RejectedInput(name, str(err))
-
-
-def _read_csv(path: Path, source: str, name: str) -> Iterator[SourceDocument | RejectedInput]:
-    _raise_csv_field_limit()
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        try:
-            fields = reader.fieldnames
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise _Reject(f"{name}: not a readable CSV file ({err})") from None
-        if not fields:
-            raise _Reject(f"{name}: empty (no header row)")
-        if "text" not in fields:
-            raise _Reject(f"{name}: no \"text\" column (columns: {', '.join(fields)})")
-        row = 0
-        while True:
-            line = reader.line_num + 1
-            try:
-                values = next(reader)
-            except StopIteration:
-                return
-            except (csv.Error, UnicodeDecodeError) as err:
-                yield RejectedInput(name, f"{name}:{line}: unreadable CSV from here on ({err})")
-                return
-            row += 1
-            extra = {k: v for k, v in values.items() if k not in ("text", "id") and k is not None and v}
-            try:
-                yield _record(source, row, {"text": values.get("text"), "id": values.get("id"),
-                                            "metadata": extra}, f"{name}:{line}", f"row {row}: ")
-            except _Reject as err:
-                yield RejectedInput(name, str(err))
-
-
-def _raise_csv_field_limit() -> None:
-    # Documents in a CSV cell easily exceed the csv module's 128 KiB default; a cap keeps memory bounded.
-    if csv.field_size_limit() != MAX_RECORD_CHARS:
-        csv.field_size_limit(MAX_RECORD_CHARS)
-
-
-def _read_parquet(path: Path, source: str, name: str) -> Iterator[SourceDocument | RejectedInput]:
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as err:
-        raise _Reject(f"{name}: not a readable Parquet file ({str(err).splitlines()[0]})") from None
-    columns = pf.schema_arrow.names
-    if "text" not in columns:
-        raise _Reject(f"{name}: no \"text\" column (columns: {', '.join(columns)})")
-    row = 0
-    for batch in pf.iter_batches(batch_size=4096):
-        for values in batch.to_pylist():
-            row += 1
-            metadata = values.get("metadata")
-            if isinstance(metadata, str):
-                try:
-                    metadata = json.loads(metadata)
-                except ValueError:
-                    metadata = {"metadata": metadata}
-            if isinstance(metadata, list):  # a Parquet map column reads as key/value pairs
-                metadata = dict(metadata)
-            extra = {k: v for k, v in values.items() if k not in ("text", "id", "metadata") and v is not None}
-            if isinstance(metadata, dict) or metadata is None:
-                metadata = {**extra, **(metadata or {})}
-            try:
-                yield _record(source, row, {"text": values.get("text"), "id": values.get("id"),
-                                            "metadata": metadata}, f"{name}: row {row}")
-            except _Reject as err:
-                yield RejectedInput(name, str(err))
-
-
-def _read_file(path: Path, name: str, source: str) -> Iterator[SourceDocument | RejectedInput]:
-    """One file by its extension; anything unknown is read as plain text."""
-    suffix = path.suffix.lower()
-    if suffix in RECORD_SUFFIXES:
-        count = 0
-        with contextlib.ExitStack() as stack:
-            if suffix == ".jsonl":
-                items = _read_jsonl_lines(stack.enter_context(open(path, "rb")), source, name)
-            else:
-                items = (_read_csv if suffix == ".csv" else _read_parquet)(path, source, name)
-            for item in items:
-                count += 1
-                yield item
-        if count == 0:
-            raise _Reject(f"{name}: empty (no records)")
-        return
-    size = os.stat(path).st_size
-    if suffix in HTML_SUFFIXES:
-        if size > MAX_HTML_BYTES:
-            raise _Reject(f"{name}: HTML page larger than {MAX_HTML_BYTES >> 20} MiB (convert it to text)")
-        yield SourceDocument(source, source, _check_text(html_to_text(_decode_file(path, name)), name), {})
-    elif size <= STREAM_BYTES:
-        yield SourceDocument(source, source, _check_text(_decode_file(path, name), name), {})
-    else:  # hash it as a stream now; chunking reads it again (and checks it did not change)
-        digest, n_chars, blank = hashlib.sha256(), 0, True
-        for piece in _iter_decoded(path, name):
-            digest.update(piece.encode("utf-8"))
-            n_chars += len(piece)
-            blank = blank and not piece.strip()
-        if blank:
-            raise _Reject(f"{name}: empty (no text)")
-        yield SourceDocument(source, source, None, {}, reader=lambda: _iter_decoded(path, name),
-                             content_hash=digest.hexdigest(), n_chars=n_chars)
-
-
-# ---------------------------------------------------------------------------------------------
-# finding inputs
-
-
-def _walk(top: str, follow_symlinks: bool) -> Iterator[str | RejectedInput | SkippedInput]:
-    """Files with known extensions under a folder, depth first in name order, hidden entries
-    skipped. Links leading outside the folder are skipped unless follow_symlinks; every folder
-    is visited once (link cycles end); unreadable folders and broken links are named. Iterative:
-    any nesting depth works."""
-    top_real = os.path.realpath(top)
-    visited: set[tuple[int, int]] = set()
-
-    def inside(path: str) -> bool:
-        return path == top_real or path.startswith(top_real.rstrip(os.sep) + os.sep)
-
-    def listing(folder: str) -> list[os.DirEntry] | RejectedInput | None:
-        try:
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in visited:
-                return None
-            visited.add((st.st_dev, st.st_ino))
-            with os.scandir(folder) as it:
-                return sorted(it, key=lambda e: e.name)
-        except OSError as err:
-            return RejectedInput(folder, f"{folder}: cannot read folder ({err.strerror or err})")
-
-    first = listing(top)
-    if isinstance(first, RejectedInput):
-        yield first
-        return
-    stack: list[Iterator[os.DirEntry]] = [iter(first or [])]
-    while stack:
-        entry = next(stack[-1], None)
-        if entry is None:
-            stack.pop()
-            continue
-        if entry.name.startswith("."):
-            continue
-        known = os.path.splitext(entry.name)[1].lower() in KNOWN_SUFFIXES
-        try:
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not os.path.exists(target):
-                    try:
-                        os.stat(entry.path)
-                        why = "broken symbolic link"
-                    except OSError as err:
-                        why = "symbolic link loop" if err.errno == errno.ELOOP else "broken symbolic link"
-                    yield (RejectedInput if known else SkippedInput)(entry.path, f"{entry.path}: {why}")
-                    continue
-                if not follow_symlinks and not inside(target):
-                    yield SkippedInput(entry.path, f"{entry.path}: symbolic link leaves the folder "
-                                                   "(--follow-symlinks reads it)")
-                    continue
-            if entry.is_dir():
-                sub = listing(entry.path)
-                if sub is None:
-                    yield SkippedInput(entry.path, f"{entry.path}: folder already read (a link cycle)")
-                elif isinstance(sub, RejectedInput):
-                    yield sub
-                else:
-                    stack.append(iter(sub))
-            elif known and entry.is_file():
-                yield entry.path
-        except OSError as err:
-            yield RejectedInput(entry.path, f"{entry.path}: cannot read ({err.strerror or err})")
-
-
-def _expand(arg: str, follow_symlinks: bool) -> Iterator[str | RejectedInput | SkippedInput]:
-    """One command-line input -> file paths (folders walked, globs expanded), or a rejection.
-    Folder walks keep known extensions only; a file named (or matched) explicitly is always read."""
-    if os.path.isdir(arg):
-        yield from _walk(arg, follow_symlinks)
-    elif os.path.isfile(arg):
-        yield arg
-    elif os.path.lexists(arg) and not os.path.exists(arg):
-        yield RejectedInput(arg, f"{arg}: broken symbolic link")
-    elif os.path.exists(arg):
-        yield RejectedInput(arg, f"{arg}: not a regular file or directory")
-    elif glob.has_magic(arg):
-        matches = sorted(glob.glob(arg, recursive=True))
-        if not matches:
-            yield RejectedInput(arg, f"{arg}: no files match")
-        for match in matches:
-            if os.path.isdir(match):
-                yield from _walk(match, follow_symlinks)
-            elif os.path.isfile(match):
-                yield match
-    else:
-        yield RejectedInput(arg, f"{arg}: no such file or directory")
-
-
-def read_inputs(paths: Sequence[str], stdin: TextIO | None = None, follow_symlinks: bool = False
-                ) -> Iterator[SourceDocument | RejectedInput | SkippedInput]:
-    """Documents from files, folders, globs and `-` (JSON Lines on stdin), in a stable order.
-
-    A file reached twice (named twice, or through a link) is read once.
-    """
-    seen: set[str] = set()
-    for arg in paths:
-        if arg == "-":
-            stream = stdin if stdin is not None else sys.stdin
-            yield from _read_jsonl_lines(stream, STDIN_SOURCE, STDIN_SOURCE)
-            continue
-        for item in _expand(arg, follow_symlinks):
-            if isinstance(item, (RejectedInput, SkippedInput)):
-                yield item
-                continue
-            path = item
-            source = str(Path(path).resolve())
-            if source in seen:
-                continue
-            seen.add(source)
-            if not _utf8_ok(source):
-                yield RejectedInput(path, f"{path}: file name is not valid UTF-8 (rename the file)")
-                continue
-            try:
-                yield from _read_file(Path(path), path, source)
-            except _Reject as err:
-                yield RejectedInput(path, str(err))
-            except OSError as err:
-                yield RejectedInput(path, f"{path}: cannot read ({err.strerror or err})")
-
 
 # ---------------------------------------------------------------------------------------------
 # chunking
@@ -812,10 +299,31 @@ def chunk_stream(pieces: Iterable[str], tokenizer, max_tokens: int, overlap: int
         tokens.release(i)
 
 
+def page_source(source: str, pages: list[tuple[int, int]] | None, start: int) -> str:
+    """A chunk's source: the file, plus "#page=N" (the fragment PDF viewers open at) for a
+    document read page by page; chunks of such a document never cross a page."""
+    if not pages:
+        return source
+    at = bisect.bisect_right([first for first, _ in pages], start) - 1
+    return f"{source}#page={pages[max(at, 0)][1]}"
+
+
+def _page_spans(doc: SourceDocument, tokenizer, max_tokens: int, overlap: int
+                ) -> Iterator[tuple[int, int, int, str]]:
+    """chunk_stream page by page (offsets into the whole text): a chunk names exactly one page."""
+    text = doc.text
+    firsts = [first for first, _ in doc.pages or []]
+    for i, first in enumerate(firsts):
+        end = firsts[i + 1] if i + 1 < len(firsts) else len(text)
+        for a, b, n, piece in chunk_stream([text[first:end]], tokenizer, max_tokens, overlap):
+            yield a + first, b + first, n, piece
+
+
 def iter_chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: int = 0) -> Iterator[dict]:
     """The chunk table rows of one document, one at a time (a streamed document is re-read and
     must still hash to its content_hash: a file changed since it was hashed is refused)."""
     digest = hashlib.sha256() if doc.streamed else None
+    pages = getattr(doc, "pages", None)
 
     def pieces() -> Iterator[str]:
         for piece in doc.pieces():
@@ -823,10 +331,12 @@ def iter_chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: in
                 digest.update(piece.encode("utf-8"))
             yield piece
 
-    for index, (start, end, n_tokens, piece) in enumerate(chunk_stream(pieces(), tokenizer, max_tokens, overlap)):
+    spans = _page_spans(doc, tokenizer, max_tokens, overlap) if pages and not doc.streamed else \
+        chunk_stream(pieces(), tokenizer, max_tokens, overlap)
+    for index, (start, end, n_tokens, piece) in enumerate(spans):
         piece_hash = sha256_text(piece)
         yield {"chunk_id": make_chunk_id(doc.doc_id, start, end, piece_hash), "doc_id": doc.doc_id,
-               "source": doc.source, "chunk_index": index, "start": start, "end": end,
+               "source": page_source(doc.source, pages, start), "chunk_index": index, "start": start, "end": end,
                "text": piece, "content_hash": piece_hash, "n_tokens": n_tokens}
     if digest is not None and digest.hexdigest() != doc.content_hash:
         raise _Reject(f"{doc.source}: changed while being read (it is read again next run)")
@@ -834,6 +344,21 @@ def iter_chunk_rows(doc: SourceDocument, tokenizer, max_tokens: int, overlap: in
 
 # ---------------------------------------------------------------------------------------------
 # ingest
+
+
+def missing_inputs(paths: Sequence[str]) -> list[RejectedInput]:
+    """The inputs that name nothing: no such file or folder, a glob that matches nothing. A
+    command that would create a store checks them first, so a typo creates no empty store."""
+    missing = []
+    for arg in paths:
+        if arg == "-" or os.path.lexists(arg):
+            continue
+        if glob.has_magic(arg):
+            if not glob.glob(arg, recursive=True):
+                missing.append(RejectedInput(arg, f"{arg}: no files match"))
+        else:
+            missing.append(RejectedInput(arg, f"{arg}: no such file or directory"))
+    return missing
 
 
 def _scope(arg: str):
@@ -853,9 +378,11 @@ def _scope(arg: str):
 
 def ingest(store: Store, paths: Sequence[str], tokenizer, max_tokens: int, overlap: int = 0,
            delete_missing: bool = False, stdin: TextIO | None = None, model_info: dict | None = None,
-           progress: bool = True, follow_symlinks: bool = False, wait: bool = True) -> IngestReport:
+           progress: bool = True, follow_symlinks: bool = False, wait: bool = True,
+           max_file_size: int | None = None) -> IngestReport:
     """Bring the store in line with the inputs in one transaction: new and changed documents are
-    chunked and added, unchanged ones cost nothing, rejected inputs are reported.
+    chunked and added, unchanged ones cost nothing, rejected and skipped inputs are reported
+    (max_file_size: see read_inputs).
 
     One commit at the end: a run killed midway leaves the store as it was (plus orphan files)."""
     if model_info is not None:
@@ -900,7 +427,8 @@ def ingest(store: Store, paths: Sequence[str], tokenizer, max_tokens: int, overl
             rejected_sources.add(item.source)
 
         with progress_bar(desc="ingest", unit="doc", enabled=progress) as bar:
-            for item in read_inputs(paths, stdin=stdin, follow_symlinks=follow_symlinks):
+            for item in read_inputs(paths, stdin=stdin, follow_symlinks=follow_symlinks,
+                                    max_file_size=max_file_size):
                 bar.update(1)
                 fault_point("doc")
                 if isinstance(item, SkippedInput):
@@ -984,5 +512,5 @@ def _missing_documents(base, paths: Sequence[str], seen: dict[str, str], rejecte
 
 
 __all__ = ["IngestReport", "RejectedInput", "SkippedInput", "SourceDocument", "chunk_stream",
-           "chunk_text", "count_tokens", "html_to_text", "ingest", "iter_chunk_rows", "make_chunk_id", "one_line",
-           "read_inputs", "sha256_text"]
+           "chunk_text", "count_tokens", "html_to_text", "ingest", "iter_chunk_rows", "make_chunk_id",
+           "missing_inputs", "one_line", "page_source", "read_inputs", "sha256_text"]

@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from office_files import corrupt_copy, make_docx, make_docx_bomb, make_pdf, make_scanned_pdf
 
-from clara_cli import ingest as ingest_module
+from clara_cli import readers as readers_module
 from clara_cli.cli import cli
 from clara_cli.ingest import RejectedInput, SkippedInput, SourceDocument, read_inputs
 from clara_cli.store import Store
@@ -69,17 +70,18 @@ def build_campaign(root: Path, outside: Path) -> tuple[dict[str, str], set[str]]
 
     (c / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + os.urandom(64))
     bad["binary.txt"] = "binary file"
-    (c / "invalid-utf8.md").write_bytes("caf\xe9 au lait".encode("latin-1"))
-    bad["invalid-utf8.md"] = "not UTF-8 text (undecodable byte at offset 3)"
+    (c / "latin1.md").write_bytes("caf\xe9 au lait".encode("latin-1"))  # a legacy encoding: detected
+    good.add("café au lait")
+    (c / "noise.md").write_bytes(bytes(range(128, 256)) * 4)
+    bad["noise.md"] = "not text (not UTF-8, and no other encoding gives plausible text)"
     (c / "bad-utf16.txt").write_bytes(codecs.BOM_UTF16_LE + b"\x00\xd8")  # a lone surrogate
     bad["bad-utf16.txt"] = "despite its byte-order mark"
     (c / "empty.txt").write_bytes(b"")
     bad["empty.txt"] = "empty (no text)"
     (c / "spaces.md").write_text(" \n\t\r\n   \n")
     bad["spaces.md"] = "empty (no text)"
-    with open(c / "sparse.txt", "wb") as f:  # 256 MiB of NUL bytes: refused at the first block
-        f.truncate(256 << 20)
-    bad["sparse.txt"] = "binary file"
+    with open(c / "sparse.txt", "wb") as f:  # 256 MiB of NUL bytes: over the size cap (skipped);
+        f.truncate(256 << 20)                  # without a cap, refused at the first block
 
     lines = [json.dumps({"id": "ok1", "text": "A good record about tides."}), "{broken json",
              json.dumps({"text": 42}), json.dumps(["a", "list"]), "null", json.dumps({"text": "   "}),
@@ -114,6 +116,27 @@ def build_campaign(root: Path, outside: Path) -> tuple[dict[str, str], set[str]]
     (c / os.fsdecode(b"latin-\xe9.txt")).write_text("a good text under a file name that is not UTF-8")
     bad["latin-\\udce9.txt"] = "file name is not valid UTF-8"
 
+    # Documents: one good PDF and DOCX, then each way they come broken. A scan is skipped, not rejected.
+    make_pdf(c / "statement.pdf", ["Bank statement, page one.", "Page two: the balance is positive."])
+    good.update({"Bank statement, page one.", "Page two: the balance is positive."})  # a chunk per page
+    make_docx(c / "letter.docx", ["Dear landlord,", "the heating is broken."])
+    good.add("Dear landlord,\n\nthe heating is broken.")
+    make_pdf(c / "encrypted.pdf", ["a secret"], user_password="hunter2")
+    bad["encrypted.pdf"] = "encrypted PDF (it needs a password"
+    (c / "broken.pdf").write_bytes(b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog /Pages 2 0 R >>\nendobj\n%%garbage")
+    bad["broken.pdf"] = "not a readable PDF"
+    corrupt_copy(make_pdf(tmp_pdf := c.parent / "whole.pdf", ["cut off " * 50] * 3), c / "truncated.pdf", 0.6)
+    tmp_pdf.unlink()
+    bad["truncated.pdf"] = "not a readable PDF"
+    make_docx_bomb(c / "bomb.docx", inflated_mib=64)
+    bad["bomb.docx"] = "(a zip bomb?)"
+    (c / "fake.docx").write_text("not a zip at all")
+    bad["fake.docx"] = "not a readable DOCX file (not a zip archive"
+    make_scanned_pdf(c / "scan.pdf")
+    (c / "raw-source.pdf").write_text("%PDF-1.4\n1 0 obj << /Length 5 >> stream\nhello\nendstream endobj\n")
+    bad["raw-source.pdf"] = "not a readable PDF"  # never stored as its markup
+    (c / "slides.pptx").write_bytes(b"PK\x03\x04 a presentation")
+
     make_deep(c / "sub", 120)  # deep but fine: found
     good.add("The deepest document of the corpus, about a well.")
     (c / "toodeep").mkdir()
@@ -140,16 +163,20 @@ def test_bad_input_campaign(tmp_path, tiny_model_dir):
     assert any("escape.txt: symbolic link leaves the folder" in x for x in skipped)
     assert any("escape-dir: symbolic link leaves the folder" in x for x in skipped)
     assert any("cycle: folder already read" in x for x in skipped)
+    assert any("scan.pdf: PDF without a text layer (2 page(s) with 2 image(s)" in x for x in skipped)
+    assert any(x.endswith("slides.pptx: unsupported format .pptx") for x in skipped)
+    assert any(x.endswith("sparse.txt: 256 MiB, over the size cap of 10 MiB (--max-file-size)") for x in skipped)
     assert all(x.startswith(("clara: rejected: ", "clara: skipped: ", "clara: error: ")) for x in lines), lines
 
     with Store.open(store).snapshot() as snap:
         texts = set(snap.chunks(["text"]).column("text").to_pylist())
     assert texts == good
-    assert not any("SECRET" in t or "secret" in t or "color" in t or "alert" in t for t in texts)
+    assert not any("SECRET" in t or "secret" in t or "color" in t or "alert" in t or "%PDF" in t for t in texts)
 
     r = runner.invoke(cli, ["--store", str(store), "ingest", str(corpus / "escape.txt"), str(corpus),
-                            "--follow-symlinks", "--model", str(tiny_model_dir), "--json"])
+                            "--follow-symlinks", "--model", str(tiny_model_dir), "--json", "--max-file-size", "0"])
     assert r.exit_code == 3 and json.loads(r.stdout)["added"] == 1  # asked for: the outside file is read
+    assert "sparse.txt: binary file (contains NUL bytes)" in r.stderr  # no cap: read, and refused
 
 
 def test_symlinks_leave_the_folder_only_when_asked(tmp_path):
@@ -169,7 +196,7 @@ def test_symlinks_leave_the_folder_only_when_asked(tmp_path):
 
 
 def test_over_long_records_are_refused_with_bounded_reads(tmp_path, monkeypatch):
-    monkeypatch.setattr(ingest_module, "MAX_RECORD_CHARS", 1000)
+    monkeypatch.setattr(readers_module, "MAX_RECORD_CHARS", 1000)
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps({"text": "first"}) + "\n" + json.dumps({"text": "x" * 5000}) + "\n"
                     + json.dumps({"text": "third"}) + "\n" + "y" * 3000)
@@ -194,7 +221,7 @@ store = Store.open(sys.argv[1], create=True)
 ingest(store, [sys.argv[2]], tok, 256, progress=False)  # warm up: libraries, caches
 base = rss()
 t0 = time.time()
-report = ingest(store, sys.argv[3:], tok, 256, progress=False)
+report = ingest(store, sys.argv[3:], tok, 256, progress=False, max_file_size=0)  # 0: no size cap
 print(json.dumps({"growth_mb": rss() - base, "base_mb": base, "seconds": time.time() - t0,
                   "chunks": report.chunks_added, "added": report.added,
                   "rejected": [r.message for r in report.rejected]}))

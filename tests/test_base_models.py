@@ -306,3 +306,21 @@ def test_second_call_is_a_cache_hit(built_dir):
     start = time.perf_counter()
     assert smollm2_base_dir(built_dir.parent.parent) == built_dir
     assert time.perf_counter() - start < 0.5
+
+
+def test_gguf_progress_bar_only_on_a_terminal(capfd):
+    """transformers' GGUF loader calls tqdm with no `disable`: it drew a bar into logs and pipes.
+    Inside progress_only_on_a_terminal (around the conversion) it draws nothing when stderr is
+    not a terminal (pytest's captured stderr is not one)."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+    from clara_cli.base_models import progress_only_on_a_terminal
+
+    for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+        pass
+    assert "Converting" in capfd.readouterr().err  # the library's own bar, unguarded
+    with progress_only_on_a_terminal():
+        for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+    assert capfd.readouterr().err == ""
+    assert gguf_utils.tqdm.__module__.startswith("tqdm")  # restored afterwards

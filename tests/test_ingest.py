@@ -18,6 +18,7 @@ from transformers import AutoTokenizer
 from clara_cli.errors import ModelMismatchError
 from clara_cli.ingest import (
     RejectedInput,
+    SkippedInput,
     SourceDocument,
     chunk_text,
     count_tokens,
@@ -86,11 +87,20 @@ def test_text_markdown_html_and_boms(tmp_path):
     assert doc.doc_id == doc.source == str((tmp_path / "a.txt").resolve())
 
 
-def test_explicit_unknown_extension_is_text(tmp_path):
-    (tmp_path / "notes.log").write_text("log line")
-    docs, _ = docs_and_rejects([tmp_path / "notes.log"])
-    assert [d.text for d in docs] == ["log line"]
-    assert docs_and_rejects([tmp_path])[0] == []  # but a folder walk skips it
+def test_text_kinds_are_read_and_unknown_formats_are_skipped_by_name(tmp_path):
+    for name, body in [("notes.log", "log line"), ("todo.org", "* TODO call the bank"), ("guide.rst", "Title\n====="),
+                       ("paper.tex", "\\section{Intro} text"), ("tool.py", "def f():\n    return 1"), ("README", "read me")]:
+        (tmp_path / name).write_text(body)
+    (tmp_path / "photo.xyz").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    (tmp_path / "program").write_bytes(b"\x7fELF\x02\x01\x01\x00\x00")
+    items = list(read_inputs([str(tmp_path)]))
+    docs = sorted(os.path.basename(i.source) for i in items if isinstance(i, SourceDocument))
+    assert docs == ["README", "guide.rst", "notes.log", "paper.tex", "todo.org", "tool.py"]
+    skipped = sorted(i.message for i in items if isinstance(i, SkippedInput))
+    assert skipped == [f"{tmp_path / 'photo.xyz'}: unsupported format .xyz",
+                       f"{tmp_path / 'program'}: unsupported format (no extension, and not text)"]
+    items = list(read_inputs([str(tmp_path / "photo.xyz")]))  # named explicitly: the same line
+    assert [type(i) for i in items] == [SkippedInput] and "unsupported format .xyz" in items[0].message
 
 
 def test_jsonl_csv_parquet_records(tmp_path):
@@ -142,22 +152,36 @@ def test_globs_and_symlinks(tmp_path):
     assert [r.message for r in rejects] == [f"{tmp_path}/nomatch*.txt: no files match"]
 
 
+def test_legacy_encodings_are_detected(tmp_path):
+    samples = {"latin1.txt": ("caf\xe9 au lait", "latin-1"),
+               "french.md": ("Le café est très bon, à côté de l'église.\n" * 3, "cp1252"),
+               "russian.txt": ("Привет, как дела? Это тестовый текст на русском языке.", "cp1251"),
+               "japanese.txt": ("これは日本語のテキストです。東京は大きな都市です。", "shift_jis")}
+    for name, (text, codec) in samples.items():
+        (tmp_path / name).write_bytes(text.encode(codec))
+    docs, rejects = docs_and_rejects([tmp_path])
+    assert rejects == []
+    got = {os.path.basename(d.source): (d.text, d.metadata["encoding"]) for d in docs}
+    assert got == {"french.md": (samples["french.md"][0], "cp1252"), "japanese.txt": (samples["japanese.txt"][0], "cp932"),
+                   "latin1.txt": ("café au lait", "cp1252"), "russian.txt": (samples["russian.txt"][0], "cp1251")}
+
+
 def test_rejections_name_the_input(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"abc\x00def")
-    (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "noise.txt").write_bytes(bytes(range(128, 256)) * 3)  # no encoding makes text of it
     (tmp_path / "empty.md").write_text("  \n\t ")
     (tmp_path / "bad.jsonl").write_text('{"text": "good one"}\n{"text": \n{"text": 5}\n[1]\n{"text": "ok", "id": true}\n')
     (tmp_path / "notext.csv").write_text("title,body\nx,y\n")
     (tmp_path / "header-only.csv").write_text("id,text\n")
     docs, rejects = docs_and_rejects(
-        [tmp_path / n for n in ("bin.txt", "latin.txt", "empty.md", "bad.jsonl", "notext.csv", "missing.txt",
+        [tmp_path / n for n in ("bin.txt", "noise.txt", "empty.md", "bad.jsonl", "notext.csv", "missing.txt",
                                 "header-only.csv")])
     assert [d.text for d in docs] == ["good one"]
     messages = [r.message for r in rejects]
     assert len(messages) == 10 and all("\n" not in m for m in messages)
     bad = str(tmp_path / "bad.jsonl")
     assert messages[0] == f"{tmp_path / 'bin.txt'}: binary file (contains NUL bytes)"
-    assert messages[1].startswith(f"{tmp_path / 'latin.txt'}: not UTF-8 text")
+    assert messages[1] == f"{tmp_path / 'noise.txt'}: not text (not UTF-8, and no other encoding gives plausible text)"
     assert messages[2] == f"{tmp_path / 'empty.md'}: empty (no text)"
     assert messages[3].startswith(f"{bad}:2: invalid JSON")
     assert messages[4] == f"{bad}:3: missing \"text\" string"
