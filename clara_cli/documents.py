@@ -42,8 +42,8 @@ def matches(doc_id: str, source: str, name: str) -> bool:
         return False
     if doc_id == name or _under(source, name):
         return True
-    resolved = str(Path(name).expanduser().resolve())
-    return _under(source, resolved)
+    resolved = str(Path(name).expanduser().resolve())  # as ingest records paths (and "FILE#LINE" ids)
+    return doc_id == resolved or _under(source, resolved)
 
 
 def list_documents(snapshot: Snapshot, names: list[str] | None = None) -> tuple[list[DocumentInfo], list[str]]:

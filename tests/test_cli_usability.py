@@ -247,7 +247,7 @@ def test_info_describes_the_model(env):
 
 # 8. ls / rm ------------------------------------------------------------------------------------
 
-def test_ls_lists_documents_with_chunk_counts(env):
+def test_ls_lists_documents_with_chunk_counts(env, monkeypatch):
     run = env["run"]
     docs = lines(run("ls", "--json"))
     assert len(docs) == 6 and all(d["chunks"] == d["compressed"] == 1 for d in docs)
@@ -258,6 +258,9 @@ def test_ls_lists_documents_with_chunk_counts(env):
     assert "6 documents, 6 chunks" in out and "entry-1  (" in out
     out = run("ls", str(env["corpus"] / "eif"), code=1)  # a path prefix is whole names, not letters
     assert "no document matches" in out.stderr
+    monkeypatch.chdir(env["corpus"])  # relative names, as typed in the corpus folder
+    assert [d["doc_id"] for d in lines(run("ls", "journal.jsonl#2", "eiffel.txt", "--json"))] == [
+        str(env["corpus"] / "eiffel.txt"), str(env["corpus"] / "journal.jsonl") + "#2"]
 
 
 def test_rm_removes_by_id_and_path_and_the_index_follows(env):
