@@ -10,6 +10,7 @@ import numpy as np
 from .errors import ClaraError, ModelMismatchError, UsageError
 from .index import VectorSearch
 from .model import ClaraModel
+from .progress import notice
 from .store import Snapshot, chunk_ids_to_keys
 
 HIT_FIELDS = ("chunk_id", "doc_id", "source", "start", "end", "text")
@@ -124,10 +125,53 @@ def search(snapshot: Snapshot, model: ClaraModel | None, queries: list[str], k: 
     return [retriever.hits(r) for r in retriever.search(model, queries, k)]
 
 
+def select_sources(hits: list[Hit], min_score: float | None = None) -> list[Hit]:
+    """The hits an answer may read: those scoring at least min_score (None: all). An empty
+    list means the question has no matching sources and gets no generated answer: text made
+    up without sources would read as if it came from the store (`clara ask` exit code 7)."""
+    if min_score is None:
+        return list(hits)
+    return [h for h in hits if h.score >= min_score]
+
+
+PROMPT_LIMIT = 1024  # ClaraModel.prompt_inputs cuts prompts here
+
+
+def fit_question(model: ClaraModel, question: str, k: int, max_new_tokens: int) -> tuple[str, str | None]:
+    """The question, its tokens cut at the end so that the generator's prompt with k memory slots
+    fits its context (positions left after max_new_tokens, and the prompt limit); with a
+    one-line notice when it was cut. A prompt cut silently loses the question's end and the
+    answer cue, and the generator answers something else."""
+    positions = getattr(model.decoder.config, "max_position_embeddings", None) or PROMPT_LIMIT + max_new_tokens
+    limit = min(PROMPT_LIMIT, positions - max_new_tokens)
+    tok = model.tokenizer
+
+    def length(q: str) -> int:
+        return len(tok(model.prompt(q, k), add_special_tokens=False).input_ids)
+
+    total = length(question)
+    if total <= limit:
+        return question, None
+    frame = length("")
+    if frame >= limit:
+        raise UsageError(f"{k} memory slots and {max_new_tokens} new tokens do not fit the generator's "
+                         f"context ({positions} positions): lower -k or --max-new-tokens")
+    ids = tok(question, add_special_tokens=False).input_ids
+    keep, fitted = limit - frame, ""
+    while keep > 0:  # tokens at a cut can merge with the prompt's differently: shrink until it fits
+        fitted = tok.decode(ids[:keep], skip_special_tokens=True)
+        over = length(fitted) - limit
+        if over <= 0:
+            break
+        keep, fitted = keep - over, ""
+    return fitted, (f"the question is too long for the generator's context: its first {keep} of "
+                    f"{len(ids)} tokens were used ({limit}-token prompt limit)")
+
+
 @dataclass
 class Answer:
     question: str
-    answer: str
+    answer: str | None  # None: no matching sources, nothing generated
     sources: list[Hit]
     context_tokens: int
     timings: dict
@@ -139,19 +183,28 @@ class Answer:
 
 
 def ask(snapshot: Snapshot, model: ClaraModel, questions: list[str], k: int = 5, max_new_tokens: int = 64,
-        retriever: Retriever | None = None) -> list[Answer]:
-    """Retrieve top-k memories per question and generate from them (the compressed context)."""
+        retriever: Retriever | None = None, min_score: float | None = None) -> list[Answer]:
+    """Retrieve top-k memories per question and generate from them (the compressed context);
+    a question without matching sources (select_sources) gets answer None."""
     check_model(snapshot, model)
     retriever = retriever or Retriever(snapshot)
     out: list[Answer] = []
     for question in questions:
         t0 = time.perf_counter()
-        hits = search(snapshot, model, [question], k, retriever)[0]
+        hits = select_sources(search(snapshot, model, [question], k, retriever)[0], min_score)
         t1 = time.perf_counter()
+        if not hits:
+            out.append(Answer(question, None, [], context_tokens=0,
+                              timings={"retrieve_s": round(t1 - t0, 4), "generate_s": 0.0,
+                                       "total_s": round(t1 - t0, 4)}))
+            continue
+        fitted, note = fit_question(model, question, len(hits), max_new_tokens)
+        if note:
+            notice(note)
         memory = snapshot.read_memory(np.array([h.key for h in hits], dtype=np.int64))
-        answer = model.generate([question], [memory], max_new_tokens=max_new_tokens)[0]
+        answer = model.generate([fitted], [memory], max_new_tokens=max_new_tokens)[0]
         t2 = time.perf_counter()
-        prompt_tokens = len(model.tokenizer(model.prompt(question, len(hits)), add_special_tokens=False).input_ids)
+        prompt_tokens = len(model.tokenizer(model.prompt(fitted, len(hits)), add_special_tokens=False).input_ids)
         out.append(Answer(question, answer, hits, context_tokens=prompt_tokens,
                           timings={"retrieve_s": round(t1 - t0, 4), "generate_s": round(t2 - t1, 4),
                                    "total_s": round(t2 - t0, 4)}))

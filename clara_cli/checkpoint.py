@@ -274,6 +274,9 @@ def load_model(path: str | os.PathLike | None = None, device: str = "auto", dtyp
             return model
         return _fresh_default(dev, dt, base_model)
     ckpt = Path(path).expanduser().resolve()
+    if ckpt.is_file():
+        raise ClaraError(f"model {path}: is a file, not a model folder (give the folder holding clara.json, "
+                         "or Apple's config.json and adapters.pth)")
     if not ckpt.is_dir():
         raise ClaraError(f"model {path}: no such folder")
     kind = checkpoint_kind(ckpt)

@@ -11,20 +11,40 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import ClaraError, PartialFailure, UsageError
+from .errors import ClaraError, NoSourcesError, PartialFailure, UsageError
 from .progress import notice
 
 DEFAULT_STORE = "./clara-store"
+STORELESS_COMMANDS = {"convert", "train"}  # every other command takes --store after its name too
+
+
+def _set_store(ctx, param, value):
+    """`clara CMD --store DIR` overrides `clara --store DIR CMD` and CLARA_STORE."""
+    if value is not None:
+        ctx.ensure_object(dict)["store"] = Path(value)
+    return value
+
+
+def store_option() -> click.Option:
+    return click.Option(["--store"], expose_value=False, callback=_set_store, metavar="DIR",
+                        type=click.Path(file_okay=False),
+                        help="Store directory (also accepted before the command; env CLARA_STORE).")
 
 
 class ClaraGroup(click.Group):
     """Turns library errors into one line on stderr and their exit code."""
 
+    def add_command(self, cmd, name=None):
+        """Commands that use a store also take --store after their name (as llm's commands do)."""
+        if (name or cmd.name) not in STORELESS_COMMANDS and not any(p.name == "store" for p in cmd.params):
+            cmd.params.append(store_option())
+        super().add_command(cmd, name)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except ClaraError as err:
-            click.echo(f"clara: error: {err}", err=True)
+        except ClaraError as err:  # "no matching sources" is an outcome, not an error
+            click.echo(f"clara: {'' if isinstance(err, NoSourcesError) else 'error: '}{err}", err=True)
             ctx.exit(err.exit_code)
         except OSError as err:  # a full disk, a folder we may not write: one line, not a traceback
             where = f"{err.filename}: " if err.filename else ""
@@ -38,6 +58,16 @@ class ClaraGroup(click.Group):
 
 def emit(obj: dict) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False))
+
+
+def plural(n: int, word: str) -> str:
+    """"1 input", "3 inputs"."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def rejected_error(n: int, rest: str = "the rest is committed") -> PartialFailure:
+    """Exit code 3: n inputs were rejected (each named on stderr), the good ones were done."""
+    return PartialFailure(f"{plural(n, 'input')} {'was' if n == 1 else 'were'} rejected ({rest})")
 
 
 def model_options(f):
@@ -123,9 +153,13 @@ def refuse_missing_inputs(ctx, paths) -> None:
 
 
 def open_store(ctx, create: bool = False):
+    """The store of --store/CLARA_STORE; a new one is one folder in an existing folder (as mkdir)."""
     from .store import Store
 
-    return Store.open(ctx.obj["store"], create=create)
+    root = ctx.obj["store"]
+    if create and not root.exists() and not root.parent.is_dir():
+        raise ClaraError(f"cannot create a store at {root}: {root.parent} does not exist (create it first)")
+    return Store.open(root, create=create)
 
 
 def load_model(snapshot, model_spec, base_model, device, dtype, attn="auto", warn_untrained: bool = True):
@@ -136,6 +170,12 @@ def load_model(snapshot, model_spec, base_model, device, dtype, attn="auto", war
     spec = model_spec or (bound.get("spec") if bound else None) or "default"
     model = ClaraModel.from_pretrained(None if spec == "default" else spec, device=device, dtype=dtype,
                                        base_model=base_model, attn=attn)
+    if attn == "triton":
+        from clara_kernels import backend
+
+        if backend(model.device) != "triton":
+            notice(f"--attn triton: Triton needs a CUDA GPU; on {model.device.type} its torch fallback runs "
+                   "instead (slower than --attn sdpa)")
     if warn_untrained and not model.trained:
         notice("the default model has fresh, untrained adapters: retrieval and answers are not meaningful "
                "until trained adapters ship (see README)")
@@ -214,10 +254,10 @@ def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, max_file_size, 
     else:
         click.echo(f"{report.added} added, {report.changed} changed, {report.removed} removed, "
                    f"{report.unchanged} unchanged documents; {report.chunks_added} new chunks"
-                   + (f"; {len(report.rejected)} inputs rejected" if report.rejected else "")
+                   + (f"; {plural(len(report.rejected), 'input')} rejected" if report.rejected else "")
                    + (f"; {len(report.skipped)} skipped" if report.skipped else ""))
     if report.rejected:
-        raise PartialFailure(f"{len(report.rejected)} of the inputs were rejected (the rest is committed)")
+        raise rejected_error(len(report.rejected))
 
 
 @cli.command()
@@ -266,7 +306,7 @@ def compress(ctx, batch_size, memory_dtype, ray_address, ray_actors, no_wait, mo
 @click.option("--kind", type=click.Choice(["auto", "flat", "ivf", "hnsw"]), default="auto", show_default=True,
               help="flat: exact scan; ivf/hnsw: ANN on a compact vector + exact rerank; auto: flat for "
                    "small stores (an explicit kind sticks until changed).")
-@click.option("--nlist", default=None, type=click.IntRange(1), help="IVF lists (default ~4*sqrt(rows)).")
+@click.option("--nlist", default=None, type=click.IntRange(1), help="IVF lists (default ~2*sqrt(rows)).")
 @click.option("--nprobe", default=None, type=click.IntRange(1), help="IVF lists probed per query [64].")
 @click.option("--ef-search", default=None, type=click.IntRange(1), help="HNSW efSearch [128].")
 @click.option("--hnsw-m", default=None, type=click.IntRange(2), help="HNSW links per node [32].")
@@ -352,10 +392,10 @@ def update(ctx, paths, overlap, delete_missing, follow_symlinks, max_file_size, 
                    f"{report.compressed} compressed"
                    + (f" ({report.duplicates} duplicates: memory reused)" if report.duplicates else "")
                    + f", {report.indexed} indexed; version {report.version} in {report.seconds:.1f} s"
-                   + (f"; {len(report.rejected)} inputs rejected" if report.rejected else "")
+                   + (f"; {plural(len(report.rejected), 'input')} rejected" if report.rejected else "")
                    + (f"; {len(report.skipped)} skipped" if report.skipped else ""))
     if report.rejected:
-        raise PartialFailure(f"{len(report.rejected)} of the inputs were rejected (the rest is committed)")
+        raise rejected_error(len(report.rejected))
 
 
 @cli.command()
@@ -415,82 +455,138 @@ def gc(ctx, grace, no_wait, as_json):
         click.echo(f"removed {len(removed)} files ({freed / 2**20:.1f} MiB)")
 
 
-def read_questions(arg: str, key: str = "question") -> list[str]:
-    """One argument, or `-`: JSON Lines objects with `key` (plain lines also accepted) on stdin."""
+def read_questions(arg: str, what: str = "question") -> tuple[list[tuple[str, str]], int]:
+    """([(where, text)], rejected): one argument, or `-`: JSON Lines with "question" or "query"
+    (plain lines also accepted) on stdin. A bad line is named on stderr and skipped; a blank
+    argument is a usage error."""
     if arg != "-":
-        return [arg]
-    out = []
+        if not arg.strip():
+            raise UsageError(f"empty {what}")
+        return [("", arg)], 0
+    out, rejected = [], 0
     for n, line in enumerate(sys.stdin, start=1):
         line = line.strip()
         if not line:
             continue
+        text, why = line, None
         if line.startswith("{"):
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise UsageError(f"<stdin>:{n}: malformed JSON ({err.msg})") from None
-            if not isinstance(obj.get(key), str):
-                raise UsageError(f'<stdin>:{n}: expected {{"{key}": "..."}}')
-            out.append(obj[key])
+                obj, why = None, f"malformed JSON ({err.msg})"
+            if isinstance(obj, dict):
+                text = next((obj[key] for key in ("question", "query") if isinstance(obj.get(key), str)), None)
+                if text is None:
+                    why = 'expected {"question": "..."} or {"query": "..."}'
+                elif not text.strip():
+                    why = f"empty {what}"
+            elif why is None:
+                why = "expected a JSON object"
+        if why:
+            click.echo(f"clara: rejected: <stdin>:{n}: {why}", err=True)
+            rejected += 1
         else:
-            out.append(line)
-    if not out:
-        raise UsageError("no questions on stdin")
-    return out
+            out.append((f"<stdin>:{n}", text))
+    if not out and not rejected:
+        raise UsageError(f"no {what}s on stdin")
+    return out, rejected
+
+
+def finish_batch(batch: bool, rejected: int, unmatched: list[str], min_score: float | None) -> None:
+    """The exit code once every question was done: 3 when stdin lines were rejected, else 7 when
+    a question found no matching sources (in a batch each is named on stderr), else 0."""
+    floor = f" scoring at least {min_score:g}" if min_score is not None else ""
+    if batch:
+        for where in unmatched:
+            click.echo(f"clara: no matching sources{floor}: {where}", err=True)
+    if rejected:
+        raise rejected_error(rejected, "the rest was answered")
+    if unmatched:
+        raise NoSourcesError(f"no matching sources{floor}" + (f" for {plural(len(unmatched), 'input')}"
+                                                              if batch else ""))
+
+
+def source_label(hit) -> str:
+    """Where a hit comes from, as people name it: the file, a record's id or line in its
+    JSONL/CSV/Parquet file, or the id of a document read from stdin."""
+    if hit.source in ("", "<stdin>"):
+        return hit.doc_id
+    if hit.doc_id == hit.source or hit.doc_id.startswith(hit.source + "#"):  # a file; a record by line/row
+        return hit.doc_id
+    return f"{hit.source}[{hit.doc_id}]"
 
 
 def print_sources(hits) -> None:
     for h in hits:
         snippet = " ".join(h.text.split())
         snippet = snippet if len(snippet) <= 160 else snippet[:157] + "..."
-        where = h.doc_id if h.source in ("", "<stdin>") else h.source  # records from stdin have only ids
-        click.echo(f"  [{h.rank}] {where}:{h.start}-{h.end} (score {h.score:.3f})\n      {snippet}")
+        click.echo(f"  [{h.rank}] {source_label(h)}:{h.start}-{h.end} (score {h.score:.3f})\n      {snippet}")
+
+
+def min_score_option(f):
+    return click.option("--min-score", default=None, type=float, metavar="SCORE",
+                        help="Ignore hits scoring below SCORE (latent: cosine; bm25: BM25 score; hybrid: "
+                             "fused rank score). None left: no matching sources, exit code 7.")(f)
 
 
 @cli.command()
 @click.argument("query")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1))
+@min_score_option
 @retrieval_options
 @model_options
 @json_option
 @click.pass_context
-def search(ctx, query, k, retriever_mode, nprobe, ef_search, rerank, model_spec, base_model, device, dtype, attn,
-           as_json):
+def search(ctx, query, k, min_score, retriever_mode, nprobe, ef_search, rerank, model_spec, base_model, device, dtype,
+           attn, as_json):
     """Find the chunks closest to QUERY (- reads JSON Lines queries from stdin).
+
+    Exit code 7 when nothing matches (bm25 finds no query word; or no hit reaches --min-score).
 
     \b
     Example:
       clara search "tallest building in Paris" -k 3 --json
+      printf '{"query": "reef"}\\n{"query": "tower"}\\n' | clara search - --json
     """
-    from .answer import Retriever
+    from .answer import Retriever, select_sources
     from .answer import search as run_search
 
+    queries, rejected = read_questions(query, "query")
     snapshot = open_store(ctx).snapshot()
     model = None if retriever_mode == "bm25" else load_model(snapshot, model_spec, base_model, device, dtype, attn)
-    queries = read_questions(query, key="query") if query == "-" else [query]
     retriever = Retriever(snapshot, retriever_mode, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
-    results = run_search(snapshot, model, queries, k, retriever)
-    for q, hits in zip(queries, results, strict=True):
+    results = run_search(snapshot, model, [q for _, q in queries], k, retriever) if queries else []
+    unmatched = []
+    for (where, q), hits in zip(queries, results, strict=True):
+        hits = select_sources(hits, min_score)
+        if not hits:
+            unmatched.append(where)
         if as_json:
             for h in hits:
-                emit(h.to_dict() if len(queries) == 1 else {"query": q, **h.to_dict()})
-        else:
-            if len(queries) > 1:
+                emit({"query": q, **h.to_dict()} if query == "-" else h.to_dict())
+        elif hits:
+            if query == "-":
                 click.echo(q)
             print_sources(hits)
+    finish_batch(query == "-", rejected, unmatched, min_score)
 
 
 @cli.command()
 @click.argument("question")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1), help="Chunks read per answer.")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(1))
+@min_score_option
 @retrieval_options
 @model_options
 @json_option
 @click.pass_context
-def ask(ctx, question, k, max_new_tokens, retriever_mode, nprobe, ef_search, rerank, model_spec, base_model, device,
-        dtype, attn, as_json):
+def ask(ctx, question, k, max_new_tokens, min_score, retriever_mode, nprobe, ef_search, rerank, model_spec, base_model,
+        device, dtype, attn, as_json):
     """Answer QUESTION from the compressed store, with sources (- reads JSON Lines from stdin).
+
+    Without matching sources (see --min-score) nothing is generated: "no matching sources"
+    on stderr, exit code 7 (--json: "answer": null). A question too long for the generator's
+    context is cut to fit, with a notice.
 
     \b
     Example:
@@ -500,17 +596,41 @@ def ask(ctx, question, k, max_new_tokens, retriever_mode, nprobe, ef_search, rer
     from .answer import Retriever
     from .answer import ask as run_ask
 
+    questions, rejected = read_questions(question)
     snapshot = open_store(ctx).snapshot()
     model = load_model(snapshot, model_spec, base_model, device, dtype, attn)
     retriever = Retriever(snapshot, retriever_mode, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
-    for q in read_questions(question):
-        answer = run_ask(snapshot, model, [q], k, max_new_tokens, retriever)[0]
+    unmatched = []
+    for where, q in questions:
+        answer = run_ask(snapshot, model, [q], k, max_new_tokens, retriever, min_score=min_score)[0]
+        if answer.answer is None:
+            unmatched.append(where)
         if as_json:
             emit(answer.to_dict())
-        else:
+        elif answer.answer is not None:
+            if question == "-":
+                click.echo(q)
             click.echo(answer.answer or "(empty answer)")
             click.echo("Sources:")
             print_sources(answer.sources)
+    finish_batch(question == "-", rejected, unmatched, min_score)
+
+
+def base_model_name(record: dict) -> str | None:
+    """The base LM of the store's model: as recorded at compression, else read from the
+    checkpoint's metadata (no weights loaded); None when the checkpoint is gone."""
+    if record.get("base_model"):
+        return record["base_model"]
+    from .checkpoint import DEFAULT_MODEL_DIR
+
+    spec = record.get("spec") or "default"
+    folder = DEFAULT_MODEL_DIR if spec == "default" else Path(spec)
+    try:
+        if (folder / "clara.json").is_file():
+            return json.loads((folder / "clara.json").read_text())["config"]["base_model"]
+        return json.loads((folder / "config.json").read_text())["decoder_model_name"]  # Apple's format
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @cli.command()
@@ -530,8 +650,14 @@ def info(ctx, as_json):
     text_tokens = int(sum(chunks.column("n_tokens").to_pylist())) if chunks is not None else 0
     n_mem = int(model.get("n_mem", 0))
     ratio = (text_tokens / (stats.get("chunks", 0) * n_mem)) if n_mem and stats.get("chunks") else None
+    doc_len = int(model.get("doc_max_length", 0))
+    dtypes = sorted({e.get("dtype", "?") for e in snapshot.files("memory")})
     out = {"store": str(snapshot.root), "version": snapshot.version,
            "model": model.get("spec"), "fingerprint": model.get("fingerprint"),
+           "base_model": base_model_name(model) if model else None,
+           "compression_rate": doc_len // n_mem if n_mem and doc_len else None,
+           "memory_tokens_per_chunk": n_mem or None,
+           "memory_dtype": ",".join(dtypes) if dtypes else None,
            "documents": stats.get("documents", 0), "chunks": stats.get("chunks", 0),
            "compressed": stats.get("compressed", 0), "bytes": stats["total_bytes"],
            "bytes_by_kind": stats["bytes"],
@@ -542,7 +668,81 @@ def info(ctx, as_json):
         emit(out)
     else:
         for key, value in out.items():
-            click.echo(f"{key:>18}: {value}")
+            click.echo(f"{key:>23}: {value}")
+
+
+def document_label(doc) -> str:
+    """The id, and the file a record came from when its id does not say."""
+    plain = doc.doc_id == doc.source or doc.doc_id.startswith(doc.source + "#") or doc.source in ("", "<stdin>")
+    return doc.doc_id if plain else f"{doc.doc_id}  ({doc.source})"
+
+
+@cli.command("ls")
+@click.argument("names", nargs=-1, metavar="[ID|PATH]...")
+@json_option
+@click.pass_context
+def ls_cmd(ctx, names, as_json):
+    """List the store's documents with their chunk counts, or those chosen by id or path prefix.
+
+    A PATH chooses every document read from it or from under it (JSONL/CSV/Parquet records of a
+    file included): `clara ls NAME` shows what `clara rm NAME` would remove. Exit code 1 when a
+    name chooses nothing.
+
+    \b
+    Example:
+      clara ls docs/
+      clara ls --json | jq -r .doc_id
+    """
+    from .documents import list_documents
+
+    with open_store(ctx).snapshot() as snapshot:
+        docs, unmatched = list_documents(snapshot, list(names) or None)
+    for doc in docs:
+        if as_json:
+            emit(doc.to_dict())
+        else:
+            done = "" if doc.compressed == doc.chunks else f" ({doc.compressed} compressed)"
+            click.echo(f"{doc.chunks:>6}{done}  {document_label(doc)}")
+    if not as_json:
+        click.echo(f"{plural(len(docs), 'document')}, {plural(sum(d.chunks for d in docs), 'chunk')}")
+    if unmatched:
+        for name in unmatched:
+            click.echo(f"clara: no document matches {name}", err=True)
+        raise ClaraError(f"{plural(len(unmatched), 'name')} matched no document")
+
+
+@cli.command("rm")
+@click.argument("names", nargs=-1, metavar="[ID|PATH]...")
+@click.option("--all", "everything", is_flag=True,
+              help="Allow removing every document (needed when the names choose them all, or none are given).")
+@no_wait_option
+@json_option
+@click.pass_context
+def rm_cmd(ctx, names, everything, no_wait, as_json):
+    """Remove documents by id or path prefix, with their chunks and memory; the index follows.
+
+    One committed write, like every write (the previous snapshot stays readable until `clara gc`).
+    Removing every document needs --all. Exit codes: 0 removed, 1 a name matched no document
+    (the others are removed), 2 everything chosen without --all, 4 store busy (--no-wait).
+
+    \b
+    Example:
+      clara ls notes/2023/          # what would go
+      clara rm notes/2023/
+      clara rm 'journal.jsonl#12' entry-42
+    """
+    from .documents import remove_documents
+
+    report = remove_documents(open_store(ctx), list(names), everything=everything, wait=not no_wait)
+    if as_json:
+        emit(report.to_dict())
+    else:
+        click.echo(f"removed {plural(report.removed, 'document')} ({plural(report.chunks_removed, 'chunk')}); "
+                   f"index: {report.index_removed} removed, {report.indexed} indexed; version {report.version}")
+    if report.unmatched:
+        for name in report.unmatched:
+            click.echo(f"clara: no document matches {name}", err=True)
+        raise ClaraError(f"{plural(len(report.unmatched), 'name')} matched no document (the others were removed)")
 
 
 @cli.command()

@@ -38,6 +38,7 @@ def model_info(model: ClaraModel) -> dict:
     return {
         "fingerprint": model.fingerprint,
         "spec": model.source,
+        "base_model": model.config.base_model,
         "n_mem": model.config.n_mem,
         "hidden": model.hidden_size,
         "doc_max_length": model.config.doc_max_length,

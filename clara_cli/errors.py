@@ -2,7 +2,7 @@
 
 Exit codes (README "Exit codes"): 0 ok, 1 error, 2 usage, 3 partial failure
 (some inputs rejected, the rest committed), 4 store busy, 5 model mismatch,
-6 corrupt data.
+6 corrupt data, 7 no matching sources (search/ask retrieved nothing to answer from).
 """
 
 from __future__ import annotations
@@ -34,6 +34,12 @@ class ModelMismatchError(ClaraError):
 
 class CorruptDataError(ClaraError):
     exit_code = 6
+
+
+class NoSourcesError(ClaraError):
+    """Retrieval found nothing (above the score floor): no answer is made up without sources."""
+
+    exit_code = 7
 
 
 class MissingMemoryError(ClaraError, KeyError):

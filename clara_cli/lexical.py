@@ -6,12 +6,19 @@ BM25 baseline and the store's BM25 rank alike. BM25 weights depend on corpus-wid
 tokenising, and that is incremental: each update tokenises only the new chunks into a token-id
 segment (Parquet; ids from a vocabulary that only grows), then rebuilds the sparse score matrix
 from the stored ids of the live chunks (vectorised, no text read) and stores it for queries.
+
+Words are bm25s' (runs of two or more word characters, lowercased), except that Chinese,
+Japanese and Korean text, written without spaces between words, is split into overlapping
+character pairs ("北京大学" -> 北京 京大 大学), the usual indexing of CJK text without a
+dictionary. The record names its tokenizer version; an index built by an older one is
+rebuilt by the next `clara index`, and read with its own tokenizer until then.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -25,12 +32,36 @@ from .retrievers import BM25Retriever
 from .store import Snapshot
 
 MAX_SEGMENTS = 8  # token segments are merged into one past this many
+TOKENIZER_VERSION = 2  # 1: bm25s' default words (a CJK run was one word); 2: CJK character pairs
+
+# Kana, CJK ideographs (with extensions and compatibility forms), Hangul syllables.
+_CJK = "\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f"
+_CJK_CHAR = re.compile(f"[{_CJK}]")
+_WORDS = re.compile(f"[{_CJK}]+|(?:(?![{_CJK}])\\w){{2,}}")
 
 
-def _tokenizer(word_to_id: dict | None = None):
+def split_words(text: str) -> list[str]:
+    """bm25s' words (2+ word characters; text arrives lowercased), with each run of CJK
+    characters as its overlapping character pairs, or the character itself when alone."""
+    out: list[str] = []
+    for word in _WORDS.findall(text):
+        if _CJK_CHAR.match(word):
+            out.extend([word] if len(word) == 1 else [word[i:i + 2] for i in range(len(word) - 1)])
+        else:
+            out.append(word)
+    return out
+
+
+def has_cjk(text: str) -> bool:
+    return _CJK_CHAR.search(text) is not None
+
+
+def bm25_tokenizer(word_to_id: dict | None = None, version: int = TOKENIZER_VERSION):
+    """bm25s' Tokenizer with English stopwords (the store's BM25 and `clara eval`'s baseline);
+    version 1 is the tokenizer of indexes built before CJK support."""
     from bm25s.tokenization import Tokenizer
 
-    tok = Tokenizer(stopwords="en")  # as BM25Retriever
+    tok = Tokenizer(stopwords="en", splitter=split_words) if version >= 2 else Tokenizer(stopwords="en")
     if word_to_id:
         tok.word_to_id = dict(word_to_id)
     return tok
@@ -64,6 +95,10 @@ def update_bm25(tx, old: dict | None, progress: bool = False) -> dict | None:
     if len(live) == 0:
         return None
     old = old or {}
+    if old and old.get("tokenizer", 1) != TOKENIZER_VERSION:
+        notice("BM25 index: rebuilding it with the current tokenizer (Chinese, Japanese and Korean text "
+               "is now split into character pairs)")
+        old = {}
     if old.get("digest") == _digest(live):
         return old
     segments = list(old.get("segments", []))
@@ -73,7 +108,7 @@ def update_bm25(tx, old: dict | None, progress: bool = False) -> dict | None:
     word_to_id = json.loads(view.check_file(old["vocab"]).read_text()) if old.get("vocab") else {}
     vocab_name = old.get("vocab")
     if len(new):
-        tok = _tokenizer(word_to_id)
+        tok = bm25_tokenizer(word_to_id)
         texts = view.lookup_chunks(new, ["text"]).column("text").to_pylist()
         ids = tok.tokenize(texts, update_vocab=True, show_progress=False, return_as="ids")
         parts.append((new, ids))
@@ -98,7 +133,7 @@ def update_bm25(tx, old: dict | None, progress: bool = False) -> dict | None:
     with open(path, "wb") as f:
         np.savez(f, keys=keys, **{f"bm25s/{name}": data for name, data in files.items()})
     return {"segments": segments, "vocab": vocab_name, "matrix": path.name, "rows": int(len(keys)),
-            "digest": _digest(live), "files": [*segments, vocab_name, path.name]}
+            "digest": _digest(live), "tokenizer": TOKENIZER_VERSION, "files": [*segments, vocab_name, path.name]}
 
 
 def _write_tokens(tx, keys: np.ndarray, ids: list[list[int]]) -> str:
@@ -111,8 +146,9 @@ def _write_tokens(tx, keys: np.ndarray, ids: list[list[int]]) -> str:
 class StoreBM25(BM25Retriever):
     """BM25Retriever over the store's stored score matrix; rows map to chunk keys."""
 
-    def __init__(self, tokenizer, bm25, keys: np.ndarray):  # noqa: D107 - built by load()/over()
+    def __init__(self, tokenizer, bm25, keys: np.ndarray, version: int = TOKENIZER_VERSION):  # noqa: D107
         self.tokenizer, self.bm25, self.keys, self.n = tokenizer, bm25, keys, len(keys)
+        self.version = version  # the tokenizer the index was built with (load()/over())
 
     @classmethod
     def load(cls, snapshot: Snapshot) -> StoreBM25 | None:
@@ -132,7 +168,8 @@ class StoreBM25(BM25Retriever):
                 bm25 = bm25s.BM25.load(tmp)
         except (OSError, ValueError, KeyError) as err:
             raise CorruptDataError(f"store {snapshot.root}: cannot read the BM25 index ({err})") from None
-        return cls(_tokenizer(word_to_id), bm25, keys)
+        version = int(record.get("tokenizer", 1))
+        return cls(bm25_tokenizer(word_to_id, version), bm25, keys, version)
 
     @classmethod
     def over(cls, snapshot: Snapshot) -> StoreBM25:
@@ -147,6 +184,9 @@ class StoreBM25(BM25Retriever):
         """(key, BM25 score) per query, best first; rows not in `live` and rows sharing no term
         with the query (score 0: their order is arbitrary, and would earn rank credit in RRF)
         are dropped."""
+        if self.version < TOKENIZER_VERSION and any(has_cjk(q) for q in queries):
+            notice("the store's BM25 index predates Chinese/Japanese/Korean word splitting: run `clara index` "
+                   "to rebuild it")
         extra = 0 if live is None else int((~np.isin(self.keys, live)).sum())
         alive = set(live.tolist()) if extra else None
         out = []

@@ -57,18 +57,20 @@ def doc_title(metadata: str | dict | None, doc_id: str) -> str:
 
 
 class BM25Retriever:
-    """Okapi BM25 (Lucene variant, k1 1.5, b 0.75) with English stopwords, no stemming."""
+    """Okapi BM25 (Lucene variant, k1 1.5, b 0.75) with English stopwords, no stemming; CJK text
+    as character pairs (lexical.split_words)."""
 
     name = "bm25"
 
     def __init__(self, texts: Sequence[str]):
         import bm25s
-        from bm25s.tokenization import Tokenizer
+
+        from .lexical import bm25_tokenizer
 
         if not texts:
             raise ClaraError("BM25 needs at least one text to index")
         self.n = len(texts)
-        self.tokenizer = Tokenizer(stopwords="en")
+        self.tokenizer = bm25_tokenizer()
         tokens = self.tokenizer.tokenize(list(texts), show_progress=False, return_as="ids")
         self.bm25 = bm25s.BM25()
         self.bm25.index(tokens, show_progress=False)
