@@ -453,14 +453,12 @@ def ask(ctx, question, k, max_new_tokens, retriever_mode, nprobe, ef_search, rer
       clara ask "When was the Eiffel Tower completed?"
       echo '{"question": "Who wrote Hamlet?"}' | clara ask - --json
     """
-    from .answer import Retriever
-    from .answer import ask as run_ask
+    from .answer import Retriever, iter_answers
 
     snapshot = open_store(ctx).snapshot()
     model = load_model(snapshot, model_spec, base_model, device, dtype, attn)
     retriever = Retriever(snapshot, retriever_mode, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
-    for q in read_questions(question):
-        answer = run_ask(snapshot, model, [q], k, max_new_tokens, retriever)[0]
+    for answer in iter_answers(snapshot, model, read_questions(question), k, max_new_tokens, retriever):
         if as_json:
             emit(answer.to_dict())
         else:
