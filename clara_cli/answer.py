@@ -47,6 +47,13 @@ def check_model(snapshot: Snapshot, model: ClaraModel) -> None:
     snapshot.check_model(model.fingerprint)
 
 
+def flatten_normalized(memory):
+    """index.flatten_normalized, imported at first use: bm25 alone needs neither torch nor faiss."""
+    from .index import flatten_normalized as flatten
+
+    return flatten(memory)
+
+
 RETRIEVER_MODES = ("latent", "bm25", "hybrid")
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 FUSION_DEPTH = 50  # ranks fused from each side
@@ -69,10 +76,12 @@ class Retriever:
                  ef_search: int | None = None, rerank: int | None = None):
         if mode not in RETRIEVER_MODES:
             raise UsageError(f"unknown retriever {mode!r} (use {', '.join(RETRIEVER_MODES)})")
-        from .index import VectorSearch
-
         self.snapshot, self.mode = snapshot, mode
-        self.vector = VectorSearch(snapshot, nprobe, ef_search, rerank) if mode != "bm25" else None
+        self.vector = None
+        if mode != "bm25":  # bm25 alone needs neither torch nor faiss
+            from .index import VectorSearch
+
+            self.vector = VectorSearch(snapshot, nprobe, ef_search, rerank)
         self.live = np.asarray(snapshot.memory_keys(), dtype=np.int64)
         if len(self.live) == 0 and mode != "bm25":
             raise ClaraError("nothing to search: no chunk is compressed yet (run `clara compress`)")
@@ -95,8 +104,6 @@ class Retriever:
 
     def search(self, model: ClaraModel | None, texts: list[str], k: int) -> list[list[tuple[int, float]]]:
         """(key, score) per query text: cosine (latent), BM25 score (bm25), or RRF score (hybrid)."""
-        from .index import flatten_normalized
-
         depth = max(k, FUSION_DEPTH) if self.mode == "hybrid" else k
         latent = lexical = None
         if self.vector is not None:

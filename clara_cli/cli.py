@@ -95,16 +95,9 @@ def open_store(ctx, create: bool = False):
 
 def load_model(snapshot, model_spec, base_model, device, dtype, attn="auto", warn_untrained: bool = True):
     """The model named by --model, else the one the store is bound to, else the default."""
-    from .model import ClaraModel
+    from .api import load_model as load
 
-    bound = snapshot.model if snapshot is not None else None
-    spec = model_spec or (bound.get("spec") if bound else None) or "default"
-    model = ClaraModel.from_pretrained(None if spec == "default" else spec, device=device, dtype=dtype,
-                                       base_model=base_model, attn=attn)
-    if warn_untrained and not model.trained:
-        notice("the default model has fresh, untrained adapters: retrieval and answers are not meaningful "
-               "until trained adapters ship (see README)")
-    return model
+    return load(snapshot, model_spec, base_model, device, dtype, attn, warn_untrained)
 
 
 @click.group(cls=ClaraGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,9 +115,8 @@ def cli(ctx, store):
       clara index                   # FAISS index over the memory
       clara ask "Who built the Eiffel Tower?"
     """
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
+    # Set here, read when transformers is imported (lazily: commands without a model never import it).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx.ensure_object(dict)
     ctx.obj["store"] = Path(store)
@@ -477,26 +469,54 @@ def info(ctx, as_json):
     Example:
       clara info --json
     """
-    snapshot = open_store(ctx).snapshot()
-    stats = snapshot.stats()
-    model = snapshot.model or {}
-    chunks = snapshot.chunks(columns=["n_tokens"]) if stats.get("chunks") else None
-    text_tokens = int(sum(chunks.column("n_tokens").to_pylist())) if chunks is not None else 0
-    n_mem = int(model.get("n_mem", 0))
-    ratio = (text_tokens / (stats.get("chunks", 0) * n_mem)) if n_mem and stats.get("chunks") else None
-    out = {"store": str(snapshot.root), "version": snapshot.version,
-           "model": model.get("spec"), "fingerprint": model.get("fingerprint"),
-           "documents": stats.get("documents", 0), "chunks": stats.get("chunks", 0),
-           "compressed": stats.get("compressed", 0), "bytes": stats["total_bytes"],
-           "bytes_by_kind": stats["bytes"],
-           "text_tokens": text_tokens, "memory_tokens": stats.get("compressed", 0) * n_mem,
-           "compression_ratio": round(ratio, 2) if ratio else None,
-           "indexed": (snapshot.manifest.get("index") or {}).get("ntotal", 0)}
+    from .api import store_info
+
+    with open_store(ctx).snapshot() as snapshot:
+        out = store_info(snapshot)
     if as_json:
         emit(out)
     else:
         for key, value in out.items():
             click.echo(f"{key:>18}: {value}")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: a free one, announced on stderr).")
+@click.option("--load-model", is_flag=True, help="Load the model at start instead of at the first request "
+                                                 "that needs it.")
+@click.option("--mcp", "mcp", is_flag=True, help="Serve MCP tools (search, ask, info) on stdin/stdout instead of HTTP.")
+@model_options
+@click.pass_context
+def serve(ctx, host, port, load_model, mcp, model_spec, base_model, device, dtype, attn):
+    """Serve the store over HTTP (JSON) or MCP, keeping the model loaded between requests.
+
+    \b
+    Endpoints: POST /search, POST /ask (the fields and JSON objects of `search`/`ask --json`),
+    GET /info, GET /health; errors are {"error", "exit_code"} (README "Serving").
+    Each request reads the last committed snapshot: `clara update` may run meanwhile.
+
+    \b
+    Example:
+      clara serve --port 8000 &
+      curl -s localhost:8000/ask -d '{"question": "Who built the Eiffel Tower?", "k": 3}'
+      clara serve --mcp            # for assistants: MCP over stdio
+    """
+    from .api import ClaraStore
+
+    store = ClaraStore(ctx.obj["store"], model=model_spec, base_model=base_model, device=device, dtype=dtype,
+                       attn=attn)
+    if load_model:
+        store.load_model()
+    if mcp:
+        from .mcp_server import serve_mcp
+
+        serve_mcp(store)
+    else:
+        from .serve import serve_http
+
+        serve_http(store, host=host, port=port)
 
 
 @cli.command()

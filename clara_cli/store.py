@@ -43,9 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 
 from .errors import (
     ClaraError,
@@ -88,9 +86,23 @@ CHUNK_SCHEMA = pa.schema([
 # of every file with a smaller sequence number (see module docstring).
 DELETION_SCHEMA = pa.schema([("kind", pa.string()), ("id", pa.string())])
 
-MEMORY_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
-                 torch.int8: "int8"}  # int8 shards also hold "scales" [rows, n_mem] fp32 (per token)
-_DTYPE_BY_NAME = {v: k for k, v in MEMORY_DTYPES.items()}
+
+
+class _LazyTorch:
+    """torch, imported at first use: commands that read no memory rows (info, bm25 search, gc)
+    start without it."""
+
+    def __getattr__(self, name: str):
+        import torch as real
+
+        globals()["torch"] = real
+        return getattr(real, name)
+
+
+torch = _LazyTorch()
+# str(torch dtype) -> shard dtype name; int8 shards also hold "scales" [rows, n_mem] fp32 (per token)
+MEMORY_DTYPES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16",
+                 "torch.int8": "int8"}
 _TABLE_KINDS = ("documents", "chunks", "deletions")
 _COMPACT_SHARD_BYTES = 256 << 20  # compaction writes memory shards of at most this size
 # Every commit rewrites the manifest; a compress run adds one shard per batch. Merging MERGE_FANOUT
@@ -766,11 +778,11 @@ class Snapshot:
         return self._store._cached(entry["name"], "keys",
                                    lambda: chunk_ids_to_keys(self._ids(entry, "chunk_id")))
 
-    def _open_shard(self, entry: dict):
+    def _open_shard(self, entry: dict, framework: str = "pt"):
         """safe_open a memory shard after checking its size and header against the manifest."""
         path = self._checked_path(entry)
         try:
-            handle = safe_open(str(path), framework="pt")
+            handle = safe_open(str(path), framework=framework)
             meta = handle.metadata() or {}
             shape = handle.get_slice("memory").get_shape()
             keys_shape = handle.get_slice("chunk_keys").get_shape()
@@ -785,8 +797,8 @@ class Snapshot:
 
     def _shard_keys(self, entry: dict) -> np.ndarray:
         def load():
-            handle = self._open_shard(entry)
-            keys = handle.get_tensor("chunk_keys").numpy().astype(np.int64)
+            handle = self._open_shard(entry, "numpy")  # keys need no torch
+            keys = handle.get_tensor("chunk_keys").astype(np.int64)
             expect = (handle.metadata() or {}).get("keys_crc")
             if expect is not None and str(zlib.crc32(keys.astype("<i8").tobytes())) != expect:
                 raise CorruptDataError(f"{self.data_path(entry['name'])}: chunk keys fail their CRC "
@@ -995,8 +1007,9 @@ class Snapshot:
         parts = [k for _, _, k in self._memory_rows()]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def read_memory(self, chunk_keys: np.ndarray | list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Memory rows [n, n_mem, hidden] for the keys, in the order asked."""
+    def read_memory(self, chunk_keys: np.ndarray | list[int], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Memory rows [n, n_mem, hidden] for the keys, in the order asked (fp32 by default)."""
+        dtype = dtype or torch.float32
         keys = np.asarray(chunk_keys, dtype=np.int64).reshape(-1)
         sorted_keys, shard_of, row_of = self._memory_lookup()
         pos, found = _find(sorted_keys, keys)
@@ -1195,7 +1208,7 @@ class Transaction:
     def _write_shard(self, keys: np.ndarray, memory: torch.Tensor, tier: int = 0,
                      scales: torch.Tensor | None = None) -> dict:
         model = self._manifest["model"]
-        dtype = MEMORY_DTYPES[memory.dtype]
+        dtype = MEMORY_DTYPES[str(memory.dtype)]
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         memory = memory.detach().to("cpu").contiguous()
         extra = {}
@@ -1206,6 +1219,8 @@ class Transaction:
             extra["scales"] = scales
         else:
             scales = None
+        from safetensors.torch import save as safetensors_save
+
         data = safetensors_save(
             {"memory": memory, "chunk_keys": torch.from_numpy(keys.copy()),
              "row_crc": torch.from_numpy(_row_crcs(keys, memory, scales)), **extra},
@@ -1313,7 +1328,7 @@ class Transaction:
         if not model:
             raise ClaraError("bind the store to a model before adding memory")
         keys = np.asarray(chunk_keys, dtype=np.int64).reshape(-1)
-        if memory.dtype not in MEMORY_DTYPES:
+        if str(memory.dtype) not in MEMORY_DTYPES:
             raise ClaraError(f"memory dtype {memory.dtype} is not one of float32, bfloat16, float16, int8")
         expect = (len(keys), int(model["n_mem"]), int(model["hidden"]))
         if tuple(memory.shape) != expect:

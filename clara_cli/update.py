@@ -11,16 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import numpy as np
 
-from .compress import compress_store, model_info
 from .errors import ClaraError, CorruptDataError
-from .index import index_ids, load_index, update_index
 from .ingest import IngestReport, ingest
-from .model import ClaraModel
 from .store import Snapshot, Store, chunk_id_from_key, set_fault_stage
+
+if TYPE_CHECKING:  # `clara verify` starts without torch: the model's modules load in update()
+    from .model import ClaraModel
 
 
 @dataclass
@@ -48,6 +48,9 @@ def update(store: Store, paths: Sequence[str], model: ClaraModel, *, overlap: in
            memory_dtype: str | None = None, progress: bool = True, wait: bool = True) -> UpdateReport:
     """Ingest the inputs, compress what has no memory, bring the index in line; one writer
     lock for all three (a second `update` waits, or fails at once with wait=False)."""
+    from .compress import compress_store, model_info
+    from .index import update_index
+
     t0 = time.perf_counter()
     report = UpdateReport()
     with store.session(wait=wait):
@@ -104,6 +107,8 @@ def indexed_keys(snapshot: Snapshot) -> np.ndarray | None:
         except (ValueError, OSError) as err:
             raise CorruptDataError(f"{path}: cannot read the index keys ({err})") from None
     if info.get("file"):
+        from .index import index_ids, load_index
+
         snapshot.check_file(info["file"])
         index = load_index(snapshot)
         return index_ids(index) if index is not None else None
