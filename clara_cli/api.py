@@ -193,9 +193,8 @@ class ClaraStore:
         _check_options(k, retriever)
         queries = [query] if isinstance(query, str) else list(query)
         with self._readers.use(retriever, nprobe, ef_search, rerank) as (snapshot, reader):
-            if retriever == "bm25":
-                model = self._model if snapshot.model is not None else None
-                results = search_snapshot(snapshot, model, queries, k, reader)
+            if retriever == "bm25":  # as `clara search --retriever bm25`: no model, no model check
+                results = search_snapshot(snapshot, None, queries, k, reader)
             else:
                 model = self.load_model()
                 with self._model_lock:

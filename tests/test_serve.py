@@ -15,12 +15,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from tiny_store import build_tiny_store, clara_bin, json_lines, run_clara
+from tiny_store import build_tiny_store, clara_bin, json_lines
 
 START_TIMEOUT = 120  # seconds for the server to answer /health (imports and start, on a loaded machine)
 
 
-def request(url: str, body: dict | str | None = None, timeout: float = 120) -> tuple[int, object]:
+def request(url: str, body: dict | str | None = None, timeout: float = 300) -> tuple[int, object]:
     """(HTTP status, decoded JSON) for a GET, or a POST of body (sent as `curl -d` would: no JSON type)."""
     data = None if body is None else (body if isinstance(body, str) else json.dumps(body)).encode()
     try:
@@ -144,35 +144,42 @@ def test_model_mismatch_is_409_with_exit_code_5(served, fixture_dir):
 
 
 def test_readers_keep_answering_while_update_writes(served):
-    """Searches and /info during a `clara update` (a second process) all succeed; afterwards the
-    server sees the new snapshot without a restart."""
+    """Searches and /info during an update (written by this process, the server reads) all
+    succeed; afterwards the server sees the new snapshot without a restart."""
+    from clara_cli.api import open_store
+
     url, root = served["url"], served["root"]
     before = request(url + "/info")[1]["version"]
     (root / "new").mkdir()
     (root / "new" / "nile.txt").write_text("The Nile is a major north-flowing river in northeastern Africa.")
     results: list[tuple[int, object]] = []
+    failures: list[BaseException] = []
     stop = threading.Event()
 
     def reader():
-        while not stop.is_set():
-            results.append(request(url + "/search", {"query": "river Africa", "k": 2, "retriever": "bm25"}))
-            results.append(request(url + "/info"))
-            time.sleep(0.1)  # readers, not a load test: leave the shared CPU to the writer
+        try:
+            while not stop.is_set():
+                results.append(request(url + "/search", {"query": "river Africa", "k": 2, "retriever": "bm25"}))
+                results.append(request(url + "/info"))
+                time.sleep(0.1)  # readers, not a load test: leave the shared CPU to the writer
+        except BaseException as err:  # noqa: BLE001 - reported by the test below
+            failures.append(err)
 
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
         t.start()
     try:
-        update = run_clara("--store", str(served["store"]), "update", str(root / "new"), "--json", "--model",
-                           served["model"], "--dtype", "fp32", timeout=600)
+        with open_store(served["store"], model=served["model"], device="cpu", dtype="fp32") as writer:
+            report = writer.update([root / "new"])
     finally:
         stop.set()
         for t in threads:
-            t.join(timeout=60)
-    assert update.returncode == 0, update.stderr
+            t.join(timeout=300)
+    assert not failures, failures[0]
+    assert report.added == 1 and report.compressed == 1 and report.indexed == 5
     assert len(results) >= 4 and all(status == 200 for status, _ in results), results[:3]
     status, info = request(url + "/info")
-    assert info["version"] > before and info["documents"] == 5
+    assert info["version"] == report.version > before and info["documents"] == 5
     hits = request(url + "/search", {"query": "Nile river", "k": 1, "retriever": "bm25"})[1]
     assert Path(hits[0]["source"]).name == "nile.txt"
     status, answer = request(url + "/ask", {"question": "Where does the Nile flow?", "k": 1, "max_new_tokens": 2})
@@ -189,7 +196,7 @@ def test_mcp_server_lists_and_runs_its_tools(served):
         "--device", "cpu"], env={**os.environ, "OMP_NUM_THREADS": "1"})
 
     async def session():
-        with anyio.fail_after(START_TIMEOUT), open(os.devnull, "w") as quiet:
+        with anyio.fail_after(300), open(os.devnull, "w") as quiet:  # a loaded, shared CPU
             async with stdio_client(params, errlog=quiet) as (read, write), ClientSession(read, write) as s:
                 await s.initialize()
                 tools = {t.name: t for t in (await s.list_tools()).tools}
