@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["ClaraModel", "__version__"]
+__all__ = ["ClaraModel", "ClaraStore", "open_store", "__version__"]
 
 
 def __getattr__(name: str):
@@ -13,4 +13,8 @@ def __getattr__(name: str):
         from .model import ClaraModel
 
         return ClaraModel
+    if name in ("open_store", "ClaraStore"):
+        from . import api
+
+        return getattr(api, name)
     raise AttributeError(name)

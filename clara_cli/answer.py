@@ -1,17 +1,24 @@
-"""Retrieval and generation for `clara search` / `clara ask`, on one consistent store snapshot."""
+"""Retrieval and generation for `clara search` / `clara ask`, on one consistent store snapshot.
+
+This is the only retrieve -> read memory -> generate path: `clara ask`, `clara eval`, the
+server and the Python API all answer through `iter_answers`."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ClaraError, ModelMismatchError, UsageError
-from .index import VectorSearch
-from .model import ClaraModel
+from .errors import ClaraError, UsageError
 from .progress import notice
-from .store import Snapshot, chunk_ids_to_keys
+from .store.keys import chunk_ids_to_keys
+
+if TYPE_CHECKING:  # torch, faiss and transformers load only when a command needs them
+    from .model import ClaraModel
+    from .store import Snapshot
 
 HIT_FIELDS = ("chunk_id", "doc_id", "source", "start", "end", "text")
 
@@ -35,12 +42,11 @@ class Hit:
 
 
 def check_model(snapshot: Snapshot, model: ClaraModel) -> None:
-    bound = snapshot.model
-    if bound is None:
+    """Before reading memory with `model`: the store must be bound to a model, and to this one
+    (`Snapshot.check_model` owns the fingerprint comparison and its message, exit code 5)."""
+    if snapshot.model is None:
         raise ClaraError("the store has no compressed chunks yet (run `clara compress` first)")
-    if bound["fingerprint"] != model.fingerprint:
-        raise ModelMismatchError(f"the store was compressed with model {bound['fingerprint']} "
-                                 f"({bound.get('spec')}); this model is {model.fingerprint} ({model.source})")
+    snapshot.check_model(model.fingerprint)
 
 
 RETRIEVER_MODES = ("latent", "bm25", "hybrid")
@@ -69,7 +75,11 @@ class Retriever:
         if mode not in RETRIEVER_MODES:
             raise UsageError(f"unknown retriever {mode!r} (use {', '.join(RETRIEVER_MODES)})")
         self.snapshot, self.mode = snapshot, mode
-        self.vector = VectorSearch(snapshot, nprobe, ef_search, rerank) if mode != "bm25" else None
+        self.vector = None
+        if mode != "bm25":  # bm25 alone needs neither torch nor faiss
+            from .index import VectorSearch
+
+            self.vector = VectorSearch(snapshot, nprobe, ef_search, rerank)
         self.live = np.asarray(snapshot.memory_keys(), dtype=np.int64)
         if len(self.live) == 0 and mode != "bm25":
             raise ClaraError("nothing to search: no chunk is compressed yet (run `clara compress`)")
@@ -173,39 +183,83 @@ class Answer:
     question: str
     answer: str | None  # None: no matching sources, nothing generated
     sources: list[Hit]
-    context_tokens: int
-    timings: dict
+    context_tokens: int  # prompt tokens the generator read (template, question, memory slots)
+    timings: dict  # seconds of the batch this question was answered in (see iter_answers)
+    new_tokens: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict:
         return {"question": self.question, "answer": self.answer,
                 "sources": [h.to_dict() for h in self.sources],
-                "context_tokens": self.context_tokens, "timings": self.timings}
+                "context_tokens": self.context_tokens,
+                "timings": {name: round(s, 4) for name, s in self.timings.items()}}
 
 
-def ask(snapshot: Snapshot, model: ClaraModel, questions: list[str], k: int = 5, max_new_tokens: int = 64,
-        retriever: Retriever | None = None, min_score: float | None = None) -> list[Answer]:
-    """Retrieve top-k memories per question and generate from them (the compressed context);
-    a question without matching sources (select_sources) gets answer None."""
+class FirstLogitsStamp:
+    """A logits processor that only records when generate first produced logits: the end of
+    prefill (one forward over the whole prompt), the start of decoding."""
+
+    def __init__(self):
+        self.t: float | None = None
+
+    def __call__(self, input_ids, scores):
+        if self.t is None:
+            self.t = time.perf_counter()
+        return scores
+
+
+def iter_answers(snapshot: Snapshot, model: ClaraModel, questions: Sequence[str], k: int = 5,
+                 max_new_tokens: int = 64, retriever: Retriever | None = None,
+                 batch_size: int = 8, min_score: float | None = None) -> Iterator[Answer]:
+    """Answers in question order, `batch_size` questions at a time: retrieve top-k per question,
+    read their memory rows (one CRC-checked read per batch), generate greedily from them. A
+    question without matching sources (select_sources) gets answer None and no generation; one
+    too long for the generator's context is cut to fit (fit_question, with a notice).
+
+    Each answer's timings are its batch's: retrieve_s (query encoding and search), read_s
+    (memory rows), prefill_s (building the prompt until the first new token's logits), decode_s
+    (the other new tokens), generate_s (prefill + decode) and total_s. `clara eval` answers
+    with batch_size 1, so they are per-question latencies there."""
+    from transformers import LogitsProcessorList
+
+    if batch_size < 1:
+        raise UsageError("batch_size must be at least 1")
     check_model(snapshot, model)
     retriever = retriever or Retriever(snapshot)
-    out: list[Answer] = []
-    for question in questions:
+    for start in range(0, len(questions), batch_size):
+        batch = list(questions[start:start + batch_size])
         t0 = time.perf_counter()
-        hits = select_sources(search(snapshot, model, [question], k, retriever)[0], min_score)
+        hits = [select_sources(retriever.hits(r), min_score) for r in retriever.search(model, batch, k)]
+        answered = [i for i, hs in enumerate(hits) if hs]
+        prompts = []
+        for i in answered:
+            fitted, note = fit_question(model, batch[i], len(hits[i]), max_new_tokens)
+            if note:
+                notice(note)
+            prompts.append(fitted)
         t1 = time.perf_counter()
-        if not hits:
-            out.append(Answer(question, None, [], context_tokens=0,
-                              timings={"retrieve_s": round(t1 - t0, 4), "generate_s": 0.0,
-                                       "total_s": round(t1 - t0, 4)}))
-            continue
-        fitted, note = fit_question(model, question, len(hits), max_new_tokens)
-        if note:
-            notice(note)
-        memory = snapshot.read_memory(np.array([h.key for h in hits], dtype=np.int64))
-        answer = model.generate([fitted], [memory], max_new_tokens=max_new_tokens)[0]
+        memory = snapshot.read_memory(np.array([h.key for i in answered for h in hits[i]], dtype=np.int64))
+        memories = list(memory.split([len(hits[i]) for i in answered]))
         t2 = time.perf_counter()
-        prompt_tokens = len(model.tokenizer(model.prompt(fitted, len(hits)), add_special_tokens=False).input_ids)
-        out.append(Answer(question, answer, hits, context_tokens=prompt_tokens,
-                          timings={"retrieve_s": round(t1 - t0, 4), "generate_s": round(t2 - t1, 4),
-                                   "total_s": round(t2 - t0, 4)}))
-    return out
+        stamp = FirstLogitsStamp()
+        generated = model.generate(prompts, memories, max_new_tokens=max_new_tokens,
+                                   logits_processor=LogitsProcessorList([stamp]), details=True) if prompts else []
+        t3 = time.perf_counter()
+        prefill = (stamp.t or t3) - t2
+        timings = {"retrieve_s": t1 - t0, "read_s": t2 - t1, "prefill_s": prefill, "decode_s": t3 - t2 - prefill,
+                   "generate_s": t3 - t2, "total_s": t3 - t0}
+        by_question = dict(zip(answered, generated, strict=True))
+        for i, (question, sources) in enumerate(zip(batch, hits, strict=True)):
+            gen = by_question.get(i)
+            if gen is None:
+                yield Answer(question, None, [], context_tokens=0, timings={**timings, "prefill_s": 0.0,
+                             "decode_s": 0.0, "generate_s": 0.0, "read_s": 0.0})
+                continue
+            yield Answer(question, gen.text, sources, context_tokens=gen.prompt_tokens, timings=dict(timings),
+                         new_tokens=gen.new_tokens)
+
+
+def ask(snapshot: Snapshot, model: ClaraModel, questions: Sequence[str], k: int = 5, max_new_tokens: int = 64,
+        retriever: Retriever | None = None, batch_size: int = 8, min_score: float | None = None) -> list[Answer]:
+    """Retrieve top-k memories per question and generate from them (the compressed context);
+    a question without matching sources gets answer None."""
+    return list(iter_answers(snapshot, model, questions, k, max_new_tokens, retriever, batch_size, min_score))

@@ -164,22 +164,9 @@ def open_store(ctx, create: bool = False):
 
 def load_model(snapshot, model_spec, base_model, device, dtype, attn="auto", warn_untrained: bool = True):
     """The model named by --model, else the one the store is bound to, else the default."""
-    from .model import ClaraModel
+    from .api import load_model as load
 
-    bound = snapshot.model if snapshot is not None else None
-    spec = model_spec or (bound.get("spec") if bound else None) or "default"
-    model = ClaraModel.from_pretrained(None if spec == "default" else spec, device=device, dtype=dtype,
-                                       base_model=base_model, attn=attn)
-    if attn == "triton":
-        from clara_kernels import backend
-
-        if backend(model.device) != "triton":
-            notice(f"--attn triton: Triton needs a CUDA GPU; on {model.device.type} its torch fallback runs "
-                   "instead (slower than --attn sdpa)")
-    if warn_untrained and not model.trained:
-        notice("the default model has fresh, untrained adapters: retrieval and answers are not meaningful "
-               "until trained adapters ship (see README)")
-    return model
+    return load(snapshot, model_spec, base_model, device, dtype, attn, warn_untrained)
 
 
 @click.group(cls=ClaraGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -197,9 +184,8 @@ def cli(ctx, store):
       clara index                   # FAISS index over the memory
       clara ask "Who built the Eiffel Tower?"
     """
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
+    # Set here, read when transformers is imported (lazily: commands without a model never import it).
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ctx.ensure_object(dict)
     ctx.obj["store"] = Path(store)
@@ -593,44 +579,28 @@ def ask(ctx, question, k, max_new_tokens, min_score, retriever_mode, nprobe, ef_
       clara ask "When was the Eiffel Tower completed?"
       echo '{"question": "Who wrote Hamlet?"}' | clara ask - --json
     """
-    from .answer import Retriever
-    from .answer import ask as run_ask
+    from .answer import Retriever, iter_answers
 
     questions, rejected = read_questions(question)
     snapshot = open_store(ctx).snapshot()
     model = load_model(snapshot, model_spec, base_model, device, dtype, attn)
     retriever = Retriever(snapshot, retriever_mode, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
     unmatched = []
-    for where, q in questions:
-        answer = run_ask(snapshot, model, [q], k, max_new_tokens, retriever, min_score=min_score)[0]
+    wheres = [where for where, _ in questions]
+    answers = iter_answers(snapshot, model, [q for _, q in questions], k, max_new_tokens, retriever,
+                           min_score=min_score)
+    for where, answer in zip(wheres, answers, strict=True):
         if answer.answer is None:
             unmatched.append(where)
         if as_json:
             emit(answer.to_dict())
         elif answer.answer is not None:
             if question == "-":
-                click.echo(q)
+                click.echo(answer.question)
             click.echo(answer.answer or "(empty answer)")
             click.echo("Sources:")
             print_sources(answer.sources)
     finish_batch(question == "-", rejected, unmatched, min_score)
-
-
-def base_model_name(record: dict) -> str | None:
-    """The base LM of the store's model: as recorded at compression, else read from the
-    checkpoint's metadata (no weights loaded); None when the checkpoint is gone."""
-    if record.get("base_model"):
-        return record["base_model"]
-    from .checkpoint import DEFAULT_MODEL_DIR
-
-    spec = record.get("spec") or "default"
-    folder = DEFAULT_MODEL_DIR if spec == "default" else Path(spec)
-    try:
-        if (folder / "clara.json").is_file():
-            return json.loads((folder / "clara.json").read_text())["config"]["base_model"]
-        return json.loads((folder / "config.json").read_text())["decoder_model_name"]  # Apple's format
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 @cli.command()
@@ -643,27 +613,10 @@ def info(ctx, as_json):
     Example:
       clara info --json
     """
-    snapshot = open_store(ctx).snapshot()
-    stats = snapshot.stats()
-    model = snapshot.model or {}
-    chunks = snapshot.chunks(columns=["n_tokens"]) if stats.get("chunks") else None
-    text_tokens = int(sum(chunks.column("n_tokens").to_pylist())) if chunks is not None else 0
-    n_mem = int(model.get("n_mem", 0))
-    ratio = (text_tokens / (stats.get("chunks", 0) * n_mem)) if n_mem and stats.get("chunks") else None
-    doc_len = int(model.get("doc_max_length", 0))
-    dtypes = sorted({e.get("dtype", "?") for e in snapshot.files("memory")})
-    out = {"store": str(snapshot.root), "version": snapshot.version,
-           "model": model.get("spec"), "fingerprint": model.get("fingerprint"),
-           "base_model": base_model_name(model) if model else None,
-           "compression_rate": doc_len // n_mem if n_mem and doc_len else None,
-           "memory_tokens_per_chunk": n_mem or None,
-           "memory_dtype": ",".join(dtypes) if dtypes else None,
-           "documents": stats.get("documents", 0), "chunks": stats.get("chunks", 0),
-           "compressed": stats.get("compressed", 0), "bytes": stats["total_bytes"],
-           "bytes_by_kind": stats["bytes"],
-           "text_tokens": text_tokens, "memory_tokens": stats.get("compressed", 0) * n_mem,
-           "compression_ratio": round(ratio, 2) if ratio else None,
-           "indexed": (snapshot.manifest.get("index") or {}).get("ntotal", 0)}
+    from .api import store_info
+
+    with open_store(ctx).snapshot() as snapshot:
+        out = store_info(snapshot)
     if as_json:
         emit(out)
     else:
@@ -743,6 +696,45 @@ def rm_cmd(ctx, names, everything, no_wait, as_json):
         for name in report.unmatched:
             click.echo(f"clara: no document matches {name}", err=True)
         raise ClaraError(f"{plural(len(report.unmatched), 'name')} matched no document (the others were removed)")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0: a free one, announced on stderr).")
+@click.option("--load-model", is_flag=True, help="Load the model at start instead of at the first request "
+                                                 "that needs it.")
+@click.option("--mcp", "mcp", is_flag=True, help="Serve MCP tools (search, ask, info) on stdin/stdout instead of HTTP.")
+@model_options
+@click.pass_context
+def serve(ctx, host, port, load_model, mcp, model_spec, base_model, device, dtype, attn):
+    """Serve the store over HTTP (JSON) or MCP, keeping the model loaded between requests.
+
+    \b
+    Endpoints: POST /search, POST /ask (the fields and JSON objects of `search`/`ask --json`),
+    GET /info, GET /health; errors are {"error", "exit_code"} (README "Serving").
+    Each request reads the last committed snapshot: `clara update` may run meanwhile.
+
+    \b
+    Example:
+      clara serve --port 8000 &
+      curl -s localhost:8000/ask -d '{"question": "Who built the Eiffel Tower?", "k": 3}'
+      clara serve --mcp            # for assistants: MCP over stdio
+    """
+    from .api import ClaraStore
+
+    store = ClaraStore(ctx.obj["store"], model=model_spec, base_model=base_model, device=device, dtype=dtype,
+                       attn=attn)
+    if load_model:
+        store.load_model()
+    if mcp:
+        from .mcp_server import serve_mcp
+
+        serve_mcp(store)
+    else:
+        from .serve import serve_http
+
+        serve_http(store, host=host, port=port)
 
 
 @cli.command()

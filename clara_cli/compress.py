@@ -18,7 +18,7 @@ import torch
 
 from .model import ClaraModel, dtype_from_name
 from .progress import notice, progress_bar
-from .store import MEMORY_DTYPES, Store, chunk_ids_to_keys, quantize_int8
+from .store import Store, chunk_ids_to_keys, memory_dtype_name, quantize_int8
 
 
 @dataclass
@@ -184,4 +184,4 @@ def compress_store(store: Store, model: ClaraModel, batch_size: int = 32, memory
                     say(f"compress: about {_duration((len(texts) - hi) / rate)} left "
                         f"({rate:.1f} chunks/s on the first, longest chunks)")
     return CompressReport(compressed=plan.pending, batches=batches, seconds=round(time.perf_counter() - t0, 3),
-                          memory_dtype=MEMORY_DTYPES[dtype], duplicates=plan.duplicates)
+                          memory_dtype=memory_dtype_name(dtype), duplicates=plan.duplicates)

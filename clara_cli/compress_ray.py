@@ -32,7 +32,7 @@ from .compress import (
 from .errors import ClaraError
 from .model import ClaraModel, dtype_name
 from .progress import notice, progress_bar
-from .store import MEMORY_DTYPES, Store
+from .store import Store, memory_dtype_name
 
 #: Test hook: an actor whose process sees this env var (a file path) crashes on its first batch
 #: if the file does not exist yet, after creating it (so the restarted actor succeeds).
@@ -125,7 +125,7 @@ def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "a
         keys = np.asarray([g[0] for g in groups], dtype=np.int64)  # one representative per text
         group_of = {int(g[0]): g for g in groups}
         if not texts:
-            return CompressReport(plan.pending, 0, round(time.perf_counter() - t0, 3), MEMORY_DTYPES[dtype],
+            return CompressReport(plan.pending, 0, round(time.perf_counter() - t0, 3), memory_dtype_name(dtype),
                                   duplicates=plan.duplicates)
         ray = connect(address)
         from ray import data as ray_data
@@ -158,4 +158,4 @@ def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "a
                 done += 1
                 bar.update(len(rows))
     return CompressReport(compressed=plan.pending, batches=done, seconds=round(time.perf_counter() - t0, 3),
-                          memory_dtype=MEMORY_DTYPES[dtype], duplicates=plan.duplicates)
+                          memory_dtype=memory_dtype_name(dtype), duplicates=plan.duplicates)

@@ -182,18 +182,6 @@ class Generation:
     decode_s: float
 
 
-class _FirstLogitsStamp:
-    """A logits processor that only records when generate first produced logits (end of prefill)."""
-
-    def __init__(self):
-        self.t: float | None = None
-
-    def __call__(self, input_ids, scores):
-        if self.t is None:
-            self.t = time.perf_counter()
-        return scores
-
-
 @torch.inference_mode()
 def timed_generate(decoder, tokenizer, attention_mask: torch.Tensor, max_new_tokens: int,
                    input_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
@@ -203,7 +191,9 @@ def timed_generate(decoder, tokenizer, attention_mask: torch.Tensor, max_new_tok
     `started`: when building the prompt began (tokenizing, memory overwrite), counted as prefill."""
     from transformers import LogitsProcessorList
 
-    stamp = _FirstLogitsStamp()
+    from .answer import FirstLogitsStamp
+
+    stamp = FirstLogitsStamp()
     kwargs = {"inputs_embeds": inputs_embeds} if inputs_embeds is not None else {"input_ids": input_ids}
     t0 = started if started is not None else time.perf_counter()
     out = decoder.generate(**kwargs, attention_mask=attention_mask, do_sample=False, top_p=None, top_k=None,
@@ -215,15 +205,6 @@ def timed_generate(decoder, tokenizer, attention_mask: torch.Tensor, max_new_tok
     return Generation(text=tokenizer.decode(new, skip_special_tokens=True).strip(),
                       prompt_tokens=int(attention_mask.sum()), new_tokens=int(len(new)),
                       prefill_s=prefill, decode_s=t1 - t0 - prefill)
-
-
-def clara_generate(model: ClaraModel, question: str, memory: torch.Tensor, max_new_tokens: int) -> Generation:
-    """The generator with the decoder adapter over memory [k, n_mem, h]: ClaraModel.generate, timed."""
-    started = time.perf_counter()
-    model.use_adapter("decoder_adapter")
-    _, mask, embeds = model.prompt_inputs([question], [memory])
-    return timed_generate(model.decoder, model.tokenizer, mask, max_new_tokens, inputs_embeds=embeds,
-                          started=started)
 
 
 @contextmanager
@@ -418,23 +399,23 @@ CLARA_SYSTEMS = {"latent": ("clara", "clara query reasoner"), "bm25": ("clara-bm
 
 def run_clara(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int, max_new_tokens: int,
               titles: dict[str, str], retriever, tick=None) -> list[QuestionResult]:
-    """CLaRa end to end: the retriever's top-k memories (query reasoner, the store's BM25, or
-    both fused) -> generator, one question at a time."""
-    from .answer import search
+    """CLaRa end to end through `answer.iter_answers`, the same path as `clara ask`: the
+    retriever's top-k memories (query reasoner, the store's BM25, or both fused) -> generator,
+    one question at a time so that its timings are per-question latencies."""
+    from .answer import ask, iter_answers
 
     system = CLARA_SYSTEMS[retriever.mode][0]
     slot_tokens = model.config.n_mem + (1 if model.config.sep else 0)
-    warm = search(snapshot, model, [questions[0].question], k, retriever)[0]  # first-call costs, untimed
-    clara_generate(model, questions[0].question, snapshot.read_memory([h.key for h in warm]), 2)
+    ask(snapshot, model, [questions[0].question], k, 2, retriever)  # first-call costs, untimed
     out = []
-    for q in questions:
-        t0 = time.perf_counter()
-        hits = search(snapshot, model, [q.question], k, retriever)[0]
-        memory = snapshot.read_memory(np.array([h.key for h in hits], dtype=np.int64))
-        retrieve_s = time.perf_counter() - t0
-        gen = clara_generate(model, q.question, memory, max_new_tokens)
-        retrieved = [(h.chunk_id, h.doc_id, titles.get(h.chunk_id, h.doc_id)) for h in hits]
-        out.append(_scored(system, q, gen, retrieved, slot_tokens * len(hits), retrieve_s))
+    answers = iter_answers(snapshot, model, [q.question for q in questions], k, max_new_tokens, retriever,
+                           batch_size=1)
+    for q, a in zip(questions, answers, strict=True):
+        t = a.timings
+        gen = Generation(text=a.answer, prompt_tokens=a.context_tokens, new_tokens=a.new_tokens,
+                         prefill_s=t["prefill_s"], decode_s=t["decode_s"])
+        retrieved = [(h.chunk_id, h.doc_id, titles.get(h.chunk_id, h.doc_id)) for h in a.sources]
+        out.append(_scored(system, q, gen, retrieved, slot_tokens * len(a.sources), t["retrieve_s"] + t["read_s"]))
         if tick:
             tick()
     return out

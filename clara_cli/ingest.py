@@ -22,7 +22,7 @@ from typing import TextIO
 
 import pyarrow as pa
 
-from .errors import ClaraError, ModelMismatchError
+from .errors import ClaraError
 from .progress import progress_bar
 from .readers import (  # noqa: F401 - re-exported: ingest's public names before readers.py split off
     HTML_SUFFIXES,
@@ -385,12 +385,9 @@ def ingest(store: Store, paths: Sequence[str], tokenizer, max_tokens: int, overl
     (max_file_size: see read_inputs).
 
     One commit at the end: a run killed midway leaves the store as it was (plus orphan files)."""
-    if model_info is not None:
-        bound = store.snapshot().model
-        if bound and bound.get("fingerprint") != model_info.get("fingerprint"):
-            raise ModelMismatchError(
-                f"store {store.root} is bound to model {bound.get('fingerprint')} ({bound.get('spec', '?')}), "
-                f"not {model_info.get('fingerprint')} ({model_info.get('spec', '?')})")
+    if model_info is not None:  # before any work (the transaction checks again when it binds)
+        with store.snapshot() as snapshot:
+            snapshot.check_model(model_info.get("fingerprint"))
     if not 0 <= overlap < max_tokens:
         raise ClaraError(f"overlap ({overlap}) must be at least 0 and less than the chunk size ({max_tokens})")
 

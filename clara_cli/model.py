@@ -388,16 +388,41 @@ class ClaraModel(nn.Module):
 
     @torch.inference_mode()
     def generate(self, questions: Sequence[str], memories: Sequence[torch.Tensor], max_new_tokens: int = 64,
-                 return_ids: bool = False):
-        """Greedy answers; memories[i] is [k_i, n_mem, hidden] for question i, in rank order."""
+                 return_ids: bool = False, logits_processor=None, details: bool = False):
+        """Greedy answers; memories[i] is [k_i, n_mem, hidden] for question i, in rank order.
+
+        `logits_processor` (a transformers LogitsProcessorList) is passed to generate, e.g. to
+        stamp the end of prefill. `details=True` returns one `Generated` per question (text,
+        prompt and new token counts) instead of the texts, so callers need not re-tokenize."""
         self.use_adapter("decoder_adapter")
         _, mask, embeds = self.prompt_inputs(questions, memories)
         out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
                                     top_p=None, top_k=None, temperature=None,
                                     max_new_tokens=max_new_tokens,
-                                    pad_token_id=self.tokenizer.pad_token_id)
+                                    pad_token_id=self.tokenizer.pad_token_id,
+                                    logits_processor=logits_processor)
         texts = [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        if details:
+            return [Generated(text, int(n), new_token_count(row, self.tokenizer.eos_token_id))
+                    for text, n, row in zip(texts, mask.sum(dim=1).tolist(), out, strict=True)]
         return (texts, out) if return_ids else texts
+
+
+@dataclass
+class Generated:
+    """One answer of ClaraModel.generate(details=True)."""
+
+    text: str
+    prompt_tokens: int  # the prompt the generator read (template, question, memory slots)
+    new_tokens: int  # generated, up to and including the end-of-sequence token
+
+
+def new_token_count(row: torch.Tensor, eos_token_id) -> int:
+    """Tokens generated in one row of a batch: up to the first end-of-sequence token (rows that
+    finished early are padded after it)."""
+    eos = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    hit = torch.isin(row, torch.tensor(eos, device=row.device)).nonzero() if eos else row[:0]
+    return int(hit[0, 0]) + 1 if len(hit) else int(len(row))
 
 
 def param_bytes(module: nn.Module) -> int:

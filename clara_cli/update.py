@@ -11,14 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from .compress import compress_store, model_info
-from .index import IndexReport, update_index
 from .ingest import IngestReport, ingest
-from .model import ClaraModel
 from .store import Store, set_fault_stage
-from .store.verify import VerifyReport, check_store, indexed_keys
+from .store.verify import VerifyReport, check_store, indexed_keys  # noqa: F401 - `clara verify`'s API, re-exported
+
+if TYPE_CHECKING:  # `clara verify` starts without torch: the model's modules load in update()
+    from .model import ClaraModel
 
 
 @dataclass
@@ -49,6 +49,9 @@ def update(store: Store, paths: Sequence[str], model: ClaraModel, *, overlap: in
     """Ingest the inputs, compress what has no memory, bring the index in line; one writer
     lock for all three (a second `update` waits, or fails at once with wait=False). With
     notify, say on stderr how many chunks are about to be compressed and about how long."""
+    from .compress import compress_store, model_info
+    from .index import IndexReport, update_index
+
     t0 = time.perf_counter()
     report = UpdateReport()
     with store.session(wait=wait):

@@ -192,14 +192,39 @@ def test_eval_text_table(eval_env, tiny_model):
     assert "2 questions, top-1 of 5 chunks" in lines[4]
 
 
-def test_clara_generate_matches_model_generate(tiny_model, tmp_path):
-    """The timed path produces exactly ClaraModel.generate's greedy answer."""
-    from clara_cli.evaluate import clara_generate
+def test_eval_answers_are_asks_answers(eval_env, tiny_model):
+    """`clara eval` measures `clara ask` itself: the same answers, sources and prompt sizes for
+    the same questions (eval answers one at a time, ask in a batch of all three)."""
+    from clara_cli.evaluate import evaluate
 
+    questions = load_questions(eval_env["data"])
+    report = evaluate(eval_env["store"].snapshot(), tiny_model, questions, k=2, max_new_tokens=6,
+                      baselines=[], progress=False)
+    stdin = "".join(json.dumps({"question": q.question}) + "\n" for q in questions)
+    out = CliRunner().invoke(cli, ["--store", str(eval_env["store"].root), "ask", "-", "-k", "2",
+                                   "--max-new-tokens", "6", "--model", eval_env["model"], "--dtype", "fp32",
+                                   "--json"], input=stdin, catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    asked = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [a["question"] for a in asked] == [r.question for r in report.results]
+    assert any(a["answer"] for a in asked)
+    for a, r in zip(asked, report.results, strict=True):
+        assert a["answer"] == r.prediction
+        assert [h["chunk_id"] for h in a["sources"]] == r.retrieved
+        assert a["context_tokens"] == r.context_tokens
+        assert set(a["timings"]) == {"retrieve_s", "read_s", "prefill_s", "decode_s", "generate_s", "total_s"}
+        assert 1 <= r.new_tokens <= 6 and r.prefill_s > 0
+
+
+def test_generate_details_count_the_prompt_and_new_tokens(tiny_model):
     memory = tiny_model.compress(["Some document text.", "Another one."])
-    expected = tiny_model.generate(["What is it?"], [memory], max_new_tokens=5)[0]
-    got = clara_generate(tiny_model, "What is it?", memory, 5)
-    assert got.text == expected and 1 <= got.new_tokens <= 5 and got.prefill_s > 0
+    questions, memories = ["What is it?", "And what is the other one, please?"], [memory, memory[:1]]
+    texts = tiny_model.generate(questions, memories, max_new_tokens=5)
+    got = tiny_model.generate(questions, memories, max_new_tokens=5, details=True)
+    assert [g.text for g in got] == texts
+    for q, m, g in zip(questions, memories, got, strict=True):
+        prompt = tiny_model.tokenizer(tiny_model.prompt(q, len(m)), add_special_tokens=False).input_ids
+        assert g.prompt_tokens == len(prompt) and 1 <= g.new_tokens <= 5
 
 
 def test_text_rag_reads_the_bare_base_model(tiny_model, tiny_model_dir):

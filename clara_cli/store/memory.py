@@ -12,15 +12,20 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 
 from ..errors import ClaraError, CorruptDataError
+from ..lazy import torch
 
-# int8 shards also hold "scales" [rows, n_mem] fp32 (per token)
-MEMORY_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16",
-                 torch.int8: "int8"}
+# str(torch dtype) -> the shard's dtype name; int8 shards also hold "scales" [rows, n_mem] fp32
+# (per token). Keyed by name so that reading a store needs no torch import.
+MEMORY_DTYPES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16",
+                 "torch.int8": "int8"}
+
+
+def memory_dtype_name(dtype) -> str:
+    """The shard dtype name of a torch dtype ("bfloat16"); KeyError for others."""
+    return MEMORY_DTYPES[str(dtype)]
 
 
 def quantize_int8(memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,18 +71,21 @@ def encode_shard(keys: np.ndarray, memory: torch.Tensor, fingerprint: str,
         extra["scales"] = scales
     else:
         scales = None
+    from safetensors.torch import save as safetensors_save
+
     return safetensors_save(
         {"memory": memory, "chunk_keys": torch.from_numpy(keys.copy()),
          "row_crc": torch.from_numpy(row_crcs(keys, memory, scales)), **extra},
         metadata={"model_fingerprint": str(fingerprint), "n_mem": str(memory.shape[1]),
-                  "hidden": str(memory.shape[2]), "dtype": MEMORY_DTYPES[memory.dtype],
+                  "hidden": str(memory.shape[2]), "dtype": memory_dtype_name(memory.dtype),
                   "keys_crc": keys_crc(keys)})
 
 
-def open_shard(path: Path, entry: dict):
-    """safe_open a shard whose size is checked, and check its header against the manifest entry."""
+def open_shard(path: Path, entry: dict, framework: str = "pt"):
+    """safe_open a shard whose size is checked, and check its header against the manifest entry
+    (framework "numpy" for reads that need no torch, such as the keys)."""
     try:
-        handle = safe_open(str(path), framework="pt")
+        handle = safe_open(str(path), framework=framework)
         meta = handle.metadata() or {}
         shape = handle.get_slice("memory").get_shape()
         keys_shape = handle.get_slice("chunk_keys").get_shape()
@@ -93,7 +101,7 @@ def open_shard(path: Path, entry: dict):
 
 def read_shard_keys(path: Path, handle) -> np.ndarray:
     """The shard's chunk keys, checked against the CRC in its metadata."""
-    keys = handle.get_tensor("chunk_keys").numpy().astype(np.int64)
+    keys = np.asarray(handle.get_tensor("chunk_keys")).astype(np.int64)  # a numpy handle: no torch
     expect = (handle.metadata() or {}).get("keys_crc")
     if expect is not None and keys_crc(keys) != expect:
         raise CorruptDataError(f"{path}: chunk keys fail their CRC (content changed; run `clara verify`)")
@@ -132,5 +140,5 @@ def gather_rows(tensor_slice, rows: np.ndarray) -> torch.Tensor:
     return block[torch.from_numpy(inverse)]
 
 
-__all__ = ["MEMORY_DTYPES", "check_rows", "dequantize_int8", "encode_shard", "gather_rows", "keys_crc",
+__all__ = ["MEMORY_DTYPES", "memory_dtype_name", "check_rows", "dequantize_int8", "encode_shard", "gather_rows", "keys_crc",
            "open_shard", "quantize_int8", "read_row_crcs", "read_shard_keys", "row_crcs"]

@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from ..errors import ClaraError, CorruptDataError, MissingMemoryError
+from ..lazy import torch
 from .durable import sha256_file
 from .keys import chunk_id_from_key, chunk_ids_to_keys, find_keys
 from .memory import (
@@ -134,13 +134,13 @@ class Snapshot:
         return self._store.cached(entry["name"], "keys",
                                    lambda: chunk_ids_to_keys(self._ids(entry, "chunk_id")))
 
-    def _open_shard(self, entry: dict):
-        return open_shard(self.checked_path(entry), entry)
+    def _open_shard(self, entry: dict, framework: str = "pt"):
+        return open_shard(self.checked_path(entry), entry, framework)
 
     def shard_keys(self, entry: dict) -> np.ndarray:
         """A memory shard's chunk keys, header and key CRC checked (cached: files are immutable)."""
         return self._store.cached(entry["name"], "keys", lambda: read_shard_keys(
-            self.data_path(entry["name"]), self._open_shard(entry)))
+            self.data_path(entry["name"]), self._open_shard(entry, "numpy")))
 
     def _check_rows(self, entry: dict, rows: np.ndarray, keys: np.ndarray, block: torch.Tensor,
                     scales: torch.Tensor | None = None) -> None:
@@ -305,8 +305,9 @@ class Snapshot:
         parts = [k for _, _, k in self.memory_rows()]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def read_memory(self, chunk_keys: np.ndarray | list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Memory rows [n, n_mem, hidden] for the keys, in the order asked."""
+    def read_memory(self, chunk_keys: np.ndarray | list[int], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Memory rows [n, n_mem, hidden] for the keys, in the order asked (fp32 by default)."""
+        dtype = dtype or torch.float32
         keys = np.asarray(chunk_keys, dtype=np.int64).reshape(-1)
         sorted_keys, shard_of, row_of = self._memory_lookup()
         pos, found = find_keys(sorted_keys, keys)

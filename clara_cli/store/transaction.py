@@ -23,14 +23,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import torch
 
 from ..errors import ClaraError
+from ..lazy import torch
 from .durable import HashingFile, fsync_path, sha256_file, write_json_atomic
 from .faults import fault_point
 from .keys import chunk_id_from_key, chunk_ids_to_keys
 from .lock import create_lease_file
-from .memory import MEMORY_DTYPES, encode_shard
+from .memory import MEMORY_DTYPES, encode_shard, memory_dtype_name
 from .protocol import (
     CHUNK_SCHEMA,
     COMPACT_SHARD_BYTES,
@@ -130,7 +130,7 @@ class Transaction:
     def _write_shard(self, keys: np.ndarray, memory: torch.Tensor, tier: int = 0,
                      scales: torch.Tensor | None = None) -> dict:
         model = self._manifest["model"]
-        dtype = MEMORY_DTYPES[memory.dtype]
+        dtype = memory_dtype_name(memory.dtype)
         data = encode_shard(keys, memory, str(model["fingerprint"]), scales=scales)
         path = self.new_data_path("memory", ".safetensors")
         with open(path, "wb") as f:
@@ -233,7 +233,7 @@ class Transaction:
         if not model:
             raise ClaraError("bind the store to a model before adding memory")
         keys = np.asarray(chunk_keys, dtype=np.int64).reshape(-1)
-        if memory.dtype not in MEMORY_DTYPES:
+        if str(memory.dtype) not in MEMORY_DTYPES:
             raise ClaraError(f"memory dtype {memory.dtype} is not one of float32, bfloat16, float16, int8")
         expect = (len(keys), int(model["n_mem"]), int(model["hidden"]))
         if tuple(memory.shape) != expect:

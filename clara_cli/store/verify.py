@@ -90,8 +90,6 @@ class VerifyReport:
 def indexed_keys(snapshot: Snapshot) -> np.ndarray | None:
     """The chunk keys the snapshot's vector index covers (None: no vector index): a flat index
     records them in a keys file, FAISS kinds hold them; files are checksummed first."""
-    from ..index import index_ids, load_index  # the index builds on the store, not the reverse
-
     info = snapshot.index or {}
     if info.get("keys_file"):
         path = snapshot.check_file(info["keys_file"])
@@ -100,6 +98,8 @@ def indexed_keys(snapshot: Snapshot) -> np.ndarray | None:
         except (ValueError, OSError) as err:
             raise CorruptDataError(f"{path}: cannot read the index keys ({err})") from None
     if info.get("file"):
+        from ..index import index_ids, load_index  # faiss loads only for a FAISS index
+
         snapshot.check_file(info["file"])
         index = load_index(snapshot)
         return index_ids(index) if index is not None else None
