@@ -93,12 +93,21 @@ def open_store(ctx, create: bool = False):
     return Store.open(ctx.obj["store"], create=create)
 
 
+def slow_dtype_warning(dtype: str, device: str) -> None:
+    from .model import slow_dtype_notice
+
+    line = slow_dtype_notice(dtype, device)
+    if line:
+        notice(line)
+
+
 def load_model(snapshot, model_spec, base_model, device, dtype, attn="auto", warn_untrained: bool = True):
     """The model named by --model, else the one the store is bound to, else the default."""
     from .model import ClaraModel
 
     bound = snapshot.model if snapshot is not None else None
     spec = model_spec or (bound.get("spec") if bound else None) or "default"
+    slow_dtype_warning(dtype, device)
     model = ClaraModel.from_pretrained(None if spec == "default" else spec, device=device, dtype=dtype,
                                        base_model=base_model, attn=attn)
     if warn_untrained and not model.trained:
@@ -678,6 +687,7 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
     from .train import TrainConfig
     from .train import train as run_train
 
+    slow_dtype_warning(dtype, device)
     cfg = TrainConfig(stage=stage, data=data, out=out, init_from=init_from, base_model=base_model,
                       doc_max_length=doc_max_length, compr_rate=compr_rate, steps=steps, epochs=epochs,
                       batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,

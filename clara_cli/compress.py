@@ -41,11 +41,25 @@ def model_info(model: ClaraModel) -> dict:
     }
 
 
-def storage_dtype(model: ClaraModel, requested: str | None = None) -> torch.dtype:
-    """bf16/fp16 compute yields values exact in that dtype: storing them so is lossless."""
+_BY_NAME = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+            "fp16": torch.float16, "float16": torch.float16, "int8": torch.int8}
+
+
+def storage_dtype(model: ClaraModel, requested: str | None = None, existing: str | None = None) -> torch.dtype:
+    """The shard dtype: as requested, else the store's existing memory dtype (one store keeps one,
+    whichever machine compresses into it: an fp32 CPU adding to a bf16 store writes bf16), else
+    the compute dtype (bf16/fp16 compute yields values exact in that dtype: lossless)."""
     if requested:
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8}[requested]
+        return _BY_NAME[requested]
+    if existing:
+        return _BY_NAME[existing]
     return model.dtype if model.dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def existing_memory_dtype(view) -> str | None:
+    """The dtype of the store's newest memory shard (None when it holds none)."""
+    shards = view.files("memory")
+    return shards[-1].get("dtype") if shards else None
 
 
 def add_memory(tx, keys: np.ndarray, memory: torch.Tensor, dtype: torch.dtype) -> None:
@@ -74,8 +88,8 @@ def compress_store(store: Store, model: ClaraModel, batch_size: int = 32, memory
                    progress: bool = True, wait: bool = True) -> CompressReport:
     """Compress what is pending; one commit per batch."""
     t0 = time.perf_counter()
-    dtype = storage_dtype(model, memory_dtype)
     with store.writer(wait=wait) as tx:
+        dtype = storage_dtype(model, memory_dtype, existing_memory_dtype(tx.view))
         tx.bind_model(model_info(model))
         keys, texts = pending_chunks(tx.view)
         batches = 0

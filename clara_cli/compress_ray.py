@@ -20,7 +20,14 @@ import time
 import numpy as np
 import torch
 
-from .compress import CompressReport, add_memory, model_info, pending_chunks, storage_dtype
+from .compress import (
+    CompressReport,
+    add_memory,
+    existing_memory_dtype,
+    model_info,
+    pending_chunks,
+    storage_dtype,
+)
 from .errors import ClaraError
 from .model import ClaraModel
 from .progress import notice, progress_bar
@@ -109,8 +116,8 @@ def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "a
                        wait: bool = True, base_model: str | None = None) -> CompressReport:
     """Compress what is pending on a Ray cluster; one commit per batch, as compress_store."""
     t0 = time.perf_counter()
-    dtype = storage_dtype(model, memory_dtype)
     with store.writer(wait=wait) as tx:
+        dtype = storage_dtype(model, memory_dtype, existing_memory_dtype(tx.view))
         tx.bind_model(model_info(model))
         keys, texts = pending_chunks(tx.view)
         if not texts:
