@@ -49,7 +49,7 @@ STAGE_DEFAULTS = {
     "e2e": {"lr": 5e-6, "schedule": "constant", "warmup_ratio": 0.0},
 }
 # Settings that may change between a run and its resumption (they do not change the result).
-VOLATILE = ("out", "save_every", "device", "progress")
+VOLATILE = ("out", "save_every", "device", "progress", "pack")
 
 
 @dataclass
@@ -78,6 +78,7 @@ class TrainConfig:
     temperature: float = 0.02        # e2e differentiable top-k
     dropout: bool = True             # LoRA dropout 0.1 as the paper; off is faster
     autocast: bool | None = None     # LoRA side paths in the compute dtype too (default: when not fp32)
+    pack: bool = True                # sequences packed without padding (False: padded batches, as before)
     max_length: int = 1024           # generator prompt + target tokens
     save_every: int = 100
     dtype: str = "auto"
@@ -179,9 +180,10 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
     model = _load_start_model(cfg, out if resuming else None, device, dtype)
     prepare_adapters(model, cfg.stage, fresh_start=not resuming, seed=cfg.seed)
     model.decoder.to(device)
+    model.set_attention("auto")  # Triton varlen attention on CUDA (inference passes; training takes SDPA)
     model.decoder.train(cfg.dropout)  # train mode only switches LoRA dropout on
     autocast = dtype != torch.float32 if cfg.autocast is None else cfg.autocast
-    tm = Trainable(model, cfg.stage, autocast=autocast)
+    tm = Trainable(model, cfg.stage, autocast=autocast, packed=cfg.pack)
     params = tm.parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
     warmup = math.ceil(total * cfg.warmup_ratio)
