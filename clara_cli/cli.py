@@ -71,8 +71,8 @@ def retrieval_options(f):
 def compression_options(f):
     """--batch-size and --memory-dtype, shared by compress and update."""
     f = click.option("--memory-dtype", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
-                     help="Shard dtype (default: the compute dtype, which is lossless; int8: per-token "
-                          "scales, half of bf16).")(f)
+                     help="Shard dtype (default: the store's existing memory dtype, else the compute dtype, "
+                          "which is lossless; int8: per-token scales, half of bf16).")(f)
     return click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
                         help="Chunks per compressor batch.")(f)
 
@@ -655,6 +655,9 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
               help="Documents per question: read (instruct) or selected (e2e).")
 @click.option("--dropout/--no-dropout", default=True, show_default=True,
               help="LoRA dropout 0.1 as the paper; --no-dropout is faster on CPU.")
+@click.option("--pack/--no-pack", default=True, show_default=True,
+              help="Run each micro-batch's sequences back to back without padding (the same "
+                   "computation, fewer tokens); --no-pack pads to the longest, as before.")
 @click.option("--doc-max-length", default=256, show_default=True, type=click.IntRange(1),
               help="Fresh start only: document tokens per memory.")
 @click.option("--compr-rate", default=16, show_default=True, type=click.IntRange(1),
@@ -669,8 +672,8 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
                    "full length); rerun without it to continue. For time-boxed runs.")
 @json_option
 def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, grad_accum, lr, warmup_ratio,
-          schedule, save_every, top_k, dropout, doc_max_length, compr_rate, dtype, device, seed, max_examples,
-          stop_at_step, as_json):
+          schedule, save_every, top_k, dropout, pack, doc_max_length, compr_rate, dtype, device, seed,
+          max_examples, stop_at_step, as_json):
     """Train one CLaRa stage on DATA (official JSONL): scp, then instruct, then e2e.
 
     Writes a model to --out that every command loads with --model. Checkpoints every
@@ -692,7 +695,7 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
                       doc_max_length=doc_max_length, compr_rate=compr_rate, steps=steps, epochs=epochs,
                       batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
                       schedule=schedule, save_every=save_every, top_k=top_k, dropout=dropout, dtype=dtype,
-                      device=device, seed=seed, max_examples=max_examples)
+                      device=device, seed=seed, max_examples=max_examples, pack=pack)
     result = run_train(cfg, progress=not as_json, stop_at=stop_at_step)
     if as_json:
         emit(result.to_dict())
