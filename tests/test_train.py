@@ -431,3 +431,23 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(tmp_path, tiny_model_dir,
     a, b = read_adapter_tensors(out), read_adapter_tensors(tmp_path / "straight")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert straight.fingerprint and resumed.loss_last == pytest.approx(straight.loss_last, abs=1e-5)
+
+
+@pytest.mark.slow  # five processes importing torch + transformers
+def test_gpu_recipe_script_runs_on_a_tiny_budget(tmp_path, tiny_model_dir):
+    """scripts/train_gpu.sh end to end (synth, three stages, export) with SMOKE=1 on the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    from clara_cli.model import ClaraModel
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SMOKE": "1", "BASE_MODEL": str(tiny_model_dir.parent / "base"), "DEVICE": "cpu",
+           "PY": sys.executable, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(["bash", str(root / "scripts" / "train_gpu.sh"), str(tmp_path / "out")], env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    model = ClaraModel.from_pretrained(str(tmp_path / "out" / "model"), device="cpu", dtype="fp32")
+    assert model.trained and set(model.config.adapters) == {"encoder_adapter", "decoder_adapter",
+                                                            "query_reasoner_adapter"}
