@@ -102,8 +102,15 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=40, help="Wikipedia paragraphs to synthesize records from")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--peak-n", type=int, default=1024)
+    ap.add_argument("--warmup-batch", type=int, default=None,
+                    help="examples in the warm-up micro-batch (default: the recipe's; smaller is quicker)")
     ap.add_argument("--no-baseline", action="store_true", help="measure the packed path only")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's). 1 keeps a loaded machine's busy time honest: "
+                         "no thread spins at a barrier waiting for a descheduled sibling")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from clara_cli.model import resolve_dtype
     from clara_cli.train.loop import TrainConfig, _load_start_model
@@ -143,16 +150,19 @@ def main() -> None:
         per_token: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}  # (wall, busy) s/token
         losses: dict[str, list[float]] = {k: [] for k in paths}
         peaks: list[tuple[float, float]] = []
-        for s in range(args.micro_batches + 1):  # micro-batch 0 warms up (new shapes, allocator)
+        for s in range(args.micro_batches + 1):  # micro-batch 0 warms up (code paths, allocator)
+            size = batch if s else (args.warmup_batch or batch)
             for name, tm in paths.items():
-                (wall, busy), tok, loss = micro_batch(tm, recs, cfg, batch, accum, s * batch)
+                (wall, busy), tok, loss = micro_batch(tm, recs, cfg, size, accum, s * batch)
                 if s:
                     per_token[name].append((wall / tok, busy / tok))
-                losses[name].append(loss)
-                print(f"  {stage} {name} micro-batch {s}: {tok} tokens, {wall:.1f} s wall, {busy:.1f} s busy, "
-                      f"loss {loss:.4f}", flush=True)
+                    losses[name].append(loss)
+                print(f"  {stage} {name} micro-batch {s}{' (warm-up)' if not s else ''}: {size} examples, "
+                      f"{tok} tokens, {wall:.1f} s wall, {busy:.1f} s busy, loss {loss:.5f}", flush=True)
             if s:
                 peaks.append(matmul_gflops(dtype, args.peak_n))
+                print(f"  matmul {args.peak_n}^3 {dname}: {peaks[-1][0]:.0f} GFLOP/s wall, "
+                      f"{peaks[-1][1]:.0f} busy", flush=True)
         line = {}
         for clock, i in (("busy", 1), ("wall", 0)):
             peak = statistics.median(p[i] for p in peaks)
