@@ -10,8 +10,8 @@
 # e2e lr 5e-5, seed 0; --dtype auto = bf16 on the GPU, --device auto = cuda when present),
 # over SCP_MAX / INSTRUCT_MAX / E2E_MAX records drawn from SYNTH_LIMIT paragraphs. The sizing
 # is derived, not measured (docs/TRAINING.md, "Time per machine"): a 135M model's micro-batch
-# is launch-bound on a GPU, ~0.15 s forward + backward, so the defaults (2,592 micro-batches)
-# take ~6.5 min of training plus ~1.5 min of synth, loading and export.
+# is launch-bound on a GPU, ~0.15 s forward + backward, so the defaults (2,336 micro-batches)
+# take ~6 min of training plus ~1.5 min of synth, loading, candidate cache and export.
 # When a GPU is present the script first prints benchmarks/kernels.py's figures.
 # BASE_MODEL=DIR trains on another base LM (the tests use a tiny one).
 set -euo pipefail
