@@ -43,7 +43,9 @@ clean:
 # (Ctrl-C, kill -9, reboot) run `make train-default` again. The result replaces
 # clara_cli/default_model; evaluate it (clara eval) before committing it.
 TRAIN_DIR   ?= .cache/train-default
-TRAIN_FLAGS ?= --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 0
+# Compute precision of every target: auto = bf16 on AMX / avx512_bf16 CPUs and GPUs, else fp32.
+DTYPE       ?= auto
+TRAIN_FLAGS ?= --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 0 --dtype $(DTYPE)
 # Records per stage (the first N of each synth file). The shipped model used these,
 # which fit one ~110-minute budget on 2 CPU cores (scp stopped at step SCP_STOP of its
 # 96-step schedule); `make train-default SCP_MAX=17472 SCP_STOP= INSTRUCT_MAX=6000
@@ -70,7 +72,7 @@ train-default: install
 # exported over it. The compressor and generator do not change; the retrieval center is new.
 RETRIEVAL_MAX   ?= 6000
 RETRIEVAL_STEPS ?= 200
-RETRIEVAL_FLAGS ?= --batch-size 32 --save-every 25 --no-dropout --seed 0
+RETRIEVAL_FLAGS ?= --batch-size 32 --save-every 25 --no-dropout --seed 0 --dtype $(DTYPE)
 .PHONY: train-retrieval
 train-retrieval: install
 	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --out $(TRAIN_DIR)/data
@@ -89,6 +91,8 @@ MODEL_TAG = $(subst /,_,$(MODEL))
 eval-default: install
 	mkdir -p $(EVAL_DIR)
 	$(PY) -m clara_cli.corpora 5000 heldout > $(EVAL_DIR)/heldout.jsonl
-	$(VENV)/bin/clara --store $(EVAL_DIR)/store-$(MODEL_TAG) update $(EVAL_DIR)/heldout.jsonl --model $(MODEL) --dtype bf16
+	$(VENV)/bin/clara --store $(EVAL_DIR)/store-$(MODEL_TAG) update $(EVAL_DIR)/heldout.jsonl --model $(MODEL) --dtype $(DTYPE)
 	$(VENV)/bin/clara --store $(EVAL_DIR)/store-$(MODEL_TAG) eval data/heldout_qa.jsonl -k 5 --model $(MODEL) \
-		--dtype bf16 --baseline bm25,minilm,gold --report $(EVAL_DIR)/report-$(MODEL_TAG)
+		--dtype $(DTYPE) --baseline bm25,minilm,gold --report $(EVAL_DIR)/report-$(MODEL_TAG)
+	$(VENV)/bin/clara --store $(EVAL_DIR)/store-$(MODEL_TAG) eval data/heldout_qa.jsonl -k 5 --model $(MODEL) \
+		--dtype $(DTYPE) --retriever latent --baseline none --report $(EVAL_DIR)/report-$(MODEL_TAG)-latent

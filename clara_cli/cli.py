@@ -104,8 +104,8 @@ def retrieval_options(f):
 def compression_options(f):
     """--batch-size and --memory-dtype, shared by compress and update."""
     f = click.option("--memory-dtype", type=click.Choice(["fp32", "bf16", "fp16", "int8"]), default=None,
-                     help="Shard dtype (default: the compute dtype, which is lossless; int8: per-token "
-                          "scales, half of bf16).")(f)
+                     help="Shard dtype (default: the store's existing memory dtype, else the compute dtype, "
+                          "which is lossless; int8: per-token scales, half of bf16).")(f)
     return click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1),
                         help="Chunks per compressor batch.")(f)
 
@@ -162,10 +162,19 @@ def open_store(ctx, create: bool = False):
     return Store.open(root, create=create)
 
 
+def slow_dtype_warning(dtype: str, device: str) -> None:
+    from .model import slow_dtype_notice
+
+    line = slow_dtype_notice(dtype, device)
+    if line:
+        notice(line)
+
+
 def load_model(snapshot, model_spec, base_model, device, dtype, attn="auto", warn_untrained: bool = True):
     """The model named by --model, else the one the store is bound to, else the default."""
     from .api import load_model as load
 
+    slow_dtype_warning(dtype, device)
     return load(snapshot, model_spec, base_model, device, dtype, attn, warn_untrained)
 
 
@@ -882,6 +891,9 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
               help="Documents per question: read (instruct) or selected (e2e).")
 @click.option("--dropout/--no-dropout", default=True, show_default=True,
               help="LoRA dropout 0.1 as the paper; --no-dropout is faster on CPU.")
+@click.option("--pack/--no-pack", default=True, show_default=True,
+              help="Run each micro-batch's sequences back to back without padding (the same "
+                   "computation, fewer tokens); --no-pack pads to the longest, as before.")
 @click.option("--doc-max-length", default=256, show_default=True, type=click.IntRange(1),
               help="Fresh start only: document tokens per memory.")
 @click.option("--compr-rate", default=16, show_default=True, type=click.IntRange(1),
@@ -900,8 +912,8 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
                    "full length); rerun without it to continue. For time-boxed runs.")
 @json_option
 def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, grad_accum, lr, warmup_ratio,
-          schedule, save_every, top_k, dropout, doc_max_length, compr_rate, dtype, device, seed, max_examples,
-          tau, query_word_dropout, stop_at_step, as_json):
+          schedule, save_every, top_k, dropout, pack, doc_max_length, compr_rate, dtype, device, seed,
+          max_examples, tau, query_word_dropout, stop_at_step, as_json):
     """Train one CLaRa stage on DATA (official JSONL): scp, then instruct, then e2e.
 
     `retrieval` (ours, not the paper's) trains the query reasoner alone with a contrastive
@@ -923,11 +935,12 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
     from .train import TrainConfig
     from .train import train as run_train
 
+    slow_dtype_warning(dtype, device)
     cfg = TrainConfig(stage=stage, data=data, out=out, init_from=init_from, base_model=base_model,
                       doc_max_length=doc_max_length, compr_rate=compr_rate, steps=steps, epochs=epochs,
                       batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
                       schedule=schedule, save_every=save_every, top_k=top_k, dropout=dropout, dtype=dtype,
-                      device=device, seed=seed, max_examples=max_examples, tau=tau,
+                      device=device, seed=seed, max_examples=max_examples, pack=pack, tau=tau,
                       query_word_dropout=query_word_dropout)
     result = run_train(cfg, progress=not as_json, stop_at=stop_at_step)
     if as_json:

@@ -63,11 +63,21 @@ def bind_store_model(tx, info: dict) -> None:
     tx.bind_model(info)
 
 
-def storage_dtype(model: ClaraModel, requested: str | None = None) -> torch.dtype:
-    """bf16/fp16 compute yields values exact in that dtype: storing them so is lossless."""
+def storage_dtype(model: ClaraModel, requested: str | None = None, existing: str | None = None) -> torch.dtype:
+    """The shard dtype: as requested, else the store's existing memory dtype (one store keeps one,
+    whichever machine compresses into it: an fp32 CPU adding to a bf16 store writes bf16), else
+    the compute dtype (bf16/fp16 compute yields values exact in that dtype: lossless)."""
     if requested:
         return dtype_from_name(requested)
+    if existing:
+        return dtype_from_name(existing)
     return model.dtype if model.dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def existing_memory_dtype(view) -> str | None:
+    """The dtype of the store's newest memory shard (None when it holds none)."""
+    shards = view.files("memory")
+    return shards[-1].get("dtype") if shards else None
 
 
 def add_memory(tx, keys: np.ndarray, memory: torch.Tensor, dtype: torch.dtype) -> None:
@@ -156,8 +166,8 @@ def compress_store(store: Store, model: ClaraModel, batch_size: int = 32, memory
     """Compress what is pending; one commit per batch. With notify, say up front how many
     chunks will be compressed, and (after a small first batch) about how long it will take."""
     t0 = time.perf_counter()
-    dtype = storage_dtype(model, memory_dtype)
     with store.writer(wait=wait) as tx:
+        dtype = storage_dtype(model, memory_dtype, existing_memory_dtype(tx.view))
         bind_store_model(tx, model_info(model))
         plan = plan_compression(tx.view)
         batches = 0

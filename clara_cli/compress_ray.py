@@ -25,6 +25,7 @@ from .compress import (
     add_memory,
     bind_store_model,
     copy_stored_duplicates,
+    existing_memory_dtype,
     model_info,
     plan_compression,
     storage_dtype,
@@ -116,8 +117,8 @@ def compress_store_ray(store: Store, model: ClaraModel, address: str | None = "a
                        wait: bool = True, base_model: str | None = None) -> CompressReport:
     """Compress what is pending on a Ray cluster; one commit per batch, as compress_store."""
     t0 = time.perf_counter()
-    dtype = storage_dtype(model, memory_dtype)
     with store.writer(wait=wait) as tx:
+        dtype = storage_dtype(model, memory_dtype, existing_memory_dtype(tx.view))
         bind_store_model(tx, model_info(model))
         plan = plan_compression(tx.view)  # identical texts: compressed once, as compress_store
         copy_stored_duplicates(tx, plan, dtype)

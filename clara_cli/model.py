@@ -119,6 +119,16 @@ def cpu_supports_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def slow_dtype_notice(dtype: str, device: str = "auto") -> str | None:
+    """The line to print when bf16 is asked for explicitly on a CPU that only emulates it."""
+    if dtype != "bf16" or device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        return None
+    if cpu_supports_bf16():
+        return None
+    return ("--dtype bf16 on a CPU without native bf16 (no AMX / avx512_bf16): it is emulated there and "
+            "will be very slow (over 100x fp32); --dtype auto picks fp32 on this machine")
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -218,6 +218,34 @@ def test_gradients_reach_both_adapters_across_separate_forwards(tiny_model_dir, 
     assert all(p.grad is None for p in frozen)
 
 
+@pytest.mark.parametrize("stage", ["scp", "instruct", "e2e"])
+def test_packed_step_is_the_padded_computation(tiny_model_dir, data, stage):
+    """Packing without padding is a speed change only: same loss, tokens and gradients (fp32 noise)."""
+    from clara_cli.train.loop import _load_start_model
+    from clara_cli.train.stages import Trainable, prepare_adapters
+
+    path = data["scp" if stage == "scp" else "qa"]
+    cfg = config(stage, path, Path("unused"), tiny_model_dir, top_k=3).resolved()
+    model = _load_start_model(cfg, None, torch.device("cpu"), torch.float32)
+    prepare_adapters(model, stage, True, 0)
+    records = read_records(path, stage)[:4]  # documents and prompts of different lengths
+    keys = [(0, i) for i in range(len(records))]
+    runs = {}
+    for packed in (False, True):
+        tm = Trainable(model, stage, packed=packed)
+        loss, stats = tm.step(records, keys, cfg)
+        loss.backward()
+        grads = [p.grad.clone() for p in tm.parameters()]
+        runs[packed] = (loss.item(), stats, grads)
+        model.decoder.zero_grad(set_to_none=True)
+    (l0, s0, g0), (l1, s1, g1) = runs[False], runs[True]
+    assert l1 == pytest.approx(l0, rel=1e-5, abs=1e-6) and s1.mse == pytest.approx(s0.mse, rel=1e-4, abs=1e-7)
+    assert (s1.tokens, s1.hits, s1.examples) == (s0.tokens, s0.hits, s0.examples)
+    assert len(g0) == len(g1) and sum(float(g.abs().sum()) for g in g0) > 0
+    for a, b in zip(g0, g1, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(a.abs().max()) + 1e-8)
+
+
 def test_stage_adapters_and_frozen_parts(chain):
     root, _ = chain
     ins, e2e = read_adapter_tensors(root / "instruct"), read_adapter_tensors(root / "e2e")
@@ -403,3 +431,23 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(tmp_path, tiny_model_dir,
     a, b = read_adapter_tensors(out), read_adapter_tensors(tmp_path / "straight")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert straight.fingerprint and resumed.loss_last == pytest.approx(straight.loss_last, abs=1e-5)
+
+
+@pytest.mark.slow  # five processes importing torch + transformers
+def test_gpu_recipe_script_runs_on_a_tiny_budget(tmp_path, tiny_model_dir):
+    """scripts/train_gpu.sh end to end (synth, three stages, export) with SMOKE=1 on the CPU."""
+    import os
+    import subprocess
+    import sys
+
+    from clara_cli.model import ClaraModel
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SMOKE": "1", "BASE_MODEL": str(tiny_model_dir.parent / "base"), "DEVICE": "cpu",
+           "PY": sys.executable, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(["bash", str(root / "scripts" / "train_gpu.sh"), str(tmp_path / "out")], env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert run.returncode == 0, run.stderr[-3000:]
+    model = ClaraModel.from_pretrained(str(tmp_path / "out" / "model"), device="cpu", dtype="fp32")
+    assert model.trained and set(model.config.adapters) == {"encoder_adapter", "decoder_adapter",
+                                                            "query_reasoner_adapter"}

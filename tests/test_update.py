@@ -233,3 +233,26 @@ def test_update_from_stdin_and_ingest_no_wait(env):
         child.kill()
         child.wait()
     assert os.path.exists(env["store"] / "manifest.json")
+
+
+def memory_dtypes(store: Path) -> set[str]:
+    manifest = json.loads((store / "manifest.json").read_text())
+    return {e["dtype"] for e in manifest["files"] if e["kind"] == "memory"}
+
+
+def test_store_keeps_its_memory_dtype_whatever_machine_compresses(env):
+    """Shards written in bf16 (an AMX machine) stay bf16 when an fp32 machine adds to the store."""
+    env["update"]("--dtype", "bf16")
+    assert memory_dtypes(env["store"]) == {"bfloat16"}
+    (env["corpus"] / "new.md").write_text("Mount Fuji is the highest volcano in Japan. " * 12)
+    out = json.loads(env["update"]("--dtype", "fp32", "--json").stdout)
+    assert out["compressed"] > 0 and memory_dtypes(env["store"]) == {"bfloat16"}
+
+
+def test_explicit_bf16_on_a_cpu_without_it_prints_one_notice(env, monkeypatch):
+    monkeypatch.setattr("clara_cli.model.cpu_supports_bf16", lambda: False)
+    slow = env["update"]("--dtype", "bf16").stderr
+    assert sum("very slow" in line for line in slow.splitlines()) == 1
+    (env["corpus"] / "new.md").write_text("Mount Fuji is the highest volcano in Japan.")
+    assert "very slow" not in env["update"]("--dtype", "auto").stderr  # auto picks fp32 there
+    assert memory_dtypes(env["store"]) == {"bfloat16"}  # and keeps the store's dtype

@@ -50,7 +50,7 @@ STAGE_DEFAULTS = {
     "retrieval": {"lr": 2e-4, "schedule": "cosine", "warmup_ratio": 0.03},
 }
 # Settings that may change between a run and its resumption (they do not change the result).
-VOLATILE = ("out", "save_every", "device", "progress")
+VOLATILE = ("out", "save_every", "device", "progress", "pack")
 
 
 @dataclass
@@ -81,6 +81,7 @@ class TrainConfig:
     query_word_dropout: float = 0.0  # retrieval: drop each question word with this probability
     dropout: bool = True             # LoRA dropout 0.1 as the paper; off is faster
     autocast: bool | None = None     # LoRA side paths in the compute dtype too (default: when not fp32)
+    pack: bool = True                # sequences packed without padding (False: padded batches, as before)
     max_length: int = 1024           # generator prompt + target tokens
     save_every: int = 100
     dtype: str = "auto"
@@ -189,9 +190,10 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
     model = _load_start_model(cfg, out if resuming else None, device, dtype)
     prepare_adapters(model, cfg.stage, fresh_start=not resuming, seed=cfg.seed)
     model.decoder.to(device)
+    model.set_attention("auto")  # Triton varlen attention on CUDA (inference passes; training takes SDPA)
     model.decoder.train(cfg.dropout)  # train mode only switches LoRA dropout on
     autocast = dtype != torch.float32 if cfg.autocast is None else cfg.autocast
-    tm = Trainable(model, cfg.stage, autocast=autocast)
+    tm = Trainable(model, cfg.stage, autocast=autocast, packed=cfg.pack)
     params = tm.parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
     warmup = math.ceil(total * cfg.warmup_ratio)

@@ -122,9 +122,13 @@ def lora_to_fp32(model: ClaraModel) -> None:
 class Trainable:
     """A ClaraModel prepared for one stage: trained parameters, fp32 memory rows, forward helpers."""
 
-    def __init__(self, model: ClaraModel, stage: str, autocast: bool = False):
+    def __init__(self, model: ClaraModel, stage: str, autocast: bool = False, packed: bool = False):
         self.model = model
         self.stage = stage
+        # packed: every forward runs its sequences back to back in one row, without padding
+        # (positions restart per sequence, attention stays inside each; clara_kernels' varlen
+        # attention). The same computation as the padded batches to float noise (tested).
+        self.packed = packed
         self.n_mem = model.config.n_mem
         self.autocast_dtype = model.dtype if autocast and model.dtype != torch.float32 else None
         decoder = model.decoder
@@ -201,10 +205,37 @@ class Trainable:
 
     def hidden(self, adapter: str, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Last hidden state after the final norm, [B, L, h], with `adapter` active."""
+        self._attention(varlen=False)
         self.activate(adapter)
         with self._bf16_lora():
             return self.model.decoder.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
                                                     use_cache=False).last_hidden_state
+
+    def _attention(self, varlen: bool) -> None:
+        """Packed rows need clara_kernels' varlen attention (differentiable: batched SDPA per
+        length bucket on CPU, Triton only where no gradient is needed); padded batches keep
+        the model's own choice (`ClaraModel.attn`)."""
+        from clara_kernels import register_transformers_attention
+
+        name = register_transformers_attention() if varlen or self.model.attn == "triton" else "sdpa"
+        if self.model.decoder.config._attn_implementation != name:
+            self.model.decoder.set_attn_implementation(name)
+
+    def hidden_packed(self, adapter: str, embeds: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
+        """Last hidden states of sequences packed in one row: embeds [1, T, h] -> [1, T, h],
+        T = sum(lengths); positions restart at 0 per sequence, no token attends across one."""
+        import clara_kernels as ck
+
+        self._attention(varlen=True)
+        self.activate(adapter)
+        dev = embeds.device
+        cu = ck.cu_seqlens_from_lengths(lengths, device=dev)  # [B+1] int32
+        longest = max(lengths)
+        with self._bf16_lora():
+            return self.model.decoder.get_decoder()(
+                inputs_embeds=embeds, position_ids=ck.pack_position_ids(lengths, device=dev),
+                cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
+                use_cache=False).last_hidden_state
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """LM head on selected positions only: [T, h] -> [T, V] fp32."""
@@ -221,6 +252,8 @@ class Trainable:
 
         MSE as the official `_compr_decoder`: mean over the real non-memory tokens vs mean over
         the memory tokens, F.mse_loss over [D, h]."""
+        if self.packed:
+            return self._compress_packed(texts, adapter)
         ids, mask = self.model.pad_left(self.model.encoder_token_ids(texts))  # [D, L]
         h = self.hidden(adapter, self.embed(ids), mask)                      # [D, L, h]
         text = mask.bool().clone()
@@ -230,19 +263,51 @@ class Trainable:
         mem_mean = hf[:, -self.n_mem:].mean(1)                                                    # [D, h]
         return h[:, -self.n_mem:], F.mse_loss(text_mean, mem_mean), int(mask.sum())
 
+    def _compress_packed(self, texts: Sequence[str], adapter: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """`compress` on one packed row: the same memories and MSE, no padding tokens."""
+        import clara_kernels as ck
+
+        rows = self.model.encoder_token_ids(texts)
+        lengths = [len(r) for r in rows]
+        dev = self.model.device
+        ids = torch.tensor([tok for r in rows for tok in r], device=dev).unsqueeze(0)  # [1, T]
+        h = self.hidden_packed(adapter, self.embed(ids), lengths)[0]                  # [T, h]
+        cu = ck.cu_seqlens_from_lengths(lengths, device=dev)
+        mem = h[ck.tail_indices(cu, self.n_mem)]                                       # [D, n_mem, h]
+        # per document: the mean of its text tokens (all but the trailing n_mem)
+        doc = torch.repeat_interleave(torch.arange(len(rows), device=dev), torch.tensor(lengths, device=dev))
+        pos = ck.pack_position_ids(lengths, device=dev)[0]
+        n_text = torch.tensor([n - self.n_mem for n in lengths], device=dev)           # [D]
+        is_text = pos < n_text[doc]                                                    # [T]
+        hf = h.float()
+        text_sum = torch.zeros(len(rows), h.shape[-1], device=dev).index_add(0, doc[is_text], hf[is_text])
+        text_mean = text_sum / n_text.unsqueeze(1)                                     # [D, h]
+        mem_mean = mem.float().mean(1)                                                 # [D, h]
+        return mem, F.mse_loss(text_mean, mem_mean), sum(lengths)
+
     def lm_loss(self, prompts: Sequence[list[int]], targets: Sequence[list[int]],
                 memories: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy of the target tokens given prompt + memories; (loss, non-pad tokens).
 
         prompts[i] holds k_i memory slots; memories[i] is [k_i, n_mem, h] in slot order."""
         rows = [p + t for p, t in zip(prompts, targets, strict=True)]
-        ids, mask = self.model.pad_left(rows)                                # [B, L]
-        B, L = ids.shape
-        x = self.embed(ids)                                                  # [B, L, h]
+        if self.packed:  # one row [1, T]: sequence b starts at the sum of the lengths before it
+            dev = self.model.device
+            ids = torch.tensor([tok for r in rows for tok in r], device=dev).unsqueeze(0)  # [1, T]
+            starts = [0]
+            for r in rows[:-1]:
+                starts.append(starts[-1] + len(r))
+            where = [(0, s) for s in starts]  # (row, offset) of each sequence
+            n_tokens = ids.shape[1]
+        else:
+            ids, mask = self.model.pad_left(rows)                            # [B, L]
+            L = ids.shape[1]
+            where = [(b, L - len(r)) for b, r in enumerate(rows)]
+            n_tokens = int(mask.sum())
+        x = self.embed(ids)                                                  # [B, L, h] / [1, T, h]
         mem_ids = set(self.model.mem_token_ids)
         r_idx, p_idx, t_rows, t_pos, labels = [], [], [], [], []
-        for b, (p, t, mem) in enumerate(zip(prompts, targets, memories, strict=True)):
-            off = L - len(rows[b])
+        for (b, off), p, t, mem in zip(where, prompts, targets, memories, strict=True):
             slots = [off + i for i, tok in enumerate(p) if tok in mem_ids]
             if len(slots) != mem.shape[0] * mem.shape[1]:
                 raise ClaraError(f"prompt has {len(slots)} memory slots for {mem.shape[0]}x{mem.shape[1]} vectors")
@@ -255,10 +320,13 @@ class Trainable:
         dev = x.device
         flat = torch.cat([m.reshape(-1, m.shape[-1]) for m in memories]).to(x.dtype)  # [sum k*n_mem, h]
         x = x.index_put((torch.tensor(r_idx, device=dev), torch.tensor(p_idx, device=dev)), flat)
-        h = self.hidden("decoder_adapter", x, mask)                          # [B, L, h]
-        h_t = h[torch.tensor(t_rows, device=dev), torch.tensor(t_pos, device=dev)]  # [T, h]
+        if self.packed:
+            h = self.hidden_packed("decoder_adapter", x, [len(r) for r in rows])  # [1, T, h]
+        else:
+            h = self.hidden("decoder_adapter", x, mask)                      # [B, L, h]
+        h_t = h[torch.tensor(t_rows, device=dev), torch.tensor(t_pos, device=dev)]  # [targets, h]
         loss = F.cross_entropy(self.logits(h_t), torch.tensor(labels, device=dev))
-        return loss, int(mask.sum())
+        return loss, n_tokens
 
     # ------------------------------------------------------------------ e2e helpers
     @torch.no_grad()
@@ -274,7 +342,7 @@ class Trainable:
         finally:
             self.model._merged = {}  # drop the merged copy the bulk path may have made
             self.model.decoder.train(was_training)
-        mem = mem.clone().to(self.model.dtype)  # a normal tensor (not an inference-mode one)
+        mem = mem.to(self.model.device, self.model.dtype).clone()  # a normal tensor (not an inference-mode one)
         for t, m in zip(todo, mem, strict=True):
             self.doc_cache[t] = m
 
@@ -346,8 +414,13 @@ class Trainable:
 
     def _e2e(self, records: Sequence[QARecord], cfg: TrainConfig):
         self.cache_documents([d for r in records for d in r.docs])
-        ids, mask = self.model.pad_left(self.model.encoder_token_ids([r.question for r in records]))
-        query = self.hidden("query_reasoner_adapter", self.embed(ids), mask)[:, -self.n_mem:]  # [B, n_mem, h]
+        questions = [r.question for r in records]
+        if self.packed:
+            query, _, n_query = self._compress_packed(questions, "query_reasoner_adapter")  # [B, n_mem, h]
+        else:
+            ids, mask = self.model.pad_left(self.model.encoder_token_ids(questions))
+            query = self.hidden("query_reasoner_adapter", self.embed(ids), mask)[:, -self.n_mem:]  # [B, n_mem, h]
+            n_query = int(mask.sum())
         selected, hits, positives = [], 0, 0
         for b, r in enumerate(records):
             cand = torch.stack([self.doc_cache[d] for d in r.docs]).float()  # [N, n_mem, h], constant
@@ -359,7 +432,7 @@ class Trainable:
             positives += min(len(r.pos_index), k)
         pairs = [self._answer_ids(r.question, s.shape[0], r.answer, cfg.max_length) for r, s in zip(records, selected, strict=True)]
         lm, dec_tokens = self.lm_loss([p for p, _ in pairs], [t for _, t in pairs], selected)
-        return lm, StepStats(lm.item(), lm.item(), 0.0, len(records), int(mask.sum()) + dec_tokens, hits, positives)
+        return lm, StepStats(lm.item(), lm.item(), 0.0, len(records), n_query + dec_tokens, hits, positives)
 
 
     def _retrieval(self, records: Sequence[QARecord], keys: Sequence[tuple[int, int]], cfg: TrainConfig):

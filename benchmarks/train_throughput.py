@@ -1,0 +1,188 @@
+"""Training throughput: tokens/s of the training step of each stage, today's path vs packed.
+
+The settings are those of `make train-default`: scp and e2e micro-batches of 8 with 2
+accumulated, instruct micro-batches of 4 with 4 accumulated, no LoRA dropout, the default
+base (SmolLM2-135M-Instruct) in the dtype `--dtype auto` picks (bf16 autocast with fp32
+LoRA masters on an AMX / avx512_bf16 CPU). Records are a few dozen Wikipedia training
+paragraphs through `clara synth`'s code.
+
+Each stage runs both paths on the same micro-batches, interleaved (baseline micro-batch,
+packed micro-batch, matmul probe, ...), because a shared machine's speed drifts: the ratio
+and the fraction of peak are measured against neighbours in time. The unit is one
+micro-batch's forward + backward as the trainer accumulates it (a step is grad-accum of
+them; the optimizer update, ~1% of a step, is left out so both paths see the same weights
+and must give the same losses). Figures are medians per token.
+
+    busy vs wall      busy = process CPU time / threads: what a machine with the cores to
+                      itself would take; wall = what this (shared) machine took. Both ratios
+                      are printed; on a loaded machine the busy figures are the stable ones.
+    FLOPs per token   4 x body parameters (forward 2N, backward to the inputs 2N; the
+                      frozen base needs no weight gradients), LM head and LoRA not counted
+    peak              a square bf16 (or fp32) matmul of size --peak-n, same threads
+
+    python benchmarks/train_throughput.py                 # all stages, ~3-5 min on 2 busy cores
+    python benchmarks/train_throughput.py --stages scp --micro-batches 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+# make train-default: (batch size, grad accum) per stage
+RECIPE = {"scp": (8, 2), "instruct": (4, 4), "e2e": (8, 2)}
+FILES = {"scp": "pretrain.jsonl", "instruct": "instruct.jsonl", "e2e": "e2e.jsonl"}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+class Clock:
+    """Wall seconds and busy seconds (process CPU time / threads: the wall time the same work
+    would take with the threads' cores to itself, which a shared machine's wall clock is not)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, (time.process_time() - self.cpu) / torch.get_num_threads()
+
+
+def matmul_gflops(dtype: torch.dtype, n: int, reps: int = 8) -> tuple[float, float]:
+    """(wall, busy) GFLOP/s of an n x n @ n x n matmul in `dtype` (this machine's practical peak)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    clock = Clock()
+    for _ in range(reps):
+        a @ b
+    wall, busy = clock.read()
+    return 2 * n**3 * reps / wall / 1e9, 2 * n**3 * reps / busy / 1e9
+
+
+def synth_records(n_docs: int, out: Path) -> dict[str, list]:
+    """Training records of every stage from the first n_docs training paragraphs."""
+    from clara_cli.synth import SynthConfig, docs_from_wiki, synthesize
+    from clara_cli.train.data import read_records
+
+    docs = docs_from_wiki("train")[:n_docs]
+    synthesize(docs, out, SynthConfig(seed=0), source="benchmark", progress=False)
+    return {stage: read_records(out / name, stage) for stage, name in FILES.items()}
+
+
+def micro_batch(tm, records, cfg, batch: int, accum: int, offset: int) -> tuple[tuple[float, float], int, float]:
+    """Forward + backward of one micro-batch, as the trainer accumulates it;
+    ((wall, busy) seconds, tokens, loss)."""
+    idx = [(offset + j) % len(records) for j in range(batch)]
+    clock = Clock()
+    loss, stats = tm.step([records[i] for i in idx], [(0, i) for i in idx], cfg)
+    (loss / accum).backward()
+    seconds = clock.read()
+    for p in tm.parameters():
+        p.grad = None
+    return seconds, stats.tokens, stats.loss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stages", default="scp,instruct,e2e")
+    ap.add_argument("--micro-batches", type=int, default=3,
+                    help="measured micro-batches per path and stage (after one warm-up)")
+    ap.add_argument("--docs", type=int, default=40, help="Wikipedia paragraphs to synthesize records from")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--peak-n", type=int, default=1024)
+    ap.add_argument("--warmup-batch", type=int, default=None,
+                    help="examples in the warm-up micro-batch (default: the recipe's; smaller is quicker)")
+    ap.add_argument("--no-baseline", action="store_true", help="measure the packed path only")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's). 1 keeps a loaded machine's busy time honest: "
+                         "no thread spins at a barrier waiting for a descheduled sibling")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from clara_cli.model import resolve_dtype
+    from clara_cli.train.loop import TrainConfig, _load_start_model
+    from clara_cli.train.stages import Trainable, prepare_adapters
+
+    dtype = resolve_dtype(args.dtype)
+    dname = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; dtype {dname}"
+          f"{' (autocast, fp32 LoRA masters)' if dtype != torch.float32 else ''}; torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        records = synth_records(args.docs, Path(tmp))
+    print("records: " + ", ".join(f"{s} {len(r)}" for s, r in records.items()))
+
+    model = None
+    rows = []
+    for stage in args.stages.split(","):
+        batch, accum = RECIPE[stage]
+        cfg = TrainConfig(stage, "unused", "unused", init_from="default", batch_size=batch, grad_accum=accum,
+                          dropout=False, dtype=dname).resolved()
+        model = _load_start_model(cfg, None, torch.device("cpu"), dtype)
+        prepare_adapters(model, stage, fresh_start=True, seed=0)
+        model.decoder.train(False)
+        body = sum(p.numel() for n, p in model.decoder.get_decoder().named_parameters()
+                   if "embed_tokens" not in n and "lora_" not in n)
+        paths = {"packed": Trainable(model, stage, autocast=dtype != torch.float32, packed=True)}
+        if not args.no_baseline:
+            paths = {"baseline": Trainable(model, stage, autocast=dtype != torch.float32, packed=False), **paths}
+        if stage == "e2e":  # the candidate cache is built once per run, outside the steps
+            docs = [d for r in records[stage] for d in r.docs]
+            cache = None
+            for tm in paths.values():
+                if cache is None:
+                    tm.cache_documents(docs)
+                    cache = tm.doc_cache
+                tm.doc_cache = cache
+        recs = records[stage]
+        per_token: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}  # (wall, busy) s/token
+        losses: dict[str, list[float]] = {k: [] for k in paths}
+        peaks: list[tuple[float, float]] = []
+        for s in range(args.micro_batches + 1):  # micro-batch 0 warms up (code paths, allocator)
+            size = batch if s else (args.warmup_batch or batch)
+            for name, tm in paths.items():
+                (wall, busy), tok, loss = micro_batch(tm, recs, cfg, size, accum, s * batch)
+                if s:
+                    per_token[name].append((wall / tok, busy / tok))
+                    losses[name].append(loss)
+                print(f"  {stage} {name} micro-batch {s}{' (warm-up)' if not s else ''}: {size} examples, "
+                      f"{tok} tokens, {wall:.1f} s wall, {busy:.1f} s busy, loss {loss:.5f}", flush=True)
+            if s:
+                peaks.append(matmul_gflops(dtype, args.peak_n))
+                print(f"  matmul {args.peak_n}^3 {dname}: {peaks[-1][0]:.0f} GFLOP/s wall, "
+                      f"{peaks[-1][1]:.0f} busy", flush=True)
+        line = {}
+        for clock, i in (("busy", 1), ("wall", 0)):
+            peak = statistics.median(p[i] for p in peaks)
+            for name in paths:
+                tps = 1 / statistics.median(t[i] for t in per_token[name])
+                line[name, clock] = tps
+                frac = 4 * body * tps / 1e9 / peak
+                print(f"{stage:9s} {name:9s} {clock}  {tps:7.0f} tokens/s  {100 * frac:5.1f}% of the {dname} "
+                      f"matmul peak ({peak:.0f} GFLOP/s, n={args.peak_n})  [{cpu_model()}, {dname}]")
+            if "baseline" in paths:
+                print(f"{stage:9s} speed-up  {clock}  {line['packed', clock] / line['baseline', clock]:.2f}x")
+        if "baseline" in paths:
+            diff = max(abs(a - b) for a, b in zip(losses["baseline"], losses["packed"], strict=True))
+            print(f"{stage:9s} max loss difference baseline vs packed {diff:.2e} over "
+                  f"{len(losses['packed'])} micro-batches", flush=True)
+        rows.append((stage, line))
+        del paths, model
+    print(f"(tokens: non-pad tokens through compressor / query reasoner + generator; FLOPs 4 x {body / 1e6:.1f} M "
+          "per token)")
+
+
+if __name__ == "__main__":
+    main()
