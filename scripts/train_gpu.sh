@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the default model's whole recipe (synth -> scp -> instruct -> e2e -> export) on one GPU
+# Train the default model's whole recipe (synth -> scp -> instruct -> e2e -> retrieval -> export) on one GPU
 # and write the shippable model (three bf16 adapter files + token rows) to OUT_DIR.
 #
 #   scripts/train_gpu.sh OUT_DIR                 # one H100/H200-class GPU, sized for < 9 minutes
@@ -26,9 +26,12 @@ DEVICE=${DEVICE:-auto}
 if [ -n "${SMOKE:-}" ]; then  # the pipeline end to end in a few minutes on 2 CPU cores
     SYNTH_LIMIT=${SYNTH_LIMIT:-40}; SCP_MAX=${SCP_MAX:-2}; INSTRUCT_MAX=${INSTRUCT_MAX:-2}
     E2E_MAX=${E2E_MAX:-2}; SAVE_EVERY=${SAVE_EVERY:-1}; EXTRA=${EXTRA:---batch-size 2 --grad-accum 1}
+    RETRIEVAL_MAX=${RETRIEVAL_MAX:-8}; RETRIEVAL_STEPS=${RETRIEVAL_STEPS:-2}; RETRIEVAL_BATCH=${RETRIEVAL_BATCH:-2}
 else
     SYNTH_LIMIT=${SYNTH_LIMIT:-4500}; SCP_MAX=${SCP_MAX:-8192}; INSTRUCT_MAX=${INSTRUCT_MAX:-3200}
     E2E_MAX=${E2E_MAX:-4096}; SAVE_EVERY=${SAVE_EVERY:-100}; EXTRA=${EXTRA:-}
+    # the retrieval stage (ours, docs/TRAINING.md "Retrieval"): the shipped model's settings
+    RETRIEVAL_MAX=${RETRIEVAL_MAX:-6000}; RETRIEVAL_STEPS=${RETRIEVAL_STEPS:-200}; RETRIEVAL_BATCH=${RETRIEVAL_BATCH:-32}
 fi
 FLAGS=(--epochs 1 --batch-size 8 --grad-accum 2 --save-every "$SAVE_EVERY" --no-dropout --seed 0
        --dtype auto --device "$DEVICE")
@@ -52,5 +55,8 @@ clara train instruct "$WORK/data/instruct.jsonl" --init-from "$WORK/scp" --out "
 # shellcheck disable=SC2086
 clara train e2e "$WORK/data/e2e.jsonl" --init-from "$WORK/instruct" --out "$WORK/e2e" \
     --max-examples "$E2E_MAX" --lr 5e-5 "${FLAGS[@]}" $EXTRA
-"$PY" -m clara_cli.train.export "$WORK/e2e" "$OUT_DIR/model" bf16
+clara train retrieval "$WORK/data/pretrain.jsonl" --init-from "$WORK/e2e" --out "$WORK/retrieval" \
+    --max-examples "$RETRIEVAL_MAX" --steps "$RETRIEVAL_STEPS" --batch-size "$RETRIEVAL_BATCH" \
+    --save-every "$SAVE_EVERY" --no-dropout --seed 0 --dtype auto --device "$DEVICE"
+"$PY" -m clara_cli.train.export "$WORK/retrieval" "$OUT_DIR/model" bf16
 echo "model in $OUT_DIR/model; $(( $(date +%s) - start )) s in all"
