@@ -76,7 +76,7 @@ def test_quiet_and_partial_failure(env):
     assert r.stdout == ""
     lines = r.stderr.splitlines()
     assert lines[0] == f"clara: rejected: {env['corpus'] / 'binary.txt'}: binary file (contains NUL bytes)"
-    assert lines[1].startswith("clara: error: 1 of the inputs were rejected") and len(lines) == 2
+    assert lines[1].startswith("clara: error: 1 input was rejected") and len(lines) == 2
     assert json.loads(env["run"]("info", "--json").stdout)["compressed"] == 5  # the good one is in
 
 
