@@ -144,20 +144,20 @@ def select_sources(hits: list[Hit], min_score: float | None = None) -> list[Hit]
     return [h for h in hits if h.score >= min_score]
 
 
-PROMPT_LIMIT = 1024  # ClaraModel.prompt_inputs cuts prompts here
-
-
-def fit_question(model: ClaraModel, question: str, k: int, max_new_tokens: int) -> tuple[str, str | None]:
+def fit_question(model: ClaraModel, question: str, k: int, max_new_tokens: int,
+                 expanded: Sequence[str] = ()) -> tuple[str, str | None]:
     """The question, its tokens cut at the end so that the generator's prompt with k memory slots
-    fits its context (positions left after max_new_tokens, and the prompt limit); with a
-    one-line notice when it was cut. A prompt cut silently loses the question's end and the
-    answer cue, and the generator answers something else."""
-    positions = getattr(model.decoder.config, "max_position_embeddings", None) or PROMPT_LIMIT + max_new_tokens
-    limit = min(PROMPT_LIMIT, positions - max_new_tokens)
+    (and the expanded texts) fits its context (positions left after max_new_tokens, and the
+    prompt limit); with a one-line notice when it was cut. A prompt cut silently loses the
+    question's end and the answer cue, and the generator answers something else."""
+    from .model import MAX_PROMPT_TOKENS
+
+    positions = getattr(model.decoder.config, "max_position_embeddings", None) or MAX_PROMPT_TOKENS + max_new_tokens
+    limit = min(MAX_PROMPT_TOKENS, positions - max_new_tokens)
     tok = model.tokenizer
 
     def length(q: str) -> int:
-        return len(tok(model.prompt(q, k), add_special_tokens=False).input_ids)
+        return len(tok(model.prompt(q, k, expanded), add_special_tokens=False).input_ids)
 
     total = length(question)
     if total <= limit:
@@ -209,11 +209,15 @@ class FirstLogitsStamp:
 
 def iter_answers(snapshot: Snapshot, model: ClaraModel, questions: Sequence[str], k: int = 5,
                  max_new_tokens: int = 64, retriever: Retriever | None = None,
-                 batch_size: int = 8, min_score: float | None = None) -> Iterator[Answer]:
+                 batch_size: int = 8, min_score: float | None = None, expand: int = 0) -> Iterator[Answer]:
     """Answers in question order, `batch_size` questions at a time: retrieve top-k per question,
     read their memory rows (one CRC-checked read per batch), generate greedily from them. A
     question without matching sources (select_sources) gets answer None and no generation; one
     too long for the generator's context is cut to fit (fit_question, with a notice).
+
+    `expand` N > 0 (selective expansion, ours, after REFRAG; off by default): the generator reads
+    the raw text of the N best sources and the memory tokens of the others. Our generator was
+    not trained on such prompts (README, "Training and evaluation").
 
     Each answer's timings are its batch's: retrieve_s (query encoding and search), read_s
     (memory rows), prefill_s (building the prompt until the first new token's logits), decode_s
@@ -223,6 +227,8 @@ def iter_answers(snapshot: Snapshot, model: ClaraModel, questions: Sequence[str]
 
     if batch_size < 1:
         raise UsageError("batch_size must be at least 1")
+    if expand < 0:
+        raise UsageError("expand must be at least 0")
     check_model(snapshot, model)
     retriever = retriever or Retriever(snapshot)
     for start in range(0, len(questions), batch_size):
@@ -230,18 +236,20 @@ def iter_answers(snapshot: Snapshot, model: ClaraModel, questions: Sequence[str]
         t0 = time.perf_counter()
         hits = [select_sources(retriever.hits(r), min_score) for r in retriever.search(model, batch, k)]
         answered = [i for i, hs in enumerate(hits) if hs]
+        expanded = [[h.text for h in hits[i][:expand]] for i in answered]  # read as text
+        compressed = [hits[i][expand:] for i in answered]  # read as memory tokens
         prompts = []
-        for i in answered:
-            fitted, note = fit_question(model, batch[i], len(hits[i]), max_new_tokens)
+        for i, texts, rest in zip(answered, expanded, compressed, strict=True):
+            fitted, note = fit_question(model, batch[i], len(rest), max_new_tokens, texts)
             if note:
                 notice(note)
             prompts.append(fitted)
         t1 = time.perf_counter()
-        memory = snapshot.read_memory(np.array([h.key for i in answered for h in hits[i]], dtype=np.int64))
-        memories = list(memory.split([len(hits[i]) for i in answered]))
+        memory = snapshot.read_memory(np.array([h.key for rest in compressed for h in rest], dtype=np.int64))
+        memories = list(memory.split([len(rest) for rest in compressed]))
         t2 = time.perf_counter()
         stamp = FirstLogitsStamp()
-        generated = model.generate(prompts, memories, max_new_tokens=max_new_tokens,
+        generated = model.generate(prompts, memories, max_new_tokens=max_new_tokens, expanded=expanded,
                                    logits_processor=LogitsProcessorList([stamp]), details=True) if prompts else []
         t3 = time.perf_counter()
         prefill = (stamp.t or t3) - t2
@@ -259,7 +267,9 @@ def iter_answers(snapshot: Snapshot, model: ClaraModel, questions: Sequence[str]
 
 
 def ask(snapshot: Snapshot, model: ClaraModel, questions: Sequence[str], k: int = 5, max_new_tokens: int = 64,
-        retriever: Retriever | None = None, batch_size: int = 8, min_score: float | None = None) -> list[Answer]:
+        retriever: Retriever | None = None, batch_size: int = 8, min_score: float | None = None,
+        expand: int = 0) -> list[Answer]:
     """Retrieve top-k memories per question and generate from them (the compressed context);
     a question without matching sources gets answer None."""
-    return list(iter_answers(snapshot, model, questions, k, max_new_tokens, retriever, batch_size, min_score))
+    return list(iter_answers(snapshot, model, questions, k, max_new_tokens, retriever, batch_size, min_score,
+                             expand))

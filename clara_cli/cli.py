@@ -566,16 +566,24 @@ def search(ctx, query, k, min_score, retriever_mode, nprobe, ef_search, rerank, 
     finish_batch(query == "-", rejected, unmatched, min_score)
 
 
+def expand_option(f):
+    """--expand N: selective expansion (ours), shared by ask and eval."""
+    return click.option("--expand", default=0, show_default=True, type=click.IntRange(0), metavar="N",
+                        help="Read the raw text of the N best chunks and the memory tokens of the others "
+                             "(the default model's generator was not trained for it; README).")(f)
+
+
 @cli.command()
 @click.argument("question")
 @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1), help="Chunks read per answer.")
 @click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(1))
+@expand_option
 @min_score_option
 @retrieval_options
 @model_options
 @json_option
 @click.pass_context
-def ask(ctx, question, k, max_new_tokens, min_score, retriever_mode, nprobe, ef_search, rerank, model_spec, base_model,
+def ask(ctx, question, k, max_new_tokens, expand, min_score, retriever_mode, nprobe, ef_search, rerank, model_spec, base_model,
         device, dtype, attn, as_json):
     """Answer QUESTION from the compressed store, with sources (- reads JSON Lines from stdin).
 
@@ -597,7 +605,7 @@ def ask(ctx, question, k, max_new_tokens, min_score, retriever_mode, nprobe, ef_
     unmatched = []
     wheres = [where for where, _ in questions]
     answers = iter_answers(snapshot, model, [q for _, q in questions], k, max_new_tokens, retriever,
-                           min_score=min_score)
+                           min_score=min_score, expand=expand)
     for where, answer in zip(wheres, answers, strict=True):
         if answer.answer is None:
             unmatched.append(where)
@@ -778,11 +786,12 @@ def convert(src, dst, base_model, as_json):
 @click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False), metavar="DIR",
               help="Also write report.md, PNG plots, summary.jsonl and predictions.jsonl here.")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Only the first N questions.")
+@expand_option
 @retrieval_options
 @model_options
 @json_option
 @click.pass_context
-def eval_cmd(ctx, data, k, max_new_tokens, baseline, report_dir, limit, retriever_mode, nprobe, ef_search, rerank,
+def eval_cmd(ctx, data, k, max_new_tokens, baseline, report_dir, limit, expand, retriever_mode, nprobe, ef_search, rerank,
              model_spec, base_model, device, dtype, as_json, attn="auto"):
     """Score CLaRa on the store against text RAG with the same base LM.
 
@@ -805,7 +814,7 @@ def eval_cmd(ctx, data, k, max_new_tokens, baseline, report_dir, limit, retrieve
     model = load_model(snapshot, model_spec, base_model, device, dtype, attn)
     retriever = Retriever(snapshot, retriever_mode, nprobe=nprobe, ef_search=ef_search, rerank=rerank)
     report = evaluate(snapshot, model, questions, k=k, max_new_tokens=max_new_tokens, baselines=baselines,
-                      progress=not as_json, retriever=retriever)
+                      progress=not as_json, retriever=retriever, expand=expand)
     if as_json:
         for s in report.systems:
             emit({**report.meta(), **s.to_dict()})

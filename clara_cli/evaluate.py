@@ -397,25 +397,37 @@ CLARA_SYSTEMS = {"latent": ("clara", "clara query reasoner"), "bm25": ("clara-bm
                  "hybrid": ("clara-hybrid", "query reasoner + BM25 (RRF)")}
 
 
+def clara_system(mode: str, expand: int = 0) -> tuple[str, str, str]:
+    """(system, retriever, reader) names of clara's row for a retriever mode and expansion."""
+    system, retriever = CLARA_SYSTEMS[mode]
+    if expand:
+        return f"{system}-expand{expand}", retriever, f"clara generator ({expand} raw + memory tokens)"
+    return system, retriever, "clara generator (memory tokens)"
+
+
 def run_clara(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int, max_new_tokens: int,
-              titles: dict[str, str], retriever, tick=None) -> list[QuestionResult]:
+              titles: dict[str, str], retriever, tick=None, expand: int = 0) -> list[QuestionResult]:
     """CLaRa end to end through `answer.iter_answers`, the same path as `clara ask`: the
     retriever's top-k memories (query reasoner, the store's BM25, or both fused) -> generator,
-    one question at a time so that its timings are per-question latencies."""
+    one question at a time so that its timings are per-question latencies. `expand`: the
+    raw text of the best `expand` chunks instead of their memory (answer.iter_answers)."""
     from .answer import ask, iter_answers
 
-    system = CLARA_SYSTEMS[retriever.mode][0]
+    system = clara_system(retriever.mode, expand)[0]
     slot_tokens = model.config.n_mem + (1 if model.config.sep else 0)
-    ask(snapshot, model, [questions[0].question], k, 2, retriever)  # first-call costs, untimed
+    ask(snapshot, model, [questions[0].question], k, 2, retriever, expand=expand)  # first-call costs, untimed
     out = []
     answers = iter_answers(snapshot, model, [q.question for q in questions], k, max_new_tokens, retriever,
-                           batch_size=1)
+                           batch_size=1, expand=expand)
     for q, a in zip(questions, answers, strict=True):
         t = a.timings
         gen = Generation(text=a.answer, prompt_tokens=a.context_tokens, new_tokens=a.new_tokens,
                          prefill_s=t["prefill_s"], decode_s=t["decode_s"])
         retrieved = [(h.chunk_id, h.doc_id, titles.get(h.chunk_id, h.doc_id)) for h in a.sources]
-        out.append(_scored(system, q, gen, retrieved, slot_tokens * len(a.sources), t["retrieve_s"] + t["read_s"]))
+        raw = a.sources[:expand]
+        passage = slot_tokens * (len(a.sources) - len(raw)) + sum(
+            len(model.tokenizer(h.text.strip() + "\n", add_special_tokens=False).input_ids) for h in raw)
+        out.append(_scored(system, q, gen, retrieved, passage, t["retrieve_s"] + t["read_s"]))
         if tick:
             tick()
     return out
@@ -483,7 +495,7 @@ class GoldLookup:
 
 def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int = 5,
              max_new_tokens: int = 64, baselines: Sequence[str] = ("bm25", "minilm"),
-             progress: bool = True, retriever=None) -> EvalReport:
+             progress: bool = True, retriever=None, expand: int = 0) -> EvalReport:
     """Every question through clara and through text RAG with each baseline retriever.
 
     `retriever` (an answer.Retriever) picks clara's memories: latent, bm25 or hybrid (default: answer.DEFAULT_RETRIEVER);
@@ -503,8 +515,9 @@ def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: 
     bar = progress_bar(total=len(questions) * (1 + len(baselines)), desc="eval", unit="q", enabled=progress)
     try:
         retriever = retriever or Retriever(snapshot)
-        res = run_clara(snapshot, model, questions, k, max_new_tokens, titles, retriever, tick=lambda: bar.update(1))
-        summaries.append(summarize(*CLARA_SYSTEMS[retriever.mode], "clara generator (memory tokens)", res))
+        res = run_clara(snapshot, model, questions, k, max_new_tokens, titles, retriever, tick=lambda: bar.update(1),
+                        expand=expand)
+        summaries.append(summarize(*clara_system(retriever.mode, expand), res))
         results += res
         reader = TextRAG(model) if baselines else None
         for name in baselines:

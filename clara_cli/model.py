@@ -32,6 +32,7 @@ from torch import nn
 
 ADAPTERS = ("encoder_adapter", "decoder_adapter", "query_reasoner_adapter")
 MERGED_COPY_MAX_BYTES = 4 << 30  # a merged copy doubles the weights in memory: not for 7B models
+MAX_PROMPT_TOKENS = 1024  # the generator's prompts are cut here (fit_question keeps questions inside)
 SYSTEM_PROMPT = (
     "You are a helpful assistant. Your task is to extract relevant information from "
     "provided documents and to answer to questions as briefly as possible."
@@ -366,10 +367,14 @@ class ClaraModel(nn.Module):
         return out.hidden_states[-1][:, -self.config.n_mem:, :].float().cpu()
 
     # ------------------------------------------------------------------ generator
-    def prompt(self, question: str, k: int) -> str:
-        """The generator's chat prompt with k memory slots (<MEM0..n-1><SEP> each), in rank order."""
+    def prompt(self, question: str, k: int, expanded: Sequence[str] = ()) -> str:
+        """The generator's chat prompt with k memory slots (<MEM0..n-1><SEP> each), in rank order.
+
+        `expanded` (selective expansion, ours, as REFRAG's; off by default): raw texts of the
+        best-ranked documents, read as text before the k memory slots of the others."""
         slot = "".join(f"<MEM{i}>" for i in range(self.config.n_mem)) + ("<SEP>" if self.config.sep else "")
-        user = f"Background:\n{slot * k}\n\nQuestion:{question}"
+        raw = "".join(f"{text.strip()}\n" for text in expanded)
+        user = f"Background:\n{raw}{slot * k}\n\nQuestion:{question}"
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
         try:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -379,11 +384,13 @@ class ClaraModel(nn.Module):
             merged = [{"role": "user", "content": SYSTEM_PROMPT + "\n" + user}]
             return self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
 
-    def prompt_inputs(self, questions: Sequence[str], memories: Sequence[torch.Tensor]):
+    def prompt_inputs(self, questions: Sequence[str], memories: Sequence[torch.Tensor],
+                      expanded: Sequence[Sequence[str]] | None = None):
         """(input_ids, attention_mask, inputs_embeds) with each <MEM*> row replaced by its memory vector."""
-        texts = [self.prompt(q, len(m)) for q, m in zip(questions, memories, strict=True)]
+        expanded = expanded or [()] * len(questions)
+        texts = [self.prompt(q, len(m), e) for q, m, e in zip(questions, memories, expanded, strict=True)]
         enc = self.tokenizer(texts, padding="longest", add_special_tokens=False, truncation=True,
-                             max_length=1024, return_tensors="pt")
+                             max_length=MAX_PROMPT_TOKENS, return_tensors="pt")
         ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
         embeds = self.decoder.get_input_embeddings()(ids)  # [B, L, h]
         is_mem = torch.isin(ids, torch.tensor(self.mem_token_ids, device=ids.device))
@@ -398,14 +405,16 @@ class ClaraModel(nn.Module):
 
     @torch.inference_mode()
     def generate(self, questions: Sequence[str], memories: Sequence[torch.Tensor], max_new_tokens: int = 64,
-                 return_ids: bool = False, logits_processor=None, details: bool = False):
-        """Greedy answers; memories[i] is [k_i, n_mem, hidden] for question i, in rank order.
+                 return_ids: bool = False, logits_processor=None, details: bool = False,
+                 expanded: Sequence[Sequence[str]] | None = None):
+        """Greedy answers; memories[i] is [k_i, n_mem, hidden] for question i, in rank order;
+        expanded[i] (optional) the raw texts read before them (see `prompt`).
 
         `logits_processor` (a transformers LogitsProcessorList) is passed to generate, e.g. to
         stamp the end of prefill. `details=True` returns one `Generated` per question (text,
         prompt and new token counts) instead of the texts, so callers need not re-tokenize."""
         self.use_adapter("decoder_adapter")
-        _, mask, embeds = self.prompt_inputs(questions, memories)
+        _, mask, embeds = self.prompt_inputs(questions, memories, expanded)
         out = self.decoder.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
                                     top_p=None, top_k=None, temperature=None,
                                     max_new_tokens=max_new_tokens,
