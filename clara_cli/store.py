@@ -87,7 +87,6 @@ CHUNK_SCHEMA = pa.schema([
 DELETION_SCHEMA = pa.schema([("kind", pa.string()), ("id", pa.string())])
 
 
-
 class _LazyTorch:
     """torch, imported at first use: commands that read no memory rows (info, bm25 search, gc)
     start without it."""
