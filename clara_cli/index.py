@@ -1,4 +1,5 @@
-"""Vector search over flattened memory (DESIGN.md §1: cosine of n_mem*hidden vectors).
+"""Vector search over flattened memory (docs/design.md §1: cosine of n_mem*hidden vectors, centred
+where the store's model has a retrieval center).
 
 Kinds (`clara index --kind`):
 
