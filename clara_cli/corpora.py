@@ -34,9 +34,13 @@ def wiki_summaries_path() -> Path:
 def wiki_paragraphs(split: str = "all") -> Iterator[dict]:
     """{"id", "title", "text"} per English lead paragraph, in the package's order.
 
-    split: "all", "train" (never the held-out ones) or "heldout"."""
-    if split not in ("all", "train", "heldout"):
+    split: "all", "train" (never the held-out ones), "heldout", or "dev" (the development
+    split of the training paragraphs, is_dev)."""
+    if split not in ("all", "train", "heldout", "dev"):
         raise ValueError(split)
+    if split == "dev":
+        yield from (p for p in wiki_paragraphs("train") if is_dev(p["title"]))
+        return
     data = json.loads(wiki_summaries_path().read_text(encoding="utf-8"))
     for key, entry in data.items():
         title, text = entry.get("title") or key, (entry.get("extract") or "").strip()
