@@ -209,15 +209,15 @@ class FirstLogitsStamp:
 
 def iter_answers(snapshot: Snapshot, model: ClaraModel, questions: Sequence[str], k: int = 5,
                  max_new_tokens: int = 64, retriever: Retriever | None = None,
-                 batch_size: int = 8, min_score: float | None = None, expand: int = 0) -> Iterator[Answer]:
+                 batch_size: int = 8, min_score: float | None = None, expand: int | None = None) -> Iterator[Answer]:
     """Answers in question order, `batch_size` questions at a time: retrieve top-k per question,
     read their memory rows (one CRC-checked read per batch), generate greedily from them. A
     question without matching sources (select_sources) gets answer None and no generation; one
     too long for the generator's context is cut to fit (fit_question, with a notice).
 
-    `expand` N > 0 (selective expansion, ours, after REFRAG; off by default): the generator reads
-    the raw text of the N best sources and the memory tokens of the others. Our generator was
-    not trained on such prompts (README, "Training and evaluation").
+    `expand` N > 0 (selective expansion, ours, after REFRAG): the generator reads the raw text of
+    the N best sources and the memory tokens of the others (None: the model's `config.expand`,
+    0 for Apple's checkpoints). Our generator was not trained on such prompts (README).
 
     Each answer's timings are its batch's: retrieve_s (query encoding and search), read_s
     (memory rows), prefill_s (building the prompt until the first new token's logits), decode_s
@@ -227,6 +227,7 @@ def iter_answers(snapshot: Snapshot, model: ClaraModel, questions: Sequence[str]
 
     if batch_size < 1:
         raise UsageError("batch_size must be at least 1")
+    expand = model.config.expand if expand is None else expand
     if expand < 0:
         raise UsageError("expand must be at least 0")
     check_model(snapshot, model)
@@ -268,7 +269,7 @@ def iter_answers(snapshot: Snapshot, model: ClaraModel, questions: Sequence[str]
 
 def ask(snapshot: Snapshot, model: ClaraModel, questions: Sequence[str], k: int = 5, max_new_tokens: int = 64,
         retriever: Retriever | None = None, batch_size: int = 8, min_score: float | None = None,
-        expand: int = 0) -> list[Answer]:
+        expand: int | None = None) -> list[Answer]:
     """Retrieve top-k memories per question and generate from them (the compressed context);
     a question without matching sources gets answer None."""
     return list(iter_answers(snapshot, model, questions, k, max_new_tokens, retriever, batch_size, min_score,

@@ -233,16 +233,19 @@ class ClaraStore:
 
     def ask(self, question: str | Sequence[str], k: int = 5, max_new_tokens: int = 64,
             retriever: str = DEFAULT_RETRIEVER, nprobe: int | None = None, ef_search: int | None = None,
-            rerank: int | None = None, batch_size: int = 8) -> Answer | list[Answer]:
+            rerank: int | None = None, batch_size: int = 8, min_score: float | None = None,
+            expand: int | None = None) -> Answer | list[Answer]:
         """An answer (.answer, .sources, .context_tokens, .timings) read from the top-k memories;
-        a list of answers for a list of questions."""
+        a list of answers for a list of questions. As `clara ask`: answer None without matching
+        sources (min_score), expand N reads the N best sources as text (default: the model's)."""
         _check_options(k, retriever)
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise UsageError(f"max_new_tokens must be a positive integer, not {max_new_tokens!r}")
         questions = [question] if isinstance(question, str) else list(question)
         model = self.load_model()
         with self._readers.use(retriever, nprobe, ef_search, rerank) as (snapshot, reader), self._model_lock:
-            answers = list(iter_answers(snapshot, model, questions, k, max_new_tokens, reader, batch_size))
+            answers = list(iter_answers(snapshot, model, questions, k, max_new_tokens, reader, batch_size,
+                                        min_score=min_score, expand=expand))
         return answers[0] if isinstance(question, str) else answers
 
     def update(self, paths: Sequence[str | Path], delete_missing: bool = False, overlap: int = 0,

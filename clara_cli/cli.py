@@ -568,9 +568,9 @@ def search(ctx, query, k, min_score, retriever_mode, nprobe, ef_search, rerank, 
 
 def expand_option(f):
     """--expand N: selective expansion (ours), shared by ask and eval."""
-    return click.option("--expand", default=0, show_default=True, type=click.IntRange(0), metavar="N",
+    return click.option("--expand", default=None, type=click.IntRange(0), metavar="N",
                         help="Read the raw text of the N best chunks and the memory tokens of the others "
-                             "(the default model's generator was not trained for it; README).")(f)
+                             "[the model's setting: see `clara info`; 0 for Apple's checkpoints].")(f)
 
 
 @cli.command()

@@ -406,13 +406,14 @@ def clara_system(mode: str, expand: int = 0) -> tuple[str, str, str]:
 
 
 def run_clara(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int, max_new_tokens: int,
-              titles: dict[str, str], retriever, tick=None, expand: int = 0) -> list[QuestionResult]:
+              titles: dict[str, str], retriever, tick=None, expand: int | None = None) -> list[QuestionResult]:
     """CLaRa end to end through `answer.iter_answers`, the same path as `clara ask`: the
     retriever's top-k memories (query reasoner, the store's BM25, or both fused) -> generator,
     one question at a time so that its timings are per-question latencies. `expand`: the
     raw text of the best `expand` chunks instead of their memory (answer.iter_answers)."""
     from .answer import ask, iter_answers
 
+    expand = model.config.expand if expand is None else expand
     system = clara_system(retriever.mode, expand)[0]
     slot_tokens = model.config.n_mem + (1 if model.config.sep else 0)
     ask(snapshot, model, [questions[0].question], k, 2, retriever, expand=expand)  # first-call costs, untimed
@@ -495,7 +496,7 @@ class GoldLookup:
 
 def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: int = 5,
              max_new_tokens: int = 64, baselines: Sequence[str] = ("bm25", "minilm"),
-             progress: bool = True, retriever=None, expand: int = 0) -> EvalReport:
+             progress: bool = True, retriever=None, expand: int | None = None) -> EvalReport:
     """Every question through clara and through text RAG with each baseline retriever.
 
     `retriever` (an answer.Retriever) picks clara's memories: latent, bm25 or hybrid (default: answer.DEFAULT_RETRIEVER);
@@ -517,7 +518,8 @@ def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: 
         retriever = retriever or Retriever(snapshot)
         res = run_clara(snapshot, model, questions, k, max_new_tokens, titles, retriever, tick=lambda: bar.update(1),
                         expand=expand)
-        summaries.append(summarize(*clara_system(retriever.mode, expand), res))
+        summaries.append(summarize(*clara_system(retriever.mode, model.config.expand if expand is None else expand),
+                                   res))
         results += res
         reader = TextRAG(model) if baselines else None
         for name in baselines:

@@ -54,6 +54,9 @@ class ClaraConfig:
     # Our deviation, off for Apple's checkpoints: score cos(q - c, d - c) with c the mean
     # flattened memory of the training corpus (stored with the model, retrieval.safetensors).
     retrieval_center: bool = False
+    # Our deviation, 0 for Apple's: how many of the best sources `ask` reads as raw text beside
+    # the memory tokens of the others (selective expansion; --expand overrides it).
+    expand: int = 0
 
     #: Keys older clara.json files carry that nothing reads any more (accepted, then dropped).
     RETIRED_KEYS = ("generation_top_k",)

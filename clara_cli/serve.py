@@ -53,6 +53,8 @@ class SearchRequest(_Options):
 class AskRequest(_Options):
     question: str | list[str]
     max_new_tokens: int = Field(64, ge=1)
+    min_score: float | None = None
+    expand: int | None = Field(None, ge=0)
 
 
 def error(message: str, exit_code: int) -> JSONResponse:
@@ -118,7 +120,7 @@ def create_app(store: ClaraStore) -> FastAPI:
         req = await body(request, AskRequest)
         answers = await run_in_threadpool(store.ask, req.question, k=req.k, max_new_tokens=req.max_new_tokens,
                                           retriever=req.retriever, nprobe=req.nprobe, ef_search=req.ef_search,
-                                          rerank=req.rerank)
+                                          rerank=req.rerank, min_score=req.min_score, expand=req.expand)
         return answers.to_dict() if isinstance(req.question, str) else [a.to_dict() for a in answers]
 
     return app

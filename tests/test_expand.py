@@ -57,3 +57,18 @@ def test_eval_reports_expansion_as_its_own_system(store, tiny_model):
     slot = tiny_model.config.n_mem + 1
     assert clara.system == "clara-bm25-expand1" and "1 raw" in clara.reader
     assert clara.passage_tokens > slot  # one slot of memory plus the text of the best chunk
+
+
+def test_the_models_setting_is_the_default(store, tiny_model):
+    """config.expand (0 for Apple's checkpoints) is what ask does without expand=."""
+    snap = store.snapshot()
+    retriever = Retriever(snap, "bm25")
+    q = "When was the Eiffel Tower completed?"
+    one = ask(snap, tiny_model, [q], k=3, max_new_tokens=3, retriever=retriever, expand=1)[0]
+    assert tiny_model.config.expand == 0
+    tiny_model.config.expand = 1
+    try:
+        default = ask(snap, tiny_model, [q], k=3, max_new_tokens=3, retriever=retriever)[0]
+    finally:
+        tiny_model.config.expand = 0
+    assert default.context_tokens == one.context_tokens and default.answer == one.answer
