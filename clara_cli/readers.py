@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 # Plain text kinds, read as they are (prose, markup people write by hand, source code, config).
 TEXT_SUFFIXES = {
     ".txt", ".text", ".md", ".markdown", ".rst", ".org", ".tex", ".adoc", ".asciidoc", ".log", ".nfo",
-    ".py", ".pyi", ".ipynb", ".js", ".mjs", ".cjs", ".ts", ".tsx", ".jsx", ".java", ".kt", ".kts",
+    ".py", ".pyi", ".js", ".mjs", ".cjs", ".ts", ".tsx", ".jsx", ".java", ".kt", ".kts",
     ".scala", ".groovy", ".c", ".h", ".cc", ".cpp", ".cxx", ".hpp", ".hh", ".cs", ".go", ".rs", ".rb",
     ".php", ".swift", ".m", ".mm", ".r", ".jl", ".lua", ".pl", ".pm", ".sh", ".bash", ".zsh", ".fish",
     ".ps1", ".bat", ".sql", ".hs", ".ml", ".mli", ".ex", ".exs", ".erl", ".clj", ".dart", ".el",
