@@ -23,6 +23,7 @@ def test_shipped_default_model_is_complete_trained_and_small():
     with safe_open(str(DEFAULT_MODEL_DIR / "retrieval.safetensors"), "pt") as f:
         center = f.get_tensor("center")
     assert cfg.retrieval_center and center.shape == (cfg.n_mem * 576,) and center.dtype == torch.float32
+    assert cfg.expand == 1  # ours: ask reads the best source as text (chosen on the dev split)
     assert (cfg.doc_max_length, cfg.compr_rate, cfg.n_mem) == (256, 16, 16)
     names = sorted(p.name for p in adapter_files(DEFAULT_MODEL_DIR))
     assert names == [f"adapters-{a}.safetensors" for a in sorted(cfg.adapters)]
