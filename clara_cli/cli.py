@@ -261,24 +261,33 @@ def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, max_file_size, 
               help="Run as a Ray Data job (model-holding actors); ADDRESS of a cluster, or a local one.")
 @click.option("--ray-actors", default=None, type=click.IntRange(1), metavar="N",
               help="Ray actors (default: one per GPU, else one per 2 CPUs of the cluster).")
+@click.option("--recompress", is_flag=True,
+              help="Drop every memory row and the indexes, bind the store to --model (default: the "
+                   "default model) and compress all chunks again, then index: after a model upgrade.")
 @no_wait_option
 @model_options
 @json_option
 @click.pass_context
-def compress(ctx, batch_size, memory_dtype, ray_address, ray_actors, no_wait, model_spec, base_model, device, dtype,
-             attn, as_json):
+def compress(ctx, batch_size, memory_dtype, ray_address, ray_actors, recompress, no_wait, model_spec, base_model,
+             device, dtype, attn, as_json):
     """Compress every chunk that has no memory yet into memory tokens.
 
     Commits after every batch: a killed run loses at most the batch in flight, a rerun continues.
+    --recompress moves a store to another model (its chunks are kept, not re-read).
 
     \b
     Example:
       clara compress --batch-size 64 --dtype bf16
+      clara compress --recompress          # after an upgrade changed the default model (exit 5)
     """
-    from .compress import compress_store
+    from .compress import compress_store, forget_memory
 
     store = open_store(ctx)
-    model = load_model(store.snapshot(), model_spec, base_model, device, dtype, attn)
+    model = load_model(None if recompress else store.snapshot(), model_spec, base_model, device, dtype, attn)
+    if recompress:
+        dropped = forget_memory(store, wait=not no_wait)
+        notice(f"recompressing: {dropped} memory rows and the indexes dropped; the store follows "
+               f"model {model.fingerprint} ({model.source})")
     if ray_address:
         from .compress_ray import compress_store_ray
 
@@ -288,6 +297,10 @@ def compress(ctx, batch_size, memory_dtype, ray_address, ray_actors, no_wait, mo
     else:
         report = compress_store(store, model, batch_size=batch_size, memory_dtype=memory_dtype,
                                 progress=not as_json, wait=not no_wait)
+    if recompress:
+        from .index import update_index
+
+        update_index(store, progress=not as_json, wait=not no_wait)
     if as_json:
         emit(report.to_dict())
     else:

@@ -149,6 +149,17 @@ def copy_stored_duplicates(tx, plan: CompressionPlan, dtype: torch.dtype, rows_p
     return len(plan.copy_to)
 
 
+def forget_memory(store: Store, wait: bool = True) -> int:
+    """Drop every memory row, the indexes and the model binding in one commit, so that the next
+    compress binds the store to another model (`clara compress --recompress`); the chunk rows
+    stay, so nothing is re-read or re-chunked. Returns how many rows were dropped."""
+    with store.writer(wait=wait) as tx:
+        rows = len(tx.view.memory_keys())
+        tx.unbind_model()
+        tx.commit()
+    return rows
+
+
 def _duration(seconds: float) -> str:
     if seconds < 90:
         return f"{max(1, round(seconds))} s"

@@ -96,7 +96,8 @@ def model_mismatch(root: Path, bound: dict, info: dict) -> ModelMismatchError:
     """The error for a store bound to one model and used with another."""
     return ModelMismatchError(
         f"store {root} is bound to model {bound.get('fingerprint')} ({bound.get('spec', '?')}), "
-        f"not {info.get('fingerprint')} ({info.get('spec', '?')})")
+        f"not {info.get('fingerprint')} ({info.get('spec', '?')}); pass that model with --model, or "
+        f"recompress the store under this one: clara --store {root} compress --recompress")
 
 
 def index_files(info: dict) -> list[str]:

@@ -170,6 +170,19 @@ class Transaction:
         self._manifest["model"] = json.loads(json.dumps(info))  # a plain-JSON copy
         self._changed(keysets_too=False)
 
+    def unbind_model(self) -> None:
+        """Forget the model: every memory row, the indexes (vector and BM25, rebuilt by the next
+        `clara index`) and the model record with its files go from the manifest (the files at a
+        later gc); documents and chunks stay. Recompressing under a new model starts here."""
+        self._check_open()
+        bound = self._manifest.get("model") or {}
+        self.set_index(None)
+        if bound.get("center_file"):
+            self.untrack_file(bound["center_file"])
+        self._manifest["files"] = [e for e in self._manifest["files"] if e["kind"] != "memory"]
+        self._manifest["model"] = None
+        self._changed()
+
     def add_documents(self, documents: pa.Table, chunks: pa.Table) -> None:
         """Add new documents and their chunks (remove an old version of a document first).
 
