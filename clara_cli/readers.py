@@ -17,11 +17,9 @@ import errno
 import glob
 import hashlib
 import json
-import logging
 import os
 import re
 import sys
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -545,143 +543,6 @@ def _text_document(path: Path, name: str, source: str, size: int) -> SourceDocum
                           content_hash=digest.hexdigest(), n_chars=n_chars)
 
 
-@contextlib.contextmanager
-def _quiet_library_logs(*names: str) -> Iterator[None]:
-    """Parsers log their complaints about damaged files as warnings; the user gets our one line."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def _clean_extracted(text: str) -> str:
-    """Text from a PDF or DOCX as plain text: line ends \\n, no control characters, valid UTF-8."""
-    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    if not _utf8_ok(text):
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text.strip()
-
-
-def _read_pdf(path: Path, name: str, source: str) -> SourceDocument:
-    """The text layer of a PDF, page by page (pages joined by a blank line; `pages` maps a
-    character to its page: chunks are cut page by page and say "#page=3"). An encrypted PDF opens only when its
-    user password is empty; one with no text anywhere is skipped (a scan: OCR it first)."""
-    from pypdf import PdfReader
-
-    with _quiet_library_logs("pypdf"):
-        try:
-            reader = PdfReader(path)
-            if reader.is_encrypted:
-                try:
-                    opened = reader.decrypt("")
-                except Exception as err:  # noqa: BLE001 - e.g. AES without a crypto library
-                    raise _Reject(f"{name}: encrypted PDF that cannot be opened ({_first_line(err)})") from None
-                if not opened:
-                    raise _Reject(f"{name}: encrypted PDF (it needs a password: save a copy without one)")
-            parts: list[str] = []
-            pages: list[tuple[int, int]] = []
-            offset, n_pages, images = 0, len(reader.pages), 0
-            for number, page in enumerate(reader.pages, 1):
-                text = _clean_extracted(page.extract_text() or "")
-                if not text:
-                    with contextlib.suppress(Exception):
-                        images += len(page.images)
-                    continue
-                if parts:
-                    offset += 2  # the blank line between pages
-                pages.append((offset, number))
-                parts.append(text)
-                offset += len(text)
-                if offset > MAX_PDF_TEXT_CHARS:
-                    raise _Reject(f"{name}: more than {MAX_PDF_TEXT_CHARS >> 20} MiB of text in one PDF")
-            title = None
-            with contextlib.suppress(Exception):
-                title = reader.metadata.title if reader.metadata else None
-        except _Reject:
-            raise
-        except Exception as err:  # noqa: BLE001 - a damaged file can break a parser anywhere
-            raise _Reject(f"{name}: not a readable PDF ({_first_line(err)})") from None
-    if not parts:
-        if images or n_pages:
-            what = f"{n_pages} page(s) with {images} image(s)" if images else f"{n_pages} page(s)"
-            raise _Skip(f"{name}: PDF without a text layer ({what}, no text: a scan? OCR it first, "
-                        "e.g. with ocrmypdf)")
-        raise _Reject(f"{name}: empty PDF (no pages)")
-    metadata: dict = {"format": "pdf", "pages": n_pages}
-    if isinstance(title, str) and title.strip() and _utf8_ok(title):
-        metadata["title"] = title.strip()
-    return SourceDocument(source, source, "\n\n".join(parts), metadata, pages=pages)
-
-
-def _check_zip(path: Path, name: str) -> None:
-    """Refuse a DOCX whose zip would unpack to more than MAX_DOCX_XML_BYTES, or has a part that
-    inflates more than MAX_ZIP_RATIO times (a zip bomb), before any part is inflated. Reads
-    never exceed the declared sizes (zipfile stops there), so the check holds."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as err:
-        raise _Reject(f"{name}: not a readable DOCX file (not a zip archive: {err})") from None
-    total = sum(i.file_size for i in infos)
-    if total > MAX_DOCX_XML_BYTES:
-        raise _Reject(f"{name}: DOCX unpacks to {human_size(total)}, over {human_size(MAX_DOCX_XML_BYTES)} "
-                      "(a zip bomb?)")
-    for info in infos:
-        if info.file_size > 1 << 20 and info.file_size > MAX_ZIP_RATIO * max(1, info.compress_size):
-            raise _Reject(f"{name}: DOCX part {info.filename} inflates {info.file_size // max(1, info.compress_size)}"
-                          f" times, to {human_size(info.file_size)} (a zip bomb?)")
-
-
-def _read_docx(path: Path, name: str, source: str) -> SourceDocument:
-    """The body of a Word document in order: paragraphs (a blank line between them) and tables
-    (a row a line, cells joined by " | "). Headers, footers and comments are left out."""
-    _check_zip(path, name)
-    import docx
-    from docx.table import Table
-
-    with _quiet_library_logs("docx"):
-        try:
-            document = docx.Document(str(path))
-            parts: list[str] = []
-            for block in document.iter_inner_content():
-                if isinstance(block, Table):
-                    rows = []
-                    for row in block.rows:
-                        cells: list[str] = []
-                        for cell in row.cells:
-                            text = " ".join(cell.text.split())
-                            if text and (not cells or cells[-1] != text):  # merged cells repeat
-                                cells.append(text)
-                        if cells:
-                            rows.append(" | ".join(cells))
-                    text = "\n".join(rows)
-                else:
-                    text = block.text
-                text = _clean_extracted(text)
-                if text:
-                    parts.append(text)
-            title = document.core_properties.title
-        except Exception as err:  # noqa: BLE001 - a damaged file can break a parser anywhere
-            raise _Reject(f"{name}: not a readable DOCX file ({_first_line(err)})") from None
-    metadata: dict = {"format": "docx"}
-    if isinstance(title, str) and title.strip() and _utf8_ok(title):
-        metadata["title"] = title.strip()
-    return SourceDocument(source, source, _check_text("\n\n".join(parts), name), metadata)
-
-
 def _read_records(path: Path, name: str, source: str, suffix: str) -> Iterator[SourceDocument | RejectedInput]:
     count = 0
     with contextlib.ExitStack() as stack:
@@ -712,8 +573,12 @@ def _read_file(path: Path, name: str, source: str, max_file_size: int | None = N
     if cap is not None and size > cap:
         raise _Skip(f"{name}: {human_size(size)}, over the size cap of {human_size(cap)} (--max-file-size)")
     if suffix in PDF_SUFFIXES:
+        from .readers_office import _read_pdf
+
         yield _read_pdf(path, name, source)
     elif suffix in DOCX_SUFFIXES:
+        from .readers_office import _read_docx
+
         yield _read_docx(path, name, source)
     elif suffix in HTML_SUFFIXES:
         if size > MAX_HTML_BYTES:
