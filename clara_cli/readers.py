@@ -13,8 +13,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
-import errno
-import glob
 import hashlib
 import json
 import os
@@ -22,12 +20,13 @@ import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import TextIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .readers_html import html_to_text
 
 # Plain text kinds, read as they are (prose, markup people write by hand, source code, config).
 TEXT_SUFFIXES = {
@@ -276,76 +275,6 @@ def _decode_file(path: Path, name: str) -> tuple[str, str | None]:
     except _NotUTF8 as err:
         encoding = _detect_encoding(path, name, err.offset)
     return "".join(_iter_decoded(path, name, encoding)), encoding
-
-
-_LINE, _PARA = "\x01", "\x02"  # separator marks (removed from the page text itself)
-
-
-class _HTMLText(HTMLParser):
-    """Visible text of an HTML page: scripts and styles dropped, block elements on their own lines."""
-
-    SKIP = {"script", "style", "noscript", "template", "svg", "head"}
-    PARAGRAPH = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "table", "ul", "ol",
-                 "dl", "section", "article", "header", "footer", "nav", "aside", "main", "figure",
-                 "form", "fieldset", "details", "address", "hr", "title"}
-    LINE = {"br", "div", "li", "dt", "dd", "tr", "caption", "figcaption", "summary", "option",
-            "body", "html"}
-    CELL = {"td", "th"}
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.skip = 0
-        self.pre = 0
-        self.in_head_title = False
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "title":  # keep the title even though it lives in <head>
-            self.in_head_title = True
-        if tag in self.SKIP:
-            self.skip += 1
-        elif tag == "pre":
-            self.pre += 1
-        self._separate(tag)
-
-    def handle_endtag(self, tag):
-        if tag == "title":
-            self.in_head_title = False
-        if tag in self.SKIP:
-            self.skip = max(0, self.skip - 1)
-        elif tag == "pre":
-            self.pre = max(0, self.pre - 1)
-        self._separate(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        self._separate(tag)
-
-    def _separate(self, tag):
-        if tag in self.PARAGRAPH:
-            self.parts.append(_PARA)
-        elif tag in self.LINE:
-            self.parts.append(_LINE)
-        elif tag in self.CELL:
-            self.parts.append(" ")
-
-    def handle_data(self, data):
-        if self.skip and not self.in_head_title:
-            return
-        data = data.replace(_LINE, " ").replace(_PARA, " ")
-        self.parts.append(data if self.pre else re.sub(r"[ \t\n\r\f\v]+", " ", data))
-
-    def text(self) -> str:
-        # A run of separators (and the spaces around them) becomes one line or paragraph break.
-        raw = re.sub(f"[ {_LINE}{_PARA}]*[{_LINE}{_PARA}][ {_LINE}{_PARA}]*",
-                     lambda m: "\n\n" if _PARA in m.group() else "\n", "".join(self.parts))
-        return re.sub(r"\n{3,}", "\n\n", raw).strip()
-
-
-def html_to_text(html: str) -> str:
-    parser = _HTMLText()
-    parser.feed(html)
-    parser.close()
-    return parser.text()
 
 
 def _check_text(text: str, name: str) -> str:
@@ -601,95 +530,6 @@ def _read_file(path: Path, name: str, source: str, max_file_size: int | None = N
 # finding inputs
 
 
-def _walk(top: str, follow_symlinks: bool) -> Iterator[str | RejectedInput | SkippedInput]:
-    """Regular files under a folder (unsupported formats too: the reader names them), depth
-    first in name order, hidden entries
-    skipped. Links leading outside the folder are skipped unless follow_symlinks; every folder
-    is visited once (link cycles end); unreadable folders and broken links are named. Iterative:
-    any nesting depth works."""
-    top_real = os.path.realpath(top)
-    visited: set[tuple[int, int]] = set()
-
-    def inside(path: str) -> bool:
-        return path == top_real or path.startswith(top_real.rstrip(os.sep) + os.sep)
-
-    def listing(folder: str) -> list[os.DirEntry] | RejectedInput | None:
-        try:
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in visited:
-                return None
-            visited.add((st.st_dev, st.st_ino))
-            with os.scandir(folder) as it:
-                return sorted(it, key=lambda e: e.name)
-        except OSError as err:
-            return RejectedInput(folder, f"{folder}: cannot read folder ({err.strerror or err})")
-
-    first = listing(top)
-    if isinstance(first, RejectedInput):
-        yield first
-        return
-    stack: list[Iterator[os.DirEntry]] = [iter(first or [])]
-    while stack:
-        entry = next(stack[-1], None)
-        if entry is None:
-            stack.pop()
-            continue
-        if entry.name.startswith("."):
-            continue
-        known = os.path.splitext(entry.name)[1].lower() in KNOWN_SUFFIXES
-        try:
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not os.path.exists(target):
-                    try:
-                        os.stat(entry.path)
-                        why = "broken symbolic link"
-                    except OSError as err:
-                        why = "symbolic link loop" if err.errno == errno.ELOOP else "broken symbolic link"
-                    yield (RejectedInput if known else SkippedInput)(entry.path, f"{entry.path}: {why}")
-                    continue
-                if not follow_symlinks and not inside(target):
-                    yield SkippedInput(entry.path, f"{entry.path}: symbolic link leaves the folder "
-                                                   "(--follow-symlinks reads it)")
-                    continue
-            if entry.is_dir():
-                sub = listing(entry.path)
-                if sub is None:
-                    yield SkippedInput(entry.path, f"{entry.path}: folder already read (a link cycle)")
-                elif isinstance(sub, RejectedInput):
-                    yield sub
-                else:
-                    stack.append(iter(sub))
-            elif entry.is_file():
-                yield entry.path
-        except OSError as err:
-            yield RejectedInput(entry.path, f"{entry.path}: cannot read ({err.strerror or err})")
-
-
-def _expand(arg: str, follow_symlinks: bool) -> Iterator[str | RejectedInput | SkippedInput]:
-    """One command-line input -> file paths (folders walked, globs expanded), or a rejection.
-    Unsupported formats come out too: reading them names them as skipped."""
-    if os.path.isdir(arg):
-        yield from _walk(arg, follow_symlinks)
-    elif os.path.isfile(arg):
-        yield arg
-    elif os.path.lexists(arg) and not os.path.exists(arg):
-        yield RejectedInput(arg, f"{arg}: broken symbolic link")
-    elif os.path.exists(arg):
-        yield RejectedInput(arg, f"{arg}: not a regular file or directory")
-    elif glob.has_magic(arg):
-        matches = sorted(glob.glob(arg, recursive=True))
-        if not matches:
-            yield RejectedInput(arg, f"{arg}: no files match")
-        for match in matches:
-            if os.path.isdir(match):
-                yield from _walk(match, follow_symlinks)
-            elif os.path.isfile(match):
-                yield match
-    else:
-        yield RejectedInput(arg, f"{arg}: no such file or directory")
-
-
 def read_inputs(paths: Sequence[str], stdin: TextIO | None = None, follow_symlinks: bool = False,
                 max_file_size: int | None = None) -> Iterator[SourceDocument | RejectedInput | SkippedInput]:
     """Documents from files, folders, globs and `-` (JSON Lines on stdin), in a stable order.
@@ -698,6 +538,8 @@ def read_inputs(paths: Sequence[str], stdin: TextIO | None = None, follow_symlin
     than max_file_size bytes is skipped (None: MAX_TEXT_BYTES for text, MAX_BINARY_DOC_BYTES
     for PDF/DOCX; 0: no cap).
     """
+    from .readers_walk import _expand
+
     seen: set[str] = set()
     for arg in paths:
         if arg == "-":
