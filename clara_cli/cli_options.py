@@ -4,10 +4,11 @@ decorators, opening the store and loading the model. No heavy imports at module 
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
-from .errors import ClaraError, PartialFailure
+from .errors import ClaraError, NoSourcesError, PartialFailure, UsageError
 from .progress import notice
 
 
@@ -138,3 +139,81 @@ def expand_option(f):
     return click.option("--expand", default=0, show_default=True, type=click.IntRange(0), metavar="N",
                         help="Read the raw text of the N best chunks and the memory tokens of the others "
                              "(the default model's generator was not trained for it; README).")(f)
+
+
+# ---------------------------------------------------------------------------------------------
+# search and ask: questions from stdin, the batch exit code, sources as people name them
+
+
+def read_questions(arg: str, what: str = "question") -> tuple[list[tuple[str, str]], int]:
+    """([(where, text)], rejected): one argument, or `-`: JSON Lines with "question" or "query"
+    (plain lines also accepted) on stdin. A bad line is named on stderr and skipped; a blank
+    argument is a usage error."""
+    if arg != "-":
+        if not arg.strip():
+            raise UsageError(f"empty {what}")
+        return [("", arg)], 0
+    out, rejected = [], 0
+    for n, line in enumerate(sys.stdin, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        text, why = line, None
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                obj, why = None, f"malformed JSON ({err.msg})"
+            if isinstance(obj, dict):
+                text = next((obj[key] for key in ("question", "query") if isinstance(obj.get(key), str)), None)
+                if text is None:
+                    why = 'expected {"question": "..."} or {"query": "..."}'
+                elif not text.strip():
+                    why = f"empty {what}"
+            elif why is None:
+                why = "expected a JSON object"
+        if why:
+            click.echo(f"clara: rejected: <stdin>:{n}: {why}", err=True)
+            rejected += 1
+        else:
+            out.append((f"<stdin>:{n}", text))
+    if not out and not rejected:
+        raise UsageError(f"no {what}s on stdin")
+    return out, rejected
+
+
+def finish_batch(batch: bool, rejected: int, unmatched: list[str], min_score: float | None) -> None:
+    """The exit code once every question was done: 3 when stdin lines were rejected, else 7 when
+    a question found no matching sources (in a batch each is named on stderr), else 0."""
+    floor = f" scoring at least {min_score:g}" if min_score is not None else ""
+    if batch:
+        for where in unmatched:
+            click.echo(f"clara: no matching sources{floor}: {where}", err=True)
+    if rejected:
+        raise rejected_error(rejected, "the rest was answered")
+    if unmatched:
+        raise NoSourcesError(f"no matching sources{floor}" + (f" for {plural(len(unmatched), 'input')}"
+                                                              if batch else ""))
+
+
+def source_label(hit) -> str:
+    """Where a hit comes from, as people name it: the file, a record's id or line in its
+    JSONL/CSV/Parquet file, or the id of a document read from stdin."""
+    if hit.source in ("", "<stdin>"):
+        return hit.doc_id
+    if hit.doc_id == hit.source or hit.doc_id.startswith(hit.source + "#"):  # a file; a record by line/row
+        return hit.doc_id
+    return f"{hit.source}[{hit.doc_id}]"
+
+
+def print_sources(hits) -> None:
+    for h in hits:
+        snippet = " ".join(h.text.split())
+        snippet = snippet if len(snippet) <= 160 else snippet[:157] + "..."
+        click.echo(f"  [{h.rank}] {source_label(h)}:{h.start}-{h.end} (score {h.score:.3f})\n      {snippet}")
+
+
+def min_score_option(f):
+    return click.option("--min-score", default=None, type=float, metavar="SCORE",
+                        help="Ignore hits scoring below SCORE (latent: cosine; bm25: BM25 score; hybrid: "
+                             "fused rank score). None left: no matching sources, exit code 7.")(f)
