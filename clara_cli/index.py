@@ -19,24 +19,34 @@ deleted ids (IVF) or leaves them as tombstones hidden at search time (HNSW canno
 rebuilt once tombstones pass ``TOMBSTONE_REBUILD``), adds the new rows, and writes a new file
 under a new manifest. The PCA basis and IVF centroids are retrained when the store has grown
 ``RETRAIN_GROWTH``-fold since they were trained.
+
+The scan and the exact rerank over the memory-mapped shards live in index_scan.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import struct
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
 from .errors import ClaraError, CorruptDataError, UsageError
+from .index_scan import (  # noqa: F401  (re-exported: the shard scan lives in index_scan)
+    MemoryMap,
+    _centered,
+    aligned_stats,
+    block_scores,
+    dequantize,
+    estimate_mu,
+    exact_rerank,
+    row_stats,
+    scan_topk,
+)
 from .progress import notice, progress_bar
 from .store import Snapshot, Store
 
@@ -106,220 +116,12 @@ def store_center(snapshot: Snapshot) -> np.ndarray | None:
     return np.ascontiguousarray(np.load(snapshot.check_file(name), allow_pickle=False), dtype=np.float32)
 
 
-def _centered(x: torch.Tensor, center: np.ndarray | None) -> torch.Tensor:
-    return x if center is None else x - torch.from_numpy(center)
-
-
 def default_nlist(n: int) -> int:
     """~2*sqrt(n) lists, at least 39 training points each (FAISS' rule), a power of two.
     (Fewer, larger lists than the usual 4*sqrt(n): the exact rerank forgives coarse lists,
     and k-means training time grows with nlist.)"""
     target = max(1.0, min(2 * math.sqrt(n), n / 39))
     return int(max(1, 2 ** round(math.log2(target))))
-
-
-# ---------------------------------------------------------------------------------------------
-# memory-mapped shards
-
-
-_ST_DTYPES = {"F32": (np.float32, torch.float32), "BF16": (np.uint16, torch.bfloat16),
-              "F16": (np.float16, torch.float16), "I8": (np.int8, torch.int8)}
-
-
-def _mmap_tensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Zero-copy views of safetensors tensors (np.memmap copy-on-write: pages are read lazily,
-    never written back). safetensors' own reader copies every slice; a scan cannot afford that."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-    out = {}
-    for name in names:
-        info = header.get(name)
-        if info is None:
-            continue
-        np_dtype, t_dtype = _ST_DTYPES[info["dtype"]]
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if end == start:
-            out[name] = torch.zeros(shape, dtype=t_dtype)
-            continue
-        arr = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + n + start, shape=shape)
-        t = torch.from_numpy(arr)
-        out[name] = t.view(t_dtype) if t_dtype == torch.bfloat16 else t
-    return out
-
-
-class MemoryMap:
-    """The live memory rows of a snapshot as memory-mapped tensors, shard by shard.
-
-    Reads here skip the store's per-row CRCs (a scan cannot afford them); shard sizes are
-    checked, and generation reads its rows through `Snapshot.read_memory`, which checks them."""
-
-    def __init__(self, snapshot: Snapshot):
-        self.snapshot = snapshot
-        self.n_mem = int(snapshot.model["n_mem"])
-        self.parts: list[tuple[str, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor | None]] = []
-        for entry, rows, keys in snapshot.memory_rows():
-            path = snapshot.data_path(entry["name"])
-            if not path.is_file() or path.stat().st_size != entry["bytes"]:
-                raise CorruptDataError(f"{path}: memory shard missing or of the wrong size")
-            t = _mmap_tensors(path, ("memory", "scales"))
-            if "memory" not in t:
-                raise CorruptDataError(f"{path}: not a memory shard")
-            mem = t["memory"]
-            self.parts.append((entry["name"], rows, keys, mem.reshape(mem.shape[0], -1), t.get("scales")))
-        self.keys = np.concatenate([k for _, _, k, _, _ in self.parts]) if self.parts else np.zeros(0, np.int64)
-        self.n = len(self.keys)
-        self._lookup: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-    def blocks(self, block_rows: int = 4096
-               ) -> Iterator[tuple[int, np.ndarray, torch.Tensor, torch.Tensor | None]]:
-        """(offset in self.keys, keys, rows [b, D] stored dtype, per-token scales [b, n_mem] or
-        None); zero-copy where the live rows are contiguous."""
-        offset = 0
-        for _, rows, keys, mem, scales in self.parts:
-            for lo in range(0, len(rows), block_rows):
-                part = rows[lo:lo + block_rows]
-                start, stop = int(part[0]), int(part[-1]) + 1
-                if stop - start == len(part):
-                    block, sc = mem[start:stop], None if scales is None else scales[start:stop]
-                else:
-                    idx = torch.from_numpy(part)
-                    block, sc = mem[idx], None if scales is None else scales[idx]
-                yield offset, keys[lo:lo + block_rows], block, sc
-                offset += len(part)
-
-    def gather(self, keys: np.ndarray) -> torch.Tensor:
-        """fp32 rows [n, D] for live keys, in the order asked."""
-        if self._lookup is None:
-            order = np.argsort(self.keys, kind="stable")
-            part = np.concatenate([np.full(len(k), i) for i, (_, _, k, _, _) in enumerate(self.parts)])
-            rows = np.concatenate([r for _, r, _, _, _ in self.parts])
-            self._lookup = (self.keys[order], part[order], rows[order])
-        sorted_keys, part_of, row_of = self._lookup
-        pos = np.searchsorted(sorted_keys, keys).clip(0, max(0, len(sorted_keys) - 1))
-        if len(keys) and not np.array_equal(sorted_keys[pos], keys):
-            raise ClaraError("a candidate chunk has no live memory row")
-        out = torch.empty(len(keys), self.parts[0][3].shape[1] if self.parts else 0)
-        for p in np.unique(part_of[pos]):
-            where = np.nonzero(part_of[pos] == p)[0]
-            _, _, _, mem, scales = self.parts[p]
-            idx = torch.from_numpy(row_of[pos][where])
-            out[torch.from_numpy(where)] = dequantize(mem[idx], None if scales is None else scales[idx], self.n_mem)
-        return out
-
-
-def estimate_mu(mm: MemoryMap, rows: int = 8192, center: np.ndarray | None = None) -> np.ndarray:
-    """Unit mean direction of the normalised rows (from the first blocks of every shard).
-    Real memory shares one dominant direction (mean pairwise cosine ~0.96)."""
-    acc, n = None, 0
-    per_part = max(256, rows // max(1, len(mm.parts)))
-    for _, _, mem, scales in _first_rows(mm, per_part):
-        x = torch.nn.functional.normalize(_centered(dequantize(mem, scales, mm.n_mem), center), dim=-1).sum(0)
-        acc, n = (x if acc is None else acc + x), n + len(mem)
-    if acc is None:
-        return np.zeros(0, np.float32)
-    return torch.nn.functional.normalize(acc, dim=0).numpy()
-
-
-def _first_rows(mm: MemoryMap, per_part: int):
-    for name, rows, keys, mem, scales in mm.parts:
-        take = torch.from_numpy(rows[:per_part])
-        yield name, keys[:per_part], mem[take], None if scales is None else scales[take]
-
-
-def row_stats(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int, mu: np.ndarray,
-              center: np.ndarray | None = None) -> np.ndarray:
-    """[b, 2] fp32: each (centred) row's L2 norm and its dot with mu (one upcast pass; cached by
-    flat indexes because on CPU it costs ~10x the bf16 dot products of a scan)."""
-    x = _centered(dequantize(block, scales, n_mem), center)
-    return torch.stack([torch.linalg.vector_norm(x, dim=1), x @ torch.from_numpy(mu)], 1).numpy()
-
-
-def dequantize(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int) -> torch.Tensor:
-    """Rows [b, D] in fp32 (int8 rows times their per-token scales)."""
-    if block.dtype == torch.bfloat16:  # bf16 -> fp32 is a 16-bit shift; numpy's is ~2x torch's on CPU
-        bits = block.contiguous().view(torch.int16).numpy().view(np.uint16)
-        return torch.from_numpy((bits.astype(np.uint32) << 16).view(np.float32))
-    if scales is None:
-        return block.float()
-    b = block.shape[0]
-    return (block.reshape(b, n_mem, -1).float() * scales.float()[:, :, None]).reshape(b, -1)
-
-
-def block_scores(qn: torch.Tensor, block: torch.Tensor, scales: torch.Tensor | None, n_mem: int,
-                 stats: torch.Tensor, mu: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
-    """Approximate cosines [Q, b] with the dot products in the block's dtype (bf16 on CPU uses
-    AMX; int8 is upcast to bf16, exactly); the caller reranks the best in fp32.
-
-    A bf16 product is also *rounded to bf16*: near cosine 0.99 that is +-0.002, more than the
-    gaps between neighbours of real (anisotropic) memory. So the query's component along the
-    shared direction mu goes through the cached fp32 row stats, and only the residual, whose
-    dots are ~25x smaller and so ~25x finer in bf16, through the bf16 product.
-
-    With a retrieval center c (stats then describe d - c): q.(d - c) = a mu.(d - c) + qr.d - qr.c,
-    the last term one fp32 number per query."""
-    a = qn @ mu
-    qr = qn - a[:, None] * mu[None]
-    if block.dtype == torch.int8:
-        b = block.shape[0]
-        m = block.reshape(b, n_mem, -1).to(torch.bfloat16)
-        q = qr.reshape(qr.shape[0], n_mem, -1).to(torch.bfloat16)
-        dots = (torch.einsum("qth,bth->qbt", q, m).float() * scales.float()[None]).sum(-1)
-    else:
-        dots = (qr.to(block.dtype) @ block.T).float()
-    dots = dots + a[:, None] * stats[None, :, 1]
-    if center is not None:
-        dots = dots - (qr @ center)[:, None]
-    return dots / stats[None, :, 0].clamp_min(1e-12)
-
-
-def exact_rerank(mm: MemoryMap, qn: torch.Tensor, keys: np.ndarray, k: int,
-                 center: np.ndarray | None = None) -> list[tuple[int, float]]:
-    """fp32 cosine of one query against the full memory of the candidate keys: the exact
-    answer among the candidates. (A GEMV and the row norms: on CPU, clara_kernels' cosine_topk
-    falls back to torch with a normalised copy, which costs more for a few hundred rows.)"""
-    if len(keys) == 0:
-        return []
-    rows = _centered(mm.gather(keys), center)
-    scores = (rows @ qn) / torch.linalg.vector_norm(rows, dim=1).clamp_min(1e-12) / qn.norm().clamp_min(1e-12)
-    top = torch.topk(scores, min(k, len(keys)))
-    return [(int(keys[i]), float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
-
-
-def scan_topk(mm: MemoryMap, qn: torch.Tensor, k: int, stats: np.ndarray, mu: np.ndarray,
-              block_rows: int = 4096, center: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per query (keys, approximate scores) of the best k rows over every live row; stats are
-    row_stats in mm.keys order against mu (of rows less the center, where there is one)."""
-    best_s = torch.full((qn.shape[0], 0), -2.0)
-    best_k = np.zeros((qn.shape[0], 0), np.int64)
-    mu_t = torch.from_numpy(mu)
-    c_t = None if center is None else torch.from_numpy(center)
-    for offset, keys, block, scales in mm.blocks(block_rows):
-        sb = torch.from_numpy(stats[offset:offset + len(keys)])
-        s = torch.cat([best_s, block_scores(qn, block, scales, mm.n_mem, sb, mu_t, c_t)], 1)
-        allk = np.concatenate([best_k, np.broadcast_to(keys, (qn.shape[0], len(keys)))], 1)
-        best_s, top = s.topk(min(k, s.shape[1]), dim=1)
-        best_k = np.take_along_axis(allk, top.numpy(), 1)
-    return [(best_k[i], best_s[i].numpy()) for i in range(qn.shape[0])]
-
-
-def aligned_stats(mm: MemoryMap, mu: np.ndarray, known_keys: np.ndarray | None = None,
-                  known_stats: np.ndarray | None = None, center: np.ndarray | None = None) -> np.ndarray:
-    """row_stats in mm.keys order: from a flat index's file where it has the key (computed
-    against the same mu), one upcast pass over the blocks that hold any other row."""
-    out = np.full((mm.n, 2), np.nan, np.float32)
-    if known_keys is not None and known_stats is not None and len(known_keys) == len(known_stats) \
-            and len(known_keys):
-        order = np.argsort(known_keys)
-        pos = np.searchsorted(known_keys[order], mm.keys).clip(0, len(known_keys) - 1)
-        hit = known_keys[order][pos] == mm.keys
-        out[hit] = known_stats[order][pos[hit]]
-    if np.isnan(out[:, 0]).any():
-        for offset, keys, block, scales in mm.blocks():
-            if np.isnan(out[offset:offset + len(keys), 0]).any():
-                out[offset:offset + len(keys)] = row_stats(block, scales, mm.n_mem, mu, center)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,23 +13,20 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
-import errno
-import glob
 import hashlib
 import json
-import logging
 import os
 import re
 import sys
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import TextIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .readers_html import html_to_text
 
 # Plain text kinds, read as they are (prose, markup people write by hand, source code, config).
 TEXT_SUFFIXES = {
@@ -280,76 +277,6 @@ def _decode_file(path: Path, name: str) -> tuple[str, str | None]:
     return "".join(_iter_decoded(path, name, encoding)), encoding
 
 
-_LINE, _PARA = "\x01", "\x02"  # separator marks (removed from the page text itself)
-
-
-class _HTMLText(HTMLParser):
-    """Visible text of an HTML page: scripts and styles dropped, block elements on their own lines."""
-
-    SKIP = {"script", "style", "noscript", "template", "svg", "head"}
-    PARAGRAPH = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "table", "ul", "ol",
-                 "dl", "section", "article", "header", "footer", "nav", "aside", "main", "figure",
-                 "form", "fieldset", "details", "address", "hr", "title"}
-    LINE = {"br", "div", "li", "dt", "dd", "tr", "caption", "figcaption", "summary", "option",
-            "body", "html"}
-    CELL = {"td", "th"}
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self.skip = 0
-        self.pre = 0
-        self.in_head_title = False
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "title":  # keep the title even though it lives in <head>
-            self.in_head_title = True
-        if tag in self.SKIP:
-            self.skip += 1
-        elif tag == "pre":
-            self.pre += 1
-        self._separate(tag)
-
-    def handle_endtag(self, tag):
-        if tag == "title":
-            self.in_head_title = False
-        if tag in self.SKIP:
-            self.skip = max(0, self.skip - 1)
-        elif tag == "pre":
-            self.pre = max(0, self.pre - 1)
-        self._separate(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        self._separate(tag)
-
-    def _separate(self, tag):
-        if tag in self.PARAGRAPH:
-            self.parts.append(_PARA)
-        elif tag in self.LINE:
-            self.parts.append(_LINE)
-        elif tag in self.CELL:
-            self.parts.append(" ")
-
-    def handle_data(self, data):
-        if self.skip and not self.in_head_title:
-            return
-        data = data.replace(_LINE, " ").replace(_PARA, " ")
-        self.parts.append(data if self.pre else re.sub(r"[ \t\n\r\f\v]+", " ", data))
-
-    def text(self) -> str:
-        # A run of separators (and the spaces around them) becomes one line or paragraph break.
-        raw = re.sub(f"[ {_LINE}{_PARA}]*[{_LINE}{_PARA}][ {_LINE}{_PARA}]*",
-                     lambda m: "\n\n" if _PARA in m.group() else "\n", "".join(self.parts))
-        return re.sub(r"\n{3,}", "\n\n", raw).strip()
-
-
-def html_to_text(html: str) -> str:
-    parser = _HTMLText()
-    parser.feed(html)
-    parser.close()
-    return parser.text()
-
-
 def _check_text(text: str, name: str) -> str:
     if not text.strip():
         raise _Reject(f"{name}: empty (no text)")
@@ -545,143 +472,6 @@ def _text_document(path: Path, name: str, source: str, size: int) -> SourceDocum
                           content_hash=digest.hexdigest(), n_chars=n_chars)
 
 
-@contextlib.contextmanager
-def _quiet_library_logs(*names: str) -> Iterator[None]:
-    """Parsers log their complaints about damaged files as warnings; the user gets our one line."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def _clean_extracted(text: str) -> str:
-    """Text from a PDF or DOCX as plain text: line ends \\n, no control characters, valid UTF-8."""
-    text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    if not _utf8_ok(text):
-        text = text.encode("utf-8", "replace").decode("utf-8")
-    return text.strip()
-
-
-def _read_pdf(path: Path, name: str, source: str) -> SourceDocument:
-    """The text layer of a PDF, page by page (pages joined by a blank line; `pages` maps a
-    character to its page: chunks are cut page by page and say "#page=3"). An encrypted PDF opens only when its
-    user password is empty; one with no text anywhere is skipped (a scan: OCR it first)."""
-    from pypdf import PdfReader
-
-    with _quiet_library_logs("pypdf"):
-        try:
-            reader = PdfReader(path)
-            if reader.is_encrypted:
-                try:
-                    opened = reader.decrypt("")
-                except Exception as err:  # noqa: BLE001 - e.g. AES without a crypto library
-                    raise _Reject(f"{name}: encrypted PDF that cannot be opened ({_first_line(err)})") from None
-                if not opened:
-                    raise _Reject(f"{name}: encrypted PDF (it needs a password: save a copy without one)")
-            parts: list[str] = []
-            pages: list[tuple[int, int]] = []
-            offset, n_pages, images = 0, len(reader.pages), 0
-            for number, page in enumerate(reader.pages, 1):
-                text = _clean_extracted(page.extract_text() or "")
-                if not text:
-                    with contextlib.suppress(Exception):
-                        images += len(page.images)
-                    continue
-                if parts:
-                    offset += 2  # the blank line between pages
-                pages.append((offset, number))
-                parts.append(text)
-                offset += len(text)
-                if offset > MAX_PDF_TEXT_CHARS:
-                    raise _Reject(f"{name}: more than {MAX_PDF_TEXT_CHARS >> 20} MiB of text in one PDF")
-            title = None
-            with contextlib.suppress(Exception):
-                title = reader.metadata.title if reader.metadata else None
-        except _Reject:
-            raise
-        except Exception as err:  # noqa: BLE001 - a damaged file can break a parser anywhere
-            raise _Reject(f"{name}: not a readable PDF ({_first_line(err)})") from None
-    if not parts:
-        if images or n_pages:
-            what = f"{n_pages} page(s) with {images} image(s)" if images else f"{n_pages} page(s)"
-            raise _Skip(f"{name}: PDF without a text layer ({what}, no text: a scan? OCR it first, "
-                        "e.g. with ocrmypdf)")
-        raise _Reject(f"{name}: empty PDF (no pages)")
-    metadata: dict = {"format": "pdf", "pages": n_pages}
-    if isinstance(title, str) and title.strip() and _utf8_ok(title):
-        metadata["title"] = title.strip()
-    return SourceDocument(source, source, "\n\n".join(parts), metadata, pages=pages)
-
-
-def _check_zip(path: Path, name: str) -> None:
-    """Refuse a DOCX whose zip would unpack to more than MAX_DOCX_XML_BYTES, or has a part that
-    inflates more than MAX_ZIP_RATIO times (a zip bomb), before any part is inflated. Reads
-    never exceed the declared sizes (zipfile stops there), so the check holds."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError) as err:
-        raise _Reject(f"{name}: not a readable DOCX file (not a zip archive: {err})") from None
-    total = sum(i.file_size for i in infos)
-    if total > MAX_DOCX_XML_BYTES:
-        raise _Reject(f"{name}: DOCX unpacks to {human_size(total)}, over {human_size(MAX_DOCX_XML_BYTES)} "
-                      "(a zip bomb?)")
-    for info in infos:
-        if info.file_size > 1 << 20 and info.file_size > MAX_ZIP_RATIO * max(1, info.compress_size):
-            raise _Reject(f"{name}: DOCX part {info.filename} inflates {info.file_size // max(1, info.compress_size)}"
-                          f" times, to {human_size(info.file_size)} (a zip bomb?)")
-
-
-def _read_docx(path: Path, name: str, source: str) -> SourceDocument:
-    """The body of a Word document in order: paragraphs (a blank line between them) and tables
-    (a row a line, cells joined by " | "). Headers, footers and comments are left out."""
-    _check_zip(path, name)
-    import docx
-    from docx.table import Table
-
-    with _quiet_library_logs("docx"):
-        try:
-            document = docx.Document(str(path))
-            parts: list[str] = []
-            for block in document.iter_inner_content():
-                if isinstance(block, Table):
-                    rows = []
-                    for row in block.rows:
-                        cells: list[str] = []
-                        for cell in row.cells:
-                            text = " ".join(cell.text.split())
-                            if text and (not cells or cells[-1] != text):  # merged cells repeat
-                                cells.append(text)
-                        if cells:
-                            rows.append(" | ".join(cells))
-                    text = "\n".join(rows)
-                else:
-                    text = block.text
-                text = _clean_extracted(text)
-                if text:
-                    parts.append(text)
-            title = document.core_properties.title
-        except Exception as err:  # noqa: BLE001 - a damaged file can break a parser anywhere
-            raise _Reject(f"{name}: not a readable DOCX file ({_first_line(err)})") from None
-    metadata: dict = {"format": "docx"}
-    if isinstance(title, str) and title.strip() and _utf8_ok(title):
-        metadata["title"] = title.strip()
-    return SourceDocument(source, source, _check_text("\n\n".join(parts), name), metadata)
-
-
 def _read_records(path: Path, name: str, source: str, suffix: str) -> Iterator[SourceDocument | RejectedInput]:
     count = 0
     with contextlib.ExitStack() as stack:
@@ -712,8 +502,12 @@ def _read_file(path: Path, name: str, source: str, max_file_size: int | None = N
     if cap is not None and size > cap:
         raise _Skip(f"{name}: {human_size(size)}, over the size cap of {human_size(cap)} (--max-file-size)")
     if suffix in PDF_SUFFIXES:
+        from .readers_office import _read_pdf
+
         yield _read_pdf(path, name, source)
     elif suffix in DOCX_SUFFIXES:
+        from .readers_office import _read_docx
+
         yield _read_docx(path, name, source)
     elif suffix in HTML_SUFFIXES:
         if size > MAX_HTML_BYTES:
@@ -736,95 +530,6 @@ def _read_file(path: Path, name: str, source: str, max_file_size: int | None = N
 # finding inputs
 
 
-def _walk(top: str, follow_symlinks: bool) -> Iterator[str | RejectedInput | SkippedInput]:
-    """Regular files under a folder (unsupported formats too: the reader names them), depth
-    first in name order, hidden entries
-    skipped. Links leading outside the folder are skipped unless follow_symlinks; every folder
-    is visited once (link cycles end); unreadable folders and broken links are named. Iterative:
-    any nesting depth works."""
-    top_real = os.path.realpath(top)
-    visited: set[tuple[int, int]] = set()
-
-    def inside(path: str) -> bool:
-        return path == top_real or path.startswith(top_real.rstrip(os.sep) + os.sep)
-
-    def listing(folder: str) -> list[os.DirEntry] | RejectedInput | None:
-        try:
-            st = os.stat(folder)
-            if (st.st_dev, st.st_ino) in visited:
-                return None
-            visited.add((st.st_dev, st.st_ino))
-            with os.scandir(folder) as it:
-                return sorted(it, key=lambda e: e.name)
-        except OSError as err:
-            return RejectedInput(folder, f"{folder}: cannot read folder ({err.strerror or err})")
-
-    first = listing(top)
-    if isinstance(first, RejectedInput):
-        yield first
-        return
-    stack: list[Iterator[os.DirEntry]] = [iter(first or [])]
-    while stack:
-        entry = next(stack[-1], None)
-        if entry is None:
-            stack.pop()
-            continue
-        if entry.name.startswith("."):
-            continue
-        known = os.path.splitext(entry.name)[1].lower() in KNOWN_SUFFIXES
-        try:
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not os.path.exists(target):
-                    try:
-                        os.stat(entry.path)
-                        why = "broken symbolic link"
-                    except OSError as err:
-                        why = "symbolic link loop" if err.errno == errno.ELOOP else "broken symbolic link"
-                    yield (RejectedInput if known else SkippedInput)(entry.path, f"{entry.path}: {why}")
-                    continue
-                if not follow_symlinks and not inside(target):
-                    yield SkippedInput(entry.path, f"{entry.path}: symbolic link leaves the folder "
-                                                   "(--follow-symlinks reads it)")
-                    continue
-            if entry.is_dir():
-                sub = listing(entry.path)
-                if sub is None:
-                    yield SkippedInput(entry.path, f"{entry.path}: folder already read (a link cycle)")
-                elif isinstance(sub, RejectedInput):
-                    yield sub
-                else:
-                    stack.append(iter(sub))
-            elif entry.is_file():
-                yield entry.path
-        except OSError as err:
-            yield RejectedInput(entry.path, f"{entry.path}: cannot read ({err.strerror or err})")
-
-
-def _expand(arg: str, follow_symlinks: bool) -> Iterator[str | RejectedInput | SkippedInput]:
-    """One command-line input -> file paths (folders walked, globs expanded), or a rejection.
-    Unsupported formats come out too: reading them names them as skipped."""
-    if os.path.isdir(arg):
-        yield from _walk(arg, follow_symlinks)
-    elif os.path.isfile(arg):
-        yield arg
-    elif os.path.lexists(arg) and not os.path.exists(arg):
-        yield RejectedInput(arg, f"{arg}: broken symbolic link")
-    elif os.path.exists(arg):
-        yield RejectedInput(arg, f"{arg}: not a regular file or directory")
-    elif glob.has_magic(arg):
-        matches = sorted(glob.glob(arg, recursive=True))
-        if not matches:
-            yield RejectedInput(arg, f"{arg}: no files match")
-        for match in matches:
-            if os.path.isdir(match):
-                yield from _walk(match, follow_symlinks)
-            elif os.path.isfile(match):
-                yield match
-    else:
-        yield RejectedInput(arg, f"{arg}: no such file or directory")
-
-
 def read_inputs(paths: Sequence[str], stdin: TextIO | None = None, follow_symlinks: bool = False,
                 max_file_size: int | None = None) -> Iterator[SourceDocument | RejectedInput | SkippedInput]:
     """Documents from files, folders, globs and `-` (JSON Lines on stdin), in a stable order.
@@ -833,6 +538,8 @@ def read_inputs(paths: Sequence[str], stdin: TextIO | None = None, follow_symlin
     than max_file_size bytes is skipped (None: MAX_TEXT_BYTES for text, MAX_BINARY_DOC_BYTES
     for PDF/DOCX; 0: no cap).
     """
+    from .readers_walk import _expand
+
     seen: set[str] = set()
     for arg in paths:
         if arg == "-":

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .corpora import HeldOutGuard, split_sentences
 from .errors import ClaraError, UsageError
-from .evaluate import normalize_answer
+from .metrics import normalize_answer
 from .progress import notice, progress_bar
 
 
@@ -384,7 +384,7 @@ def synthesize(docs: Sequence[SynthDoc], out_dir: str | Path, config: SynthConfi
         rng = _doc_rng(cfg.seed, doc)
         pairs = choose_pairs(candidate_pairs(doc, cfg.max_answer_char), cfg.max_qa, rng)
         if reader is not None:
-            from .evaluate import cover_em
+            from .metrics import cover_em
 
             kept = [p for p in pairs if cover_em(reader.generate(p.question, [doc.text], 32).text, p.answer)]
             filtered += len(pairs) - len(kept)
