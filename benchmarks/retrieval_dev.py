@@ -29,7 +29,7 @@ import torch
 
 from clara_cli.answer import FUSION_DEPTH, rrf
 from clara_cli.checkpoint import adapter_files
-from clara_cli.corpora import is_dev, wiki_paragraphs
+from clara_cli.corpora import wiki_paragraphs
 from clara_cli.model import ClaraModel, resolve_dtype, retrieval_scores
 from clara_cli.retrievers import BM25Retriever
 
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    paras = [p for p in wiki_paragraphs("train") if is_dev(p["title"])]
+    paras = list(wiki_paragraphs("dev"))
     titles = [p["title"] for p in paras]
     questions = [json.loads(line) for line in Path(args.questions).read_text().splitlines() if line.strip()]
     gold = [{titles.index(t) for t in q["gold_titles"]} for q in questions]

@@ -18,17 +18,11 @@ from clara_cli.model import ClaraModel, retrieval_scores
 from clara_cli.store import Store
 from clara_cli.train import TrainConfig, train
 from clara_cli.train.stages import drop_words
+from tests.test_train import DOCS as TRAIN_DOCS
 
-DOCS = [
-    "The Eiffel Tower is a wrought-iron lattice tower in Paris, France, completed in 1889.",
-    "Mount Kilimanjaro is the highest mountain in Africa, about 5,895 metres above sea level.",
-    "Ada Lovelace wrote what is often called the first computer program, for Babbage's engine.",
-    "The Danube flows through ten countries and empties into the Black Sea in Romania.",
-    "Marie Curie was the first person to win Nobel Prizes in two different sciences.",
-    "The Great Wall of China stretches across northern China for thousands of kilometres.",
-    "The Amazon rainforest covers much of the Amazon basin of South America.",
-    "Johann Sebastian Bach was a German composer of the late Baroque period.",
-]
+DOCS = [*TRAIN_DOCS,  # the trainer tests' six documents, and two more
+        "The Amazon rainforest covers much of the Amazon basin of South America.",
+        "Johann Sebastian Bach was a German composer of the late Baroque period."]
 QUESTIONS = ["When was the Eiffel Tower completed?", "How high is Kilimanjaro?", "Who wrote the first program?",
              "Where does the Danube end?", "Who won two Nobel Prizes in sciences?", "How long is the Great Wall?",
              "What does the Amazon rainforest cover?", "Which period did Bach compose in?"]

@@ -192,10 +192,10 @@ def file_digest(path: str | Path) -> str:
 # ---------------------------------------------------------------------- development split
 @functools.lru_cache(maxsize=1)
 def _dev_texts() -> frozenset[str]:
-    from ..corpora import is_dev, wiki_paragraphs
+    from ..corpora import wiki_paragraphs
 
     try:
-        return frozenset(p["text"] for p in wiki_paragraphs("train") if is_dev(p["title"]))
+        return frozenset(p["text"] for p in wiki_paragraphs("dev"))
     except ClaraError:
         return frozenset()  # corpus not installed: nothing of it can be in the data
 
