@@ -80,6 +80,23 @@ train-retrieval: install
 		--out $(TRAIN_DIR)/retrieval --max-examples $(RETRIEVAL_MAX) --steps $(RETRIEVAL_STEPS) $(RETRIEVAL_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/retrieval clara_cli/default_model bf16
 
+# The generator stage (ours, docs/TRAINING.md "Generator"): the decoder adapter of the model in
+# clara_cli/default_model, trained on frozen memories with mixed prompts (the top document as raw
+# text in GENERATOR_EXPAND of the examples, as `ask --expand 1` reads it; memories only in the
+# rest), then exported over it. Compressor, query reasoner and center do not change, so stores
+# stay valid. Resumable like every stage: rerun after any stop.
+GENERATOR_MAX    ?= 3600
+GENERATOR_STEPS  ?= 220
+GENERATOR_EXPAND ?= 0.7
+GENERATOR_FLAGS  ?= --batch-size 8 --grad-accum 2 --lr 2e-4 --save-every 20 --no-dropout --seed 0 --dtype $(DTYPE)
+.PHONY: train-generator
+train-generator: install
+	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --out $(TRAIN_DIR)/data
+	$(VENV)/bin/clara train generator $(TRAIN_DIR)/data/instruct.jsonl --init-from default \
+		--out $(TRAIN_DIR)/generator --max-examples $(GENERATOR_MAX) --steps $(GENERATOR_STEPS) \
+		--expand-rate $(GENERATOR_EXPAND) $(GENERATOR_FLAGS)
+	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/generator clara_cli/default_model bf16
+
 # The held-out evaluation of data/README.md: the 1,048 held-out Wikipedia paragraphs as a
 # store, compressed by MODEL (default: the embedded model), then data/heldout_qa.jsonl through
 # clara and through text RAG (BM25, MiniLM, gold paragraph) at k=5. Report in

@@ -146,7 +146,7 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
 
 
 @click.command("train")
-@click.argument("stage", type=click.Choice(["scp", "instruct", "e2e", "retrieval"]))
+@click.argument("stage", type=click.Choice(["scp", "instruct", "e2e", "retrieval", "generator"]))
 @click.argument("data", type=click.Path(dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), metavar="DIR",
               help="Output model folder (our format), also the resumable checkpoint.")
@@ -184,18 +184,23 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
               help="retrieval: InfoNCE temperature.")
 @click.option("--query-word-dropout", default=0.0, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="retrieval: drop each question word with this probability (augmentation).")
+@click.option("--expand-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="generator: share of examples whose top document is read as raw text (as ask --expand 1).")
 @click.option("--stop-at-step", default=None, type=click.IntRange(1), metavar="N",
               help="Stop at step N with a checkpoint, as an interruption would (the schedule keeps its "
                    "full length); rerun without it to continue. For time-boxed runs.")
 @json_option
 def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, grad_accum, lr, warmup_ratio,
           schedule, save_every, top_k, dropout, pack, doc_max_length, compr_rate, dtype, device, seed,
-          max_examples, tau, query_word_dropout, stop_at_step, as_json):
+          max_examples, tau, query_word_dropout, expand_rate, stop_at_step, as_json):
     """Train one CLaRa stage on DATA (official JSONL): scp, then instruct, then e2e.
 
     `retrieval` (ours, not the paper's) trains the query reasoner alone with a contrastive
     loss against frozen, centred document memories (docs/TRAINING.md, "Retrieval"); it reads
     the e2e format and leaves the development split of the training paragraphs out.
+    `generator` (ours) trains the decoder alone on frozen memories, reading the top document
+    as raw text in --expand-rate of the examples (as `ask --expand 1` does); it reads the
+    instruct format, leaves the development split out, and keeps stores valid.
 
     Writes a model to --out that every command loads with --model. Checkpoints every
     --save-every steps; rerunning the same command after a crash or kill resumes, and a
@@ -208,6 +213,7 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
       clara train instruct data/instruct.jsonl --init-from ckpt/scp --out ckpt/instruct
       clara train e2e data/e2e.jsonl --init-from ckpt/instruct --out ckpt/e2e
       clara train retrieval data/retrieval.jsonl --init-from ckpt/e2e --out ckpt/retrieval
+      clara train generator data/instruct.jsonl --init-from default --expand-rate 0.75 --out ckpt/gen
     """
     from .train import TrainConfig
     from .train import train as run_train
@@ -218,7 +224,7 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
                       batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
                       schedule=schedule, save_every=save_every, top_k=top_k, dropout=dropout, dtype=dtype,
                       device=device, seed=seed, max_examples=max_examples, pack=pack, tau=tau,
-                      query_word_dropout=query_word_dropout)
+                      query_word_dropout=query_word_dropout, expand_rate=expand_rate)
     result = run_train(cfg, progress=not as_json, stop_at=stop_at_step)
     if as_json:
         emit(result.to_dict())

@@ -70,3 +70,14 @@ def tiny_model(tiny_model_dir):
     from clara_cli.model import ClaraModel
 
     return ClaraModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on 2 shared, loaded cores the thread
+    handoff of every small matmul costs tens of milliseconds; one thread is also bitwise
+    reproducible. Restored after the module (`pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

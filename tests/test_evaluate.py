@@ -22,15 +22,7 @@ from clara_cli.evaluate import (
     token_f1,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared, loaded CPU the thread
-    handoff of every small matmul costs tens of milliseconds: one thread, restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # --------------------------------------------------------------------------------------- metrics
 

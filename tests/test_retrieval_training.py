@@ -28,12 +28,7 @@ QUESTIONS = ["When was the Eiffel Tower completed?", "How high is Kilimanjaro?",
              "What does the Amazon rainforest cover?", "Which period did Bach compose in?"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,7 @@ QUESTIONS = ["When was the Eiffel Tower completed?", "Where is Kilimanjaro?", "W
              "Where does the Danube end?", "Who won two Nobel Prizes in sciences?", "Where is the Great Wall?"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls on 2 shared, busy cores: one thread is faster and bitwise reproducible."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

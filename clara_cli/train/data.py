@@ -25,7 +25,7 @@ from pathlib import Path
 from ..corpora import HeldOutGuard
 from ..errors import ClaraError, UsageError
 
-STAGES = ("scp", "instruct", "e2e", "retrieval")
+STAGES = ("scp", "instruct", "e2e", "retrieval", "generator")
 
 # Stage-1 system prompts and paraphrase instructions, verbatim from the official code.
 QA_SYSTEM = ("You are a helpful assistant. Given a document, your task is to generate some single questions "

@@ -37,7 +37,7 @@ from ..model import ClaraConfig, ClaraModel, dtype_name, resolve_device, resolve
 from ..progress import notice, progress_bar
 from ..store.durable import staged_folder
 from .data import STAGES, drop_dev_documents, file_digest, held_out_guard, read_records
-from .stages import Trainable, cosine_with_min_lr, lora_to_fp32, prepare_adapters
+from .stages import Trainable, choose_docs, cosine_with_min_lr, lora_to_fp32, prepare_adapters
 
 STATE_FORMAT = "clara-train/1"
 # Paper / official-code hyper-parameters per stage. The official stage 3 runs transformers'
@@ -48,6 +48,8 @@ STAGE_DEFAULTS = {
     "e2e": {"lr": 5e-6, "schedule": "constant", "warmup_ratio": 0.0},
     # Ours (docs/TRAINING.md, "Retrieval"): the query reasoner alone, contrastive, frozen memories.
     "retrieval": {"lr": 2e-4, "schedule": "cosine", "warmup_ratio": 0.03},
+    # Ours (docs/TRAINING.md, "Generator"): the decoder alone on frozen memories, mixed prompts.
+    "generator": {"lr": 1e-4, "schedule": "cosine", "warmup_ratio": 0.03},
 }
 # Settings that may change between a run and its resumption (they do not change the result).
 VOLATILE = ("out", "save_every", "device", "progress", "pack")
@@ -79,6 +81,7 @@ class TrainConfig:
     temperature: float = 0.02        # e2e differentiable top-k
     tau: float = 0.05                # retrieval: InfoNCE temperature over the whole document pool
     query_word_dropout: float = 0.0  # retrieval: drop each question word with this probability
+    expand_rate: float = 0.0         # generator: share of examples whose top document is read as raw text
     dropout: bool = True             # LoRA dropout 0.1 as the paper; off is faster
     autocast: bool | None = None     # LoRA side paths in the compute dtype too (default: when not fp32)
     pack: bool = True                # sequences packed without padding (False: padded batches, as before)
@@ -89,7 +92,7 @@ class TrainConfig:
     seed: int = 0
     max_examples: int | None = None
     exclude_heldout: bool = True     # drop records whose documents are held-out Wikipedia paragraphs
-    exclude_dev: bool = True         # retrieval: leave the development split (corpora.is_dev) out
+    exclude_dev: bool = True         # retrieval, generator: leave the development split (corpora.is_dev) out
 
     def resolved(self) -> TrainConfig:
         if self.stage not in STAGES:
@@ -155,7 +158,7 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after: int | None = N
             notice(f"dropped {dropped} records whose documents are held-out Wikipedia paragraphs")
         if not records:
             raise UsageError(f"{cfg.data}: every record uses held-out documents; nothing to train on")
-    if cfg.stage == "retrieval" and cfg.exclude_dev:
+    if cfg.stage in ("retrieval", "generator") and cfg.exclude_dev:
         records, dropped_dev = drop_dev_documents(records)
         if dropped_dev:
             notice(f"left out {dropped_dev} records whose answer is in a development-split paragraph")
@@ -221,8 +224,8 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
         torch.manual_seed(cfg.seed)
         step, consumed, history, elapsed_before = 0, 0, [], 0.0
 
-    if cfg.stage in ("e2e", "retrieval"):  # frozen compressor: every candidate compressed once, in one deterministic pass
-        docs = [d for r in records for d in r.docs]
+    if cfg.stage in ("e2e", "retrieval", "generator"):  # frozen compressor: every candidate compressed once
+        docs = [d for r in records for d in (choose_docs(r, cfg.top_k) if cfg.stage == "generator" else r.docs)]
         bar = progress_bar(total=len(set(docs)), desc="compressing candidates", unit="doc", enabled=progress)
         tm.cache_documents(docs, progress=bar.update)
         bar.close()

@@ -11,6 +11,10 @@
     retrieval (ours, not the paper's) question --query_reasoner_adapter--> query; centred cosine
               vs the frozen memories of every document of the data (the pool)
               loss = InfoNCE (softmax over the pool at temperature tau); learns: query reasoner
+    generator (ours) k docs in rank order --frozen encoder--> memories; with probability
+              expand_rate the first is read as raw text instead (selective expansion, as
+              `ask --expand 1`); question + text + memories --decoder--> answer
+              loss = LM; learns: the decoder adapter alone (stores stay valid)
 
 transformers' PEFT integration runs one adapter per forward, so the compressor and the
 generator are separate forwards joined by the memory tensors; `set_adapter` flips
@@ -58,8 +62,12 @@ TRAINED_ADAPTERS = {
     "instruct": ("encoder_adapter", "decoder_adapter"),
     "e2e": ("query_reasoner_adapter", "decoder_adapter"),
     "retrieval": ("query_reasoner_adapter",),
+    "generator": ("decoder_adapter",),
 }
-TRAINS_MEM_ROWS = {"scp": True, "instruct": True, "e2e": False, "retrieval": False}
+TRAINS_MEM_ROWS = {"scp": True, "instruct": True, "e2e": False, "retrieval": False, "generator": False}
+# generator stage: the share of examples whose top-ranked document is not the positive, as
+# when retrieval misses at rank 1 (the default retriever's dev Recall@1 is ~95%)
+RANK_MISS_RATE = 0.1
 
 
 @dataclass
@@ -372,6 +380,8 @@ class Trainable:
             return self._instruct(records, cfg)
         if self.stage == "retrieval":
             return self._retrieval(records, keys, cfg)
+        if self.stage == "generator":
+            return self._generator(records, keys, cfg)
         return self._e2e(records, cfg)
 
     def _scp(self, records: Sequence[PretrainRecord], keys: Sequence[tuple[int, int]], cfg: TrainConfig):
@@ -393,11 +403,14 @@ class Trainable:
         loss = lm + cfg.mse_weight * mse
         return loss, StepStats(loss.item(), lm.item(), mse.item(), len(records), enc_tokens + dec_tokens)
 
-    def _answer_ids(self, question: str, k: int, answer: str, max_length: int) -> tuple[list[int], list[int]]:
-        """The inference prompt (ClaraModel.prompt) with k slots, and the answer turn after it."""
+    def _answer_ids(self, question: str, k: int, answer: str, max_length: int,
+                    expanded: Sequence[str] = ()) -> tuple[list[int], list[int]]:
+        """The inference prompt (ClaraModel.prompt) with k slots after the expanded raw texts,
+        and the answer turn after it."""
         tok = self.model.tokenizer
-        prompt = self.model.prompt(question, k)
-        user = f"Background:\n{memory_slots(self.n_mem, k, self.model.config.sep)}\n\nQuestion:{question}"
+        prompt = self.model.prompt(question, k, expanded)
+        raw = "".join(f"{text.strip()}\n" for text in expanded)
+        user = f"Background:\n{raw}{memory_slots(self.n_mem, k, self.model.config.sep)}\n\nQuestion:{question}"
         p_text, full = chat_prompt_and_response(tok, SYSTEM_PROMPT, user, answer)
         if p_text != prompt:
             raise ClaraError("training and inference prompts differ")  # guards the two builders
@@ -435,6 +448,19 @@ class Trainable:
         return lm, StepStats(lm.item(), lm.item(), 0.0, len(records), n_query + dec_tokens, hits, positives)
 
 
+    def _generator(self, records: Sequence[QARecord], keys: Sequence[tuple[int, int]], cfg: TrainConfig):
+        views = [ranked_view(r, cfg.top_k, cfg.expand_rate, cfg.seed, e, i)
+                 for r, (e, i) in zip(records, keys, strict=True)]
+        self.cache_documents([d for expanded, mem in views for d in (*expanded, *mem)])
+        h = self.model.hidden_size
+        memories = [torch.stack([self.doc_cache[d] for d in mem]) if mem else
+                    torch.zeros(0, self.n_mem, h, dtype=self.model.dtype, device=self.model.device)
+                    for _, mem in views]                                      # [k_i, n_mem, h] each, constant
+        pairs = [self._answer_ids(r.question, len(mem), r.answer, cfg.max_length, expanded)
+                 for r, (expanded, mem) in zip(records, views, strict=True)]
+        lm, dec_tokens = self.lm_loss([p for p, _ in pairs], [t for _, t in pairs], memories)
+        return lm, StepStats(lm.item(), lm.item(), 0.0, len(records), dec_tokens)
+
     def _retrieval(self, records: Sequence[QARecord], keys: Sequence[tuple[int, int]], cfg: TrainConfig):
         if self.pool is None:
             raise ClaraError("the retrieval stage needs build_pool() first")
@@ -461,6 +487,25 @@ def drop_words(text: str, p: float, seed: int, epoch: int, index: int) -> str:
     rng = random.Random(f"{seed}:{epoch}:{index}")
     kept = [w for w in words if rng.random() >= p]
     return " ".join(kept if len(kept) >= 3 else words[:3])
+
+
+def ranked_view(record: QARecord, k: int, expand_rate: float, seed: int, epoch: int,
+                index: int) -> tuple[list[str], list[str]]:
+    """What the generator reads for one example, as `ask` gives it: (raw texts, memory docs).
+
+    The k documents in rank order: the positive first, except in RANK_MISS_RATE of examples
+    where the second takes its place (a retrieval miss at rank 1); with probability
+    expand_rate the first is read as raw text (`--expand 1`), else all are memories.
+    Seeded per (seed, epoch, index), so a resumed run draws the same."""
+    rng = random.Random(f"generator:{seed}:{epoch}:{index}")
+    docs = choose_docs(record, k)
+    pos = {record.docs[i] for i in record.pos_index}
+    ranked = [d for d in docs if d in pos] + [d for d in docs if d not in pos]
+    if len(ranked) > 1 and rng.random() < RANK_MISS_RATE:
+        ranked[0], ranked[1] = ranked[1], ranked[0]
+    if rng.random() < expand_rate:
+        return ranked[:1], ranked[1:]
+    return [], ranked
 
 
 def choose_docs(record: QARecord, k: int) -> list[str]:
