@@ -19,6 +19,8 @@ import time
 
 import torch
 
+from clara_cli.checkpoint import load_model
+
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, seconds: float = 2.0) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -51,10 +53,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from clara_cli.corpora import wiki_paragraphs
-    from clara_cli.model import ClaraModel
 
     texts = [p["text"] for p in itertools.islice(wiki_paragraphs("train"), args.docs)]
-    model = ClaraModel.from_pretrained(None, device="cpu", dtype=args.dtype)
+    model = load_model(None, device="cpu", dtype=args.dtype)
     dtype = model.dtype
     rows = model.encoder_token_ids(texts)
     n_real = sum(len(r) for r in rows)

@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from clara_cli.checkpoint import load_model
+
 QUERIES = ["the river valley and its old bridges", "a festival of lanterns", "glass furnaces on the island"]
 TOPICS = ["river valley", "lantern festival", "glass furnace", "mountain pass", "salt marsh", "clock tower",
           "copper mine", "silk road", "tidal island", "observatory"]
@@ -92,9 +94,8 @@ def _serve(model_dir: str) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    from clara_cli.model import ClaraModel
 
-    model = ClaraModel.from_pretrained(model_dir, device="cpu", dtype="fp32")
+    model = load_model(model_dir, device="cpu", dtype="fp32")
     out = sys.stdout
     sys.stdout = sys.stderr  # the protocol owns the real stdout
     for line in sys.stdin:

@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from clara_cli.checkpoint import load_model
 from clara_cli.index import IndexOptions, VectorSearch, update_index
 from clara_cli.store import CHUNK_SCHEMA, DOCUMENT_SCHEMA, Store, chunk_id_from_key
 
@@ -129,10 +130,10 @@ def compact_study(store: Store, queries: np.ndarray, truth: list[list[int]], dep
     top-`depth` candidates, which bounds what any ANN over it + exact rerank can reach."""
     import faiss
 
-    from clara_cli.index import MemoryMap, train_projection
+    from clara_cli.index import train_projection
 
     snap = store.snapshot()
-    mm = MemoryMap(snap)
+    mm = snap.memory_reader()
     keys = snap.memory_keys()
     rng = np.random.default_rng(0)
     sample_keys = np.sort(rng.choice(keys, min(len(keys), 20000), replace=False))
@@ -180,9 +181,8 @@ def ray_throughput(workdir: Path, n_docs: int, batch_size: int, rounds: int) -> 
     from clara_cli.compress_ray import compress_store_ray, connect
     from clara_cli.corpora import wiki_paragraphs
     from clara_cli.ingest import ingest
-    from clara_cli.model import ClaraModel
 
-    model = ClaraModel.from_pretrained(None, device="cpu", dtype="bf16")
+    model = load_model(None, device="cpu", dtype="bf16")
     base = workdir / "ray-base"
     shutil.rmtree(base, ignore_errors=True)
     store = Store.open(base, create=True)

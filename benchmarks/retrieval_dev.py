@@ -28,9 +28,9 @@ from pathlib import Path
 import torch
 
 from clara_cli.answer import FUSION_DEPTH, rrf
-from clara_cli.checkpoint import adapter_files
+from clara_cli.checkpoint import adapter_files, load_model
 from clara_cli.corpora import wiki_paragraphs
-from clara_cli.model import ClaraModel, resolve_dtype, retrieval_scores
+from clara_cli.model import resolve_dtype, retrieval_scores
 from clara_cli.retrievers import BM25Retriever
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def main() -> None:
     rows = [{"model": "-", "scoring": "BM25", "R@1": round(recall(bm25, gold, 1), 1),
              "R@5": round(recall(bm25, gold, 5), 1), **meta}]
     for spec in args.models:
-        model = ClaraModel.from_pretrained(None if spec == "default" else spec, device="cpu", dtype=args.dtype)
+        model = load_model(None if spec == "default" else spec, device="cpu", dtype=args.dtype)
         cache = Path(args.cache) / f"{compressor_key(spec, dtype)}.pt"
         if cache.is_file():
             memory = torch.load(cache, weights_only=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["ClaraModel", "ClaraStore", "open_store", "__version__"]
+__all__ = ["ClaraModel", "ClaraStore", "load_model", "open_store", "__version__"]
 
 
 def __getattr__(name: str):
@@ -13,6 +13,10 @@ def __getattr__(name: str):
         from .model import ClaraModel
 
         return ClaraModel
+    if name == "load_model":  # a checkpoint folder (ours or Apple's), or None: the default model
+        from .checkpoint import load_model
+
+        return load_model
     if name in ("open_store", "ClaraStore"):
         from . import api
 

@@ -45,14 +45,14 @@ def load_model(snapshot: Snapshot | None, model_spec: str | None = None, base_mo
     """The model named by model_spec, else the one the store is bound to, else the default."""
     from transformers.utils import logging as hf_logging
 
-    from .model import ClaraModel
+    from .checkpoint import load_model as load_checkpoint
 
     hf_logging.set_verbosity_error()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     bound = snapshot.model if snapshot is not None else None
     spec = model_spec or (bound.get("spec") if bound else None) or "default"
-    model = ClaraModel.from_pretrained(None if spec == "default" else spec, device=device, dtype=dtype,
-                                       base_model=base_model, attn=attn)
+    model = load_checkpoint(None if spec == "default" else spec, device=device, dtype=dtype,
+                            base_model=base_model, attn=attn)
     if attn == "triton":
         from clara_kernels import backend
 

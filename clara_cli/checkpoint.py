@@ -263,13 +263,20 @@ def _canonical_tensors(adapters: dict[str, dict], rows: dict, n_base: int, base_
 
 
 def load_model(path: str | os.PathLike | None = None, device: str = "auto", dtype: str = "auto",
-               base_model: str | None = None) -> ClaraModel:
-    """Load the default model (path None / "default"), our format, or an official CLaRa folder."""
+               base_model: str | None = None, attn: str = "auto") -> ClaraModel:
+    """Load the default model (path None / "default"), our format, or an official CLaRa folder;
+    `attn` picks the compressor's attention (ClaraModel.set_attention)."""
+    model = _load(path, device, dtype, base_model)
+    model.set_attention(attn)
+    return model
+
+
+def _load(path: str | os.PathLike | None, device: str, dtype: str, base_model: str | None) -> ClaraModel:
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if path is None or str(path) == "default":
         if (DEFAULT_MODEL_DIR / "clara.json").is_file():
-            model = load_model(DEFAULT_MODEL_DIR, device, dtype, base_model)
+            model = _load(DEFAULT_MODEL_DIR, device, dtype, base_model)
             model.source = "default"
             return model
         return _fresh_default(dev, dt, base_model)

@@ -9,6 +9,7 @@ import sys
 import click
 
 from .errors import ClaraError, NoSourcesError, PartialFailure, UsageError
+from .jsonl import BadJsonLine, json_lines, parse_json_line
 from .progress import notice
 
 
@@ -154,16 +155,14 @@ def read_questions(arg: str, what: str = "question") -> tuple[list[tuple[str, st
             raise UsageError(f"empty {what}")
         return [("", arg)], 0
     out, rejected = [], 0
-    for n, line in enumerate(sys.stdin, start=1):
+    for where, line in json_lines(sys.stdin, "<stdin>"):
         line = line.strip()
-        if not line:
-            continue
         text, why = line, None
         if line.startswith("{"):
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                obj, why = None, f"malformed JSON ({err.msg})"
+                obj = parse_json_line(line, where)
+            except BadJsonLine as err:
+                obj, why = None, str(err).removeprefix(f"{where}: ")
             if isinstance(obj, dict):
                 text = next((obj[key] for key in ("question", "query") if isinstance(obj.get(key), str)), None)
                 if text is None:
@@ -173,10 +172,10 @@ def read_questions(arg: str, what: str = "question") -> tuple[list[tuple[str, st
             elif why is None:
                 why = "expected a JSON object"
         if why:
-            click.echo(f"clara: rejected: <stdin>:{n}: {why}", err=True)
+            click.echo(f"clara: rejected: {where}: {why}", err=True)
             rejected += 1
         else:
-            out.append((f"<stdin>:{n}", text))
+            out.append((where, text))
     if not out and not rejected:
         raise UsageError(f"no {what}s on stdin")
     return out, rejected

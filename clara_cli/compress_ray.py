@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from .checkpoint import load_model
 from .compress import (
     CompressReport,
     add_memory,
@@ -48,7 +49,7 @@ class BatchCompressor:
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if spec.get("gpu") else "cpu"
-        self.model = ClaraModel.from_pretrained(spec["path"], device=device, dtype=spec["dtype"],
+        self.model = load_model(spec["path"], device=device, dtype=spec["dtype"],
                                                 base_model=spec.get("base_model"), attn=spec.get("attn", "auto"))
         if self.model.fingerprint != spec["fingerprint"]:
             raise ClaraError(f"a Ray worker loaded model {self.model.fingerprint}, the driver {spec['fingerprint']} "

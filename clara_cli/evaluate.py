@@ -26,7 +26,6 @@ embeddings of the corpus, BM25 statistics) and compression are offline costs, re
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -47,6 +46,7 @@ from .eval_report import (  # noqa: F401  (re-exported: the output side lives in
     table_rows,
     write_report,
 )
+from .jsonl import json_lines, parse_json_line
 from .metrics import (  # noqa: F401  (re-exported: the metrics live in metrics)
     answer_scores,
     cover_em,
@@ -55,8 +55,9 @@ from .metrics import (  # noqa: F401  (re-exported: the metrics live in metrics)
     recall_at_k,
     token_f1,
 )
-from .model import SYSTEM_PROMPT, ClaraModel
+from .model import ClaraModel
 from .progress import progress_bar
+from .prompts import SYSTEM_PROMPT, chat_prompt, text_user_turn
 
 # ---------------------------------------------------------------------------------------------
 # questions
@@ -105,14 +106,8 @@ def load_questions(path: str | Path, limit: int | None = None, stdin=None) -> li
     except OSError as err:
         raise UsageError(f"cannot read {name}: {err.strerror or err}") from None
     out: list[EvalQuestion] = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UsageError(f"{name}:{number}: malformed JSON ({err.msg})") from None
-        out.append(parse_question(obj, f"{name}:{number}"))
+    for where, line in json_lines(lines, name):
+        out.append(parse_question(parse_json_line(line, where), where))
         if limit is not None and len(out) >= limit:
             break
     if not out:
@@ -188,15 +183,7 @@ class TextRAG:
 
     def prompt(self, question: str, passages: Sequence[str]) -> str:
         """The CLaRa generator prompt with the passages' text where the memory slots would be."""
-        user = "Background:\n" + "\n\n".join(p.strip() for p in passages) + f"\n\nQuestion:{question}"
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-        try:
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as err:  # templates without a system role: merged into the user turn
-            if "system" not in str(err).lower():
-                raise
-            merged = [{"role": "user", "content": SYSTEM_PROMPT + "\n" + user}]
-            return self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
+        return chat_prompt(self.tokenizer, SYSTEM_PROMPT, text_user_turn(question, passages))
 
     def generate(self, question: str, passages: Sequence[str], max_new_tokens: int) -> Generation:
         started = time.perf_counter()

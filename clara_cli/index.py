@@ -37,7 +37,6 @@ import torch
 
 from .errors import ClaraError, CorruptDataError, UsageError
 from .index_scan import (  # noqa: F401  (re-exported: the shard scan lives in index_scan)
-    MemoryMap,
     _centered,
     aligned_stats,
     block_scores,
@@ -49,6 +48,7 @@ from .index_scan import (  # noqa: F401  (re-exported: the shard scan lives in i
 )
 from .progress import notice, progress_bar
 from .store import Snapshot, Store
+from .store.reader import MemoryReader
 
 KINDS = ("flat", "ivf", "hnsw")
 #: Below this many rows `auto` keeps flat: an exact scan is then within a few ms of the ANN
@@ -318,7 +318,7 @@ def update_index(store: Store, options: IndexOptions | None = None, progress: bo
                   "mu_file": info.get("mu_file") if unchanged else None}
         center = store_center(view)
         if not unchanged and kind == "flat":
-            mm = MemoryMap(view)
+            mm = view.memory_reader()
             mu = old_stats[1] if old_stats is not None else estimate_mu(mm, center=center)
             stats = aligned_stats(mm, mu, present, old_stats[0] if old_stats is not None else None, center)
             for suffix, array, field_name in ((".keys.npy", mm.keys, "keys_file"),
@@ -371,7 +371,7 @@ def add_rows(index: faiss.Index, view: Snapshot, keys: np.ndarray, progress: boo
         return
     n_mem = int(view.model["n_mem"])
     with progress_bar(total=len(keys), desc="index", unit="chunk", enabled=progress) as bar:
-        for _, part, rows, scales in MemoryMap(view).blocks(block):
+        for _, part, rows, scales in view.memory_reader().blocks(block):
             mask = np.isin(part, keys)
             if not mask.any():
                 continue
@@ -426,13 +426,13 @@ class VectorSearch:
                        "run `clara index`)")
         elif not info and len(self.live) > AUTO_ANN_ROWS:
             notice(f"{len(self.live)} chunks and no index: searching exactly (run `clara index`)")
-        self._mm: MemoryMap | None = None
+        self._mm: MemoryReader | None = None
         self._stats: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
-    def memory_map(self) -> MemoryMap:
+    def memory_map(self) -> MemoryReader:
         if self._mm is None:
-            self._mm = MemoryMap(self.snapshot)
+            self._mm = self.snapshot.memory_reader()
         return self._mm
 
     @property

@@ -1,19 +1,14 @@
-"""The store's memory shards, memory-mapped: row statistics, the exact scan and the exact rerank
-over the full memory vectors (index.py builds the FAISS structures and searches with these).
+"""Row statistics, the exact scan and the exact rerank over the full memory vectors, read
+through the store's one memory reader (store.reader.MemoryReader: memory-mapped, each shard
+checked before its first use); index.py builds the FAISS structures and searches with these.
 The retrieval center, where the store's model has one, is subtracted before every cosine."""
 
 from __future__ import annotations
 
-import json
-import struct
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from .errors import ClaraError, CorruptDataError
-from .store import Snapshot
+from .store.reader import MemoryReader
 
 
 def _centered(x: torch.Tensor, center: np.ndarray | None) -> torch.Tensor:
@@ -22,110 +17,17 @@ def _centered(x: torch.Tensor, center: np.ndarray | None) -> torch.Tensor:
 
 
 
-_ST_DTYPES = {"F32": (np.float32, torch.float32), "BF16": (np.uint16, torch.bfloat16),
-              "F16": (np.float16, torch.float16), "I8": (np.int8, torch.int8)}
-
-
-def _mmap_tensors(path: Path, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-    """Zero-copy views of safetensors tensors (np.memmap copy-on-write: pages are read lazily,
-    never written back). safetensors' own reader copies every slice; a scan cannot afford that."""
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-    out = {}
-    for name in names:
-        info = header.get(name)
-        if info is None:
-            continue
-        np_dtype, t_dtype = _ST_DTYPES[info["dtype"]]
-        start, end = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if end == start:
-            out[name] = torch.zeros(shape, dtype=t_dtype)
-            continue
-        arr = np.memmap(path, dtype=np_dtype, mode="c", offset=8 + n + start, shape=shape)
-        t = torch.from_numpy(arr)
-        out[name] = t.view(t_dtype) if t_dtype == torch.bfloat16 else t
-    return out
-
-
-class MemoryMap:
-    """The live memory rows of a snapshot as memory-mapped tensors, shard by shard.
-
-    Reads here skip the store's per-row CRCs (a scan cannot afford them); shard sizes are
-    checked, and generation reads its rows through `Snapshot.read_memory`, which checks them."""
-
-    def __init__(self, snapshot: Snapshot):
-        self.snapshot = snapshot
-        self.n_mem = int(snapshot.model["n_mem"])
-        self.parts: list[tuple[str, np.ndarray, np.ndarray, torch.Tensor, torch.Tensor | None]] = []
-        for entry, rows, keys in snapshot.memory_rows():
-            path = snapshot.data_path(entry["name"])
-            if not path.is_file() or path.stat().st_size != entry["bytes"]:
-                raise CorruptDataError(f"{path}: memory shard missing or of the wrong size")
-            t = _mmap_tensors(path, ("memory", "scales"))
-            if "memory" not in t:
-                raise CorruptDataError(f"{path}: not a memory shard")
-            mem = t["memory"]
-            self.parts.append((entry["name"], rows, keys, mem.reshape(mem.shape[0], -1), t.get("scales")))
-        self.keys = np.concatenate([k for _, _, k, _, _ in self.parts]) if self.parts else np.zeros(0, np.int64)
-        self.n = len(self.keys)
-        self._lookup: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-    def blocks(self, block_rows: int = 4096
-               ) -> Iterator[tuple[int, np.ndarray, torch.Tensor, torch.Tensor | None]]:
-        """(offset in self.keys, keys, rows [b, D] stored dtype, per-token scales [b, n_mem] or
-        None); zero-copy where the live rows are contiguous."""
-        offset = 0
-        for _, rows, keys, mem, scales in self.parts:
-            for lo in range(0, len(rows), block_rows):
-                part = rows[lo:lo + block_rows]
-                start, stop = int(part[0]), int(part[-1]) + 1
-                if stop - start == len(part):
-                    block, sc = mem[start:stop], None if scales is None else scales[start:stop]
-                else:
-                    idx = torch.from_numpy(part)
-                    block, sc = mem[idx], None if scales is None else scales[idx]
-                yield offset, keys[lo:lo + block_rows], block, sc
-                offset += len(part)
-
-    def gather(self, keys: np.ndarray) -> torch.Tensor:
-        """fp32 rows [n, D] for live keys, in the order asked."""
-        if self._lookup is None:
-            order = np.argsort(self.keys, kind="stable")
-            part = np.concatenate([np.full(len(k), i) for i, (_, _, k, _, _) in enumerate(self.parts)])
-            rows = np.concatenate([r for _, r, _, _, _ in self.parts])
-            self._lookup = (self.keys[order], part[order], rows[order])
-        sorted_keys, part_of, row_of = self._lookup
-        pos = np.searchsorted(sorted_keys, keys).clip(0, max(0, len(sorted_keys) - 1))
-        if len(keys) and not np.array_equal(sorted_keys[pos], keys):
-            raise ClaraError("a candidate chunk has no live memory row")
-        out = torch.empty(len(keys), self.parts[0][3].shape[1] if self.parts else 0)
-        for p in np.unique(part_of[pos]):
-            where = np.nonzero(part_of[pos] == p)[0]
-            _, _, _, mem, scales = self.parts[p]
-            idx = torch.from_numpy(row_of[pos][where])
-            out[torch.from_numpy(where)] = dequantize(mem[idx], None if scales is None else scales[idx], self.n_mem)
-        return out
-
-
-def estimate_mu(mm: MemoryMap, rows: int = 8192, center: np.ndarray | None = None) -> np.ndarray:
+def estimate_mu(mm: MemoryReader, rows: int = 8192, center: np.ndarray | None = None) -> np.ndarray:
     """Unit mean direction of the normalised rows (from the first blocks of every shard).
     Real memory shares one dominant direction (mean pairwise cosine ~0.96)."""
     acc, n = None, 0
-    per_part = max(256, rows // max(1, len(mm.parts)))
-    for _, _, mem, scales in _first_rows(mm, per_part):
+    per_part = max(256, rows // max(1, len(mm.shards)))
+    for _, mem, scales in mm.first_rows(per_part):
         x = torch.nn.functional.normalize(_centered(dequantize(mem, scales, mm.n_mem), center), dim=-1).sum(0)
         acc, n = (x if acc is None else acc + x), n + len(mem)
     if acc is None:
         return np.zeros(0, np.float32)
     return torch.nn.functional.normalize(acc, dim=0).numpy()
-
-
-def _first_rows(mm: MemoryMap, per_part: int):
-    for name, rows, keys, mem, scales in mm.parts:
-        take = torch.from_numpy(rows[:per_part])
-        yield name, keys[:per_part], mem[take], None if scales is None else scales[take]
 
 
 def row_stats(block: torch.Tensor, scales: torch.Tensor | None, n_mem: int, mu: np.ndarray,
@@ -174,7 +76,7 @@ def block_scores(qn: torch.Tensor, block: torch.Tensor, scales: torch.Tensor | N
     return dots / stats[None, :, 0].clamp_min(1e-12)
 
 
-def exact_rerank(mm: MemoryMap, qn: torch.Tensor, keys: np.ndarray, k: int,
+def exact_rerank(mm: MemoryReader, qn: torch.Tensor, keys: np.ndarray, k: int,
                  center: np.ndarray | None = None) -> list[tuple[int, float]]:
     """fp32 cosine of one query against the full memory of the candidate keys: the exact
     answer among the candidates. (A GEMV and the row norms: on CPU, clara_kernels' cosine_topk
@@ -187,7 +89,7 @@ def exact_rerank(mm: MemoryMap, qn: torch.Tensor, keys: np.ndarray, k: int,
     return [(int(keys[i]), float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
 
 
-def scan_topk(mm: MemoryMap, qn: torch.Tensor, k: int, stats: np.ndarray, mu: np.ndarray,
+def scan_topk(mm: MemoryReader, qn: torch.Tensor, k: int, stats: np.ndarray, mu: np.ndarray,
               block_rows: int = 4096, center: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per query (keys, approximate scores) of the best k rows over every live row; stats are
     row_stats in mm.keys order against mu (of rows less the center, where there is one)."""
@@ -204,7 +106,7 @@ def scan_topk(mm: MemoryMap, qn: torch.Tensor, k: int, stats: np.ndarray, mu: np
     return [(best_k[i], best_s[i].numpy()) for i in range(qn.shape[0])]
 
 
-def aligned_stats(mm: MemoryMap, mu: np.ndarray, known_keys: np.ndarray | None = None,
+def aligned_stats(mm: MemoryReader, mu: np.ndarray, known_keys: np.ndarray | None = None,
                   known_stats: np.ndarray | None = None, center: np.ndarray | None = None) -> np.ndarray:
     """row_stats in mm.keys order: from a flat index's file where it has the key (computed
     against the same mu), one upcast pass over the blocks that hold any other row."""

@@ -30,13 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .prompts import SYSTEM_PROMPT, answer_user_turn, chat_prompt
+
 ADAPTERS = ("encoder_adapter", "decoder_adapter", "query_reasoner_adapter")
 MERGED_COPY_MAX_BYTES = 4 << 30  # a merged copy doubles the weights in memory: not for 7B models
 MAX_PROMPT_TOKENS = 1024  # the generator's prompts are cut here (fit_question keeps questions inside)
-SYSTEM_PROMPT = (
-    "You are a helpful assistant. Your task is to extract relevant information from "
-    "provided documents and to answer to questions as briefly as possible."
-)
 
 
 @dataclass
@@ -203,16 +201,6 @@ class ClaraModel(nn.Module):
         self.eval()
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_pretrained(cls, path: str | None = None, device: str = "auto", dtype: str = "auto",
-                        base_model: str | None = None, attn: str = "auto") -> ClaraModel:
-        """Load our checkpoint, an official CLaRa checkpoint folder, or (None) the default model."""
-        from .checkpoint import load_model
-
-        model = load_model(path, device=device, dtype=dtype, base_model=base_model)
-        model.set_attention(attn)
-        return model
-
     def set_attention(self, attn: str = "auto") -> str:
         """"sdpa", or "triton" (clara_kernels' varlen flash attention; the compressor then packs
         each batch into one row without padding). "auto": Triton on CUDA, SDPA elsewhere."""
@@ -375,17 +363,8 @@ class ClaraModel(nn.Module):
 
         `expanded` (selective expansion, ours, as REFRAG's; off by default): raw texts of the
         best-ranked documents, read as text before the k memory slots of the others."""
-        slot = "".join(f"<MEM{i}>" for i in range(self.config.n_mem)) + ("<SEP>" if self.config.sep else "")
-        raw = "".join(f"{text.strip()}\n" for text in expanded)
-        user = f"Background:\n{raw}{slot * k}\n\nQuestion:{question}"
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-        try:
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as err:  # jinja2 TemplateError "System role not supported": merge into the user turn
-            if "system" not in str(err).lower():
-                raise
-            merged = [{"role": "user", "content": SYSTEM_PROMPT + "\n" + user}]
-            return self.tokenizer.apply_chat_template(merged, add_generation_prompt=True, tokenize=False)
+        user = answer_user_turn(question, self.config.n_mem, k, self.config.sep, expanded)
+        return chat_prompt(self.tokenizer, SYSTEM_PROMPT, user)
 
     def prompt_inputs(self, questions: Sequence[str], memories: Sequence[torch.Tensor],
                       expanded: Sequence[Sequence[str]] | None = None):

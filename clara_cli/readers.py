@@ -26,6 +26,7 @@ from typing import TextIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .jsonl import BadJsonLine, parse_json_line
 from .readers_html import html_to_text
 
 # Plain text kinds, read as they are (prose, markup people write by hand, source code, config).
@@ -347,9 +348,9 @@ def _read_jsonl_lines(stream, source: str, name: str) -> Iterator[SourceDocument
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
-            except ValueError as err:
-                raise _Reject(f"{where}: invalid JSON ({getattr(err, 'msg', err)})") from None
+                obj = parse_json_line(line, where)
+            except BadJsonLine as err:
+                raise _Reject(str(err)) from None
             if not isinstance(obj, dict):
                 raise _Reject(f"{where}: expected a JSON object, got {type(obj).__name__}")
             yield _record(source, number, obj, where)

@@ -270,48 +270,6 @@ def choose_pairs(pairs: list[QAPair], n: int, rng: random.Random) -> list[QAPair
 
 
 # ---------------------------------------------------------------------------------------------
-# records and their validation (the formats the trainer reads)
-
-
-def _check_str_list(rec: dict, key: str, where: str, allow_empty_strings: bool = False) -> list:
-    value = rec.get(key)
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"{where}: \"{key}\" must be a non-empty list of strings")
-    if not allow_empty_strings and not all(v.strip() for v in value):
-        raise ValueError(f"{where}: \"{key}\" has an empty string")
-    return value
-
-
-def validate_pretrain(rec: dict, where: str = "record") -> None:
-    """{"data_type": "qa"|"paraphrase", "question": [..], "answers": [..], "docs": [doc]}."""
-    if rec.get("data_type") not in ("qa", "paraphrase"):
-        raise ValueError(f"{where}: \"data_type\" must be \"qa\" or \"paraphrase\"")
-    paraphrase = rec["data_type"] == "paraphrase"
-    questions = _check_str_list(rec, "question", where, allow_empty_strings=paraphrase)
-    answers = _check_str_list(rec, "answers", where)
-    _check_str_list(rec, "docs", where)
-    if not paraphrase and len(questions) != len(answers):
-        raise ValueError(f"{where}: {len(questions)} questions but {len(answers)} answers")
-
-
-def validate_instruct(rec: dict, where: str = "record") -> None:
-    """{"question", "docs": [..], "answer" | "answers" | "golden_answers", "pos_index": [..]}."""
-    if not isinstance(rec.get("question"), str) or not rec["question"].strip():
-        raise ValueError(f"{where}: \"question\" must be a non-empty string")
-    docs = _check_str_list(rec, "docs", where)
-    if isinstance(rec.get("answer"), str):
-        if not rec["answer"].strip():
-            raise ValueError(f"{where}: empty \"answer\"")
-    elif "answers" in rec or "golden_answers" in rec:
-        _check_str_list(rec, "answers" if "answers" in rec else "golden_answers", where)
-    else:
-        raise ValueError(f"{where}: needs \"answer\", \"answers\" or \"golden_answers\"")
-    pos = rec.get("pos_index")
-    if not isinstance(pos, list) or not all(isinstance(i, int) and 0 <= i < len(docs) for i in pos):
-        raise ValueError(f"{where}: \"pos_index\" must list indices into \"docs\"")
-
-
-# ---------------------------------------------------------------------------------------------
 # the job
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from clara_cli.checkpoint import load_model
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-tiny"
@@ -67,9 +69,8 @@ def tiny_model_dir(tmp_path_factory, fixture_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from clara_cli.model import ClaraModel
 
-    return ClaraModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="fp32")
+    return load_model(str(tiny_model_dir), device="cpu", dtype="fp32")
 
 
 @pytest.fixture(scope="module")

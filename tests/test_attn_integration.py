@@ -15,15 +15,15 @@ import pytest
 import torch
 from clara_kernels import dispatch
 
-from clara_cli.model import ClaraModel
+from clara_cli.checkpoint import load_model
 
 SCRIPT = r"""
 import json, sys, torch
 from clara_kernels import dispatch
-from clara_cli.model import ClaraModel
+from clara_cli.checkpoint import load_model
 texts = ["Short.", "The Eiffel Tower is a wrought-iron lattice tower in Paris, France.",
          "Ada Lovelace wrote what is often called the first computer program."]
-model = ClaraModel.from_pretrained(sys.argv[1], device="cpu", dtype="fp32", attn="sdpa")
+model = load_model(sys.argv[1], device="cpu", dtype="fp32", attn="sdpa")
 reference, q_ref = model.compress(texts, merged=False), model.encode_queries(["Where is the tower?"])
 model.set_attention("triton")
 packed = model.compress(texts, merged=False)
@@ -49,5 +49,5 @@ def test_packed_triton_compress_equals_sdpa(tiny_model_dir):
 
 
 def test_auto_picks_sdpa_without_cuda(tiny_model_dir):
-    model = ClaraModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="fp32")
+    model = load_model(str(tiny_model_dir), device="cpu", dtype="fp32")
     assert model.attn == ("triton" if torch.cuda.is_available() else "sdpa")

@@ -22,6 +22,7 @@ from click.testing import CliRunner
 from office_files import corrupt_copy, make_docx, make_docx_bomb, make_pdf, make_scanned_pdf
 
 from clara_cli import readers as readers_module
+from clara_cli.checkpoint import load_model
 from clara_cli.cli import cli
 from clara_cli.ingest import RejectedInput, SkippedInput, SourceDocument, read_inputs
 from clara_cli.store import Store
@@ -305,10 +306,9 @@ def test_checkpoints_never_run_pickled_code(tmp_path, fixture_dir):
     (evil / "adapters.pth").chmod(0o644)
     with open(evil / "adapters.pth", "wb") as f:
         pickle.dump({"compressor": _Payload(marker)}, f)
-    from clara_cli.model import ClaraModel
 
     with pytest.raises(Exception):  # noqa: B017 - refused somehow; what matters is below
-        ClaraModel.from_pretrained(str(evil), device="cpu", dtype="fp32")
+        load_model(str(evil), device="cpu", dtype="fp32")
     assert not marker.exists()
 
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clara_cli.checkpoint import read_adapter_tensors
-from clara_cli.model import ClaraModel
+from clara_cli.checkpoint import load_model, read_adapter_tensors
 from clara_cli.train import TrainConfig, train
 from clara_cli.train.data import QARecord
 from clara_cli.train.stages import RANK_MISS_RATE, ranked_view
@@ -66,7 +65,7 @@ def test_generator_trains_the_decoder_alone(trained, tiny_model_dir):
 def test_generator_keeps_stores_valid(trained, tiny_model):
     """The fingerprint covers what shapes memory and the index; the generator changes neither."""
     root, _, result = trained
-    model = ClaraModel.from_pretrained(str(root / "gen"), device="cpu", dtype="fp32")
+    model = load_model(str(root / "gen"), device="cpu", dtype="fp32")
     assert model.fingerprint == result.fingerprint == tiny_model.fingerprint
     # the trained generator reads an expanded prompt (raw text beside memories)
     out = model.generate(["Where is the Great Wall?"], [model.compress(DOCS[1:3])], max_new_tokens=3,
@@ -84,3 +83,15 @@ def test_generator_resumes_to_the_same_weights(trained, tmp_path, tiny_model_dir
     a, b = read_adapter_tensors(tmp_path / "a"), read_adapter_tensors(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
+
+
+def test_training_reads_the_prompt_ask_builds(tiny_model_dir):
+    """One prompt builder (prompts.py): the generator is trained on exactly the prompt ask reads."""
+    from clara_cli.train.stages import Trainable
+
+    tiny_model = load_model(str(tiny_model_dir), device="cpu", dtype="fp32")  # Trainable changes requires_grad
+    tm = Trainable(tiny_model, "generator")
+    for expanded in ((), (DOCS[0],)):
+        p, t = tm._answer_ids(QUESTIONS[0], 2, ANSWERS[0], 1024, expanded)
+        want = tiny_model.tokenizer(tiny_model.prompt(QUESTIONS[0], 2, expanded), add_special_tokens=False).input_ids
+        assert p == want and t and tiny_model.tokenizer.decode(t).strip().startswith(ANSWERS[0])

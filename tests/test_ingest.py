@@ -183,7 +183,7 @@ def test_rejections_name_the_input(tmp_path):
     assert messages[0] == f"{tmp_path / 'bin.txt'}: binary file (contains NUL bytes)"
     assert messages[1] == f"{tmp_path / 'noise.txt'}: not text (not UTF-8, and no other encoding gives plausible text)"
     assert messages[2] == f"{tmp_path / 'empty.md'}: empty (no text)"
-    assert messages[3].startswith(f"{bad}:2: invalid JSON")
+    assert messages[3].startswith(f"{bad}:2: malformed JSON")
     assert messages[4] == f"{bad}:3: missing \"text\" string"
     assert messages[5] == f"{bad}:4: expected a JSON object, got list"
     assert messages[6] == f"{bad}:5: \"id\" must be a string or an integer"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from clara_cli.model import ClaraModel, retrieval_scores
+from clara_cli.checkpoint import load_model
+from clara_cli.model import retrieval_scores
 
 TEXTS = [
     "Short.",
@@ -58,7 +59,7 @@ def test_generate_with_different_k_per_question(tiny_model):
 
 
 def test_bf16_close_to_fp32(tiny_model_dir, tiny_model):
-    bf16 = ClaraModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="bf16")
+    bf16 = load_model(str(tiny_model_dir), device="cpu", dtype="bf16")
     assert bf16.dtype == torch.bfloat16 and bf16.fingerprint == tiny_model.fingerprint
     a, b = tiny_model.compress(TEXTS), bf16.compress(TEXTS)
     assert b.dtype == torch.float32

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clara_cli.checkpoint import convert
-from clara_cli.model import ClaraModel, retrieval_scores
+from clara_cli.checkpoint import convert, load_model
+from clara_cli.model import retrieval_scores
 
 ATOL = 1e-4
 
@@ -20,7 +20,7 @@ def loaded(request, fixture_dir, tmp_path_factory):
     if request.param == "converted":
         path = convert(fixture_dir, tmp_path_factory.mktemp("conv") / "clara-tiny")
         assert not list(path.glob("*.pth")), "our format holds no pickles"
-    model = ClaraModel.from_pretrained(str(path), device="cpu", dtype="fp32")
+    model = load_model(str(path), device="cpu", dtype="fp32")
     ref = load_file(fixture_dir / "reference.safetensors")
     info = json.loads((fixture_dir / "reference.json").read_text())
     return model, ref, info
@@ -92,8 +92,8 @@ def test_generate_from_text_exact_ids(loaded):
 
 
 def test_fingerprint_survives_conversion(fixture_dir, tmp_path):
-    a = ClaraModel.from_pretrained(str(fixture_dir), device="cpu", dtype="fp32")
-    b = ClaraModel.from_pretrained(str(convert(fixture_dir, tmp_path / "c")), device="cpu", dtype="fp32")
+    a = load_model(str(fixture_dir), device="cpu", dtype="fp32")
+    b = load_model(str(convert(fixture_dir, tmp_path / "c")), device="cpu", dtype="fp32")
     assert a.fingerprint == b.fingerprint
 
 
@@ -105,8 +105,8 @@ def test_base_model_override_and_missing_base(fixture_dir, tmp_path):
     moved = tmp_path / "ckpt"
     shutil.copytree(fixture_dir, moved, ignore=shutil.ignore_patterns("base", "reference.*"))
     with pytest.raises(ClaraError, match="base model 'base' not found"):
-        ClaraModel.from_pretrained(str(moved), device="cpu", dtype="fp32")
-    model = ClaraModel.from_pretrained(str(moved), device="cpu", dtype="fp32", base_model=str(fixture_dir / "base"))
+        load_model(str(moved), device="cpu", dtype="fp32")
+    model = load_model(str(moved), device="cpu", dtype="fp32", base_model=str(fixture_dir / "base"))
     assert model.config.n_mem == 4
 
 
@@ -129,8 +129,8 @@ def test_base_found_in_local_hugging_face_cache(fixture_dir, tmp_path, monkeypat
     import huggingface_hub.constants as hub_constants
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
-    model = ClaraModel.from_pretrained(str(ckpt), device="cpu", dtype="fp32")
-    reference = ClaraModel.from_pretrained(str(fixture_dir), device="cpu", dtype="fp32")
+    model = load_model(str(ckpt), device="cpu", dtype="fp32")
+    reference = load_model(str(fixture_dir), device="cpu", dtype="fp32")
     assert model.fingerprint == reference.fingerprint
 
 
@@ -153,5 +153,5 @@ def test_pickle_with_code_is_refused_in_one_line(fixture_dir, tmp_path):
     with open(ckpt / "adapters.pth", "wb") as f:
         pickle.dump({"encoder_adapter": Evil()}, f)
     with pytest.raises(ClaraError, match="adapters.pth: refused") as err:
-        ClaraModel.from_pretrained(str(ckpt), device="cpu", dtype="fp32", base_model=str(fixture_dir / "base"))
+        load_model(str(ckpt), device="cpu", dtype="fp32", base_model=str(fixture_dir / "base"))
     assert "\n" not in str(err.value) and not marker.exists()

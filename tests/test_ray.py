@@ -21,10 +21,10 @@ ray = pytest.importorskip("ray")
 
 from click.testing import CliRunner  # noqa: E402
 
+from clara_cli.checkpoint import load_model  # noqa: E402
 from clara_cli.cli import cli  # noqa: E402
 from clara_cli.compress import compress_store  # noqa: E402
 from clara_cli.compress_ray import CRASH_ONCE_ENV, compress_store_ray  # noqa: E402
-from clara_cli.model import ClaraModel  # noqa: E402
 from clara_cli.store import Store  # noqa: E402
 
 TOPICS = ["river", "castle", "violin", "comet", "harbor", "glacier", "orchard", "lantern", "meadow", "falcon",
@@ -165,7 +165,7 @@ def test_model_loads_identically_in_workers(tiny_model):
     from clara_cli.compress_ray import model_spec
 
     spec = model_spec(tiny_model)
-    again = ClaraModel.from_pretrained(spec["path"], device="cpu", dtype=spec["dtype"])
+    again = load_model(spec["path"], device="cpu", dtype=spec["dtype"])
     assert again.fingerprint == tiny_model.fingerprint
     x = np.asarray(again.compress(["a short text"]).numpy())
     assert np.array_equal(x, tiny_model.compress(["a short text"]).numpy())

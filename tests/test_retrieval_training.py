@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from clara_cli.checkpoint import read_adapter_tensors
+from clara_cli.checkpoint import load_model, read_adapter_tensors
 from clara_cli.compress import compress_store
 from clara_cli.index import IndexOptions, VectorSearch, store_center, update_index
 from clara_cli.model import ClaraModel, retrieval_scores
@@ -60,8 +60,8 @@ def test_contrastive_stage_learns_to_find_the_document(trained, tiny_model_dir):
     out, result = trained
     losses = [h["loss"] for h in result.history]
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
-    before = ClaraModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="fp32")
-    after = ClaraModel.from_pretrained(str(out), device="cpu", dtype="fp32")
+    before = load_model(str(tiny_model_dir), device="cpu", dtype="fp32")
+    after = load_model(str(out), device="cpu", dtype="fp32")
     assert recall_at_1(after) == 1.0 > recall_at_1(before)
 
 
@@ -73,7 +73,7 @@ def test_only_the_query_reasoner_changes_and_the_center_is_recorded(trained, tin
         assert same == (not key.startswith("query_reasoner_adapter/")), key
     meta = json.loads((out / "clara.json").read_text())
     assert meta["config"]["retrieval_center"] is True
-    model = ClaraModel.from_pretrained(str(out), device="cpu", dtype="fp32")
+    model = load_model(str(out), device="cpu", dtype="fp32")
     mean = model.compress(DOCS).reshape(len(DOCS), -1).mean(0)
     assert torch.allclose(model.retrieval_center, mean, atol=1e-5)  # the pool's mean memory
 
@@ -85,7 +85,7 @@ def test_a_new_query_reasoner_keeps_the_fingerprint(trained, tmp_path, tiny_mode
     out, first = trained
     again = train(config(data, tmp_path / "more", out, lr=1e-3, steps=3), progress=False)
     assert again.fingerprint == first.fingerprint
-    plain = ClaraModel.from_pretrained(str(tiny_model_dir), device="cpu", dtype="fp32")
+    plain = load_model(str(tiny_model_dir), device="cpu", dtype="fp32")
     assert plain.retrieval_center is None and plain.fingerprint != first.fingerprint
 
 
@@ -114,7 +114,7 @@ def test_store_search_scores_the_centred_cosine(trained, tmp_path, kind):
     from clara_cli.update import check_store
 
     out, _ = trained
-    model = ClaraModel.from_pretrained(str(out), device="cpu", dtype="fp32")
+    model = load_model(str(out), device="cpu", dtype="fp32")
     store = Store.open(tmp_path / "s", create=True)
     rows = tmp_path / "docs.jsonl"
     rows.write_text("".join(json.dumps({"id": f"d{i}", "text": d}) + "\n" for i, d in enumerate(DOCS * 3)))

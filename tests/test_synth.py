@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from clara_cli.cli import cli
 from clara_cli.corpora import is_held_out
+from clara_cli.errors import UsageError
 from clara_cli.evaluate import normalize_answer
 from clara_cli.synth import (
     HeldOutGuard,
@@ -20,10 +21,9 @@ from clara_cli.synth import (
     clean_title,
     split_sentences,
     synthesize,
-    validate_instruct,
-    validate_pretrain,
     verbatim_ok,
 )
+from clara_cli.train.data import parse_record, read_records
 
 TRAIN = [
     ("Dracula (novel)", "Dracula is a Gothic horror novel from 1897 by the Irish author Bram Stoker. It was first published "
@@ -95,16 +95,16 @@ def test_synth_formats_grounding_and_no_held_out(tmp_path):
     assert report.held_out_skipped == 6 and report.documents == len(TRAIN)
     pretrain, instruct, e2e = (read_jsonl(tmp_path / f) for f in ("pretrain.jsonl", "instruct.jsonl", "e2e.jsonl"))
     assert report.pretrain == len(pretrain) and instruct and e2e
-    for n, rec in enumerate(pretrain):
-        validate_pretrain(rec, f"pretrain:{n}")
+    assert len(read_records(tmp_path / "pretrain.jsonl", "scp")) == len(pretrain)  # the trainer's own parser
+    for rec in pretrain:
         assert set(rec) == {"data_type", "question", "answers", "docs"} and len(rec["docs"]) == 1
         if rec["data_type"] == "qa":
             assert all(a in rec["docs"][0] for a in rec["answers"])
         else:
             assert rec["answers"] == rec["docs"] and rec["question"] == [""]
     for name, records, size in (("instruct", instruct, 3), ("e2e", e2e, 5)):
-        for n, rec in enumerate(records):
-            validate_instruct(rec, f"{name}:{n}")
+        assert len(read_records(tmp_path / f"{name}.jsonl", name)) == len(records)
+        for rec in records:
             assert len(rec["docs"]) == size and len(rec["pos_index"]) == 1
             pos = rec["pos_index"][0]
             assert rec["answer"] in rec["docs"][pos]
@@ -131,22 +131,23 @@ def test_synth_is_deterministic_for_a_seed(tmp_path):
 
 @pytest.mark.parametrize("bad, message", [
     ({"data_type": "summary", "question": ["q"], "answers": ["a"], "docs": ["d"]}, "data_type"),
-    ({"data_type": "qa", "question": ["q", "r"], "answers": ["a"], "docs": ["d"]}, "2 questions but 1 answers"),
+    ({"data_type": "qa", "question": ["q", "r"], "answers": ["a"], "docs": ["d"]}, '"question" has 2 items but "answers" has 1'),
     ({"data_type": "qa", "question": ["q"], "answers": ["a"], "docs": []}, "docs"),
 ])
-def test_validate_pretrain_rejects(bad, message):
-    with pytest.raises(ValueError, match=message):
-        validate_pretrain(bad)
+def test_pretrain_schema_rejects(bad, message):
+    """One schema for training records: the trainer's parser (train.data.parse_record)."""
+    with pytest.raises(UsageError, match=message):
+        parse_record(bad, "scp", "pretrain.jsonl:1")
 
 
-def test_validate_instruct_rejects():
+def test_instruct_schema_rejects():
     good = {"question": "q", "docs": ["a", "b"], "answer": "x", "pos_index": [1]}
-    validate_instruct(good)
-    validate_instruct({**{k: v for k, v in good.items() if k != "answer"}, "golden_answers": ["x"]})
-    with pytest.raises(ValueError, match="pos_index"):
-        validate_instruct({**good, "pos_index": [2]})
-    with pytest.raises(ValueError, match="answer"):
-        validate_instruct({k: v for k, v in good.items() if k != "answer"})
+    parse_record(good, "instruct", "x:1")
+    parse_record({**{k: v for k, v in good.items() if k != "answer"}, "golden_answers": ["x"]}, "instruct", "x:1")
+    with pytest.raises(UsageError, match="pos_index"):
+        parse_record({**good, "pos_index": [2]}, "instruct", "x:1")
+    with pytest.raises(UsageError, match="answer"):
+        parse_record({k: v for k, v in good.items() if k != "answer"}, "instruct", "x:1")
 
 
 def test_cli_synth_from_store_skips_held_out(tmp_path, fixture_dir):
@@ -170,6 +171,6 @@ def test_cli_synth_from_store_skips_held_out(tmp_path, fixture_dir):
     assert summary["held_out_skipped"] >= 6 and summary["instruct"] > 0 and summary["source"].startswith("store:")
     everything = "".join((tmp_path / "out" / f).read_text() for f in ("pretrain.jsonl", "instruct.jsonl", "e2e.jsonl"))
     assert not any(json.dumps(t[:60], ensure_ascii=False)[1:-1] in everything for t in held)
+    assert len(read_records(tmp_path / "out" / "e2e.jsonl", "e2e")) == len(read_jsonl(tmp_path / "out" / "e2e.jsonl"))
     for rec in read_jsonl(tmp_path / "out" / "e2e.jsonl"):
-        validate_instruct(rec)
         assert len(rec["docs"]) == 4

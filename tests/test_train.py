@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clara_cli.checkpoint import read_adapter_tensors
+from clara_cli.checkpoint import load_model, read_adapter_tensors
 from clara_cli.train import TrainConfig, differentiable_topk, read_records, train
 from clara_cli.train.data import PARAPHRASE_INSTRUCTIONS, QA_SYSTEM, paraphrase_instruction
 from clara_cli.train.loop import export_model
@@ -255,24 +255,22 @@ def test_stage_adapters_and_frozen_parts(chain):
 
 
 def test_trained_checkpoint_loads_with_a_new_fingerprint(chain, tiny_model):
-    from clara_cli.model import ClaraModel
 
     root, results = chain
     for stage in ("scp", "e2e"):
-        model = ClaraModel.from_pretrained(str(root / stage), device="cpu", dtype="fp32")
+        model = load_model(str(root / stage), device="cpu", dtype="fp32")
         assert model.trained and model.fingerprint == results[stage].fingerprint
         assert model.fingerprint != tiny_model.fingerprint
     model.generate(["Where is the Great Wall?"], [model.compress(DOCS[:2])], max_new_tokens=3)
 
 
 def test_export_casts_to_bf16_and_loads(chain, tmp_path):
-    from clara_cli.model import ClaraModel
 
     root, results = chain
     dst = export_model(root / "e2e", tmp_path / "shipped", dtype="bf16")
     assert not (dst / "trainer.pt").exists()
     assert all(t.dtype == torch.bfloat16 for t in read_adapter_tensors(dst).values())
-    model = ClaraModel.from_pretrained(str(dst), device="cpu", dtype="bf16")
+    model = load_model(str(dst), device="cpu", dtype="bf16")
     assert model.fingerprint == json.loads((dst / "clara.json").read_text())["fingerprint"]
     assert set(model.config.adapters) == {"encoder_adapter", "decoder_adapter", "query_reasoner_adapter"}
     # One file per adapter (the shipped default stays under the repository's per-file limit) ...
@@ -287,7 +285,7 @@ def test_export_casts_to_bf16_and_loads(chain, tmp_path):
     save_file(read_adapter_tensors(dst), str(legacy / "adapters.safetensors"))
     for p in legacy.glob("adapters-*"):
         p.unlink()
-    assert ClaraModel.from_pretrained(str(legacy), device="cpu", dtype="bf16").fingerprint == model.fingerprint
+    assert load_model(str(legacy), device="cpu", dtype="bf16").fingerprint == model.fingerprint
 
 
 def test_bf16_base_with_fp32_lora_masters_runs_every_stage(tmp_path, tiny_model_dir, data):
@@ -434,7 +432,6 @@ def test_gpu_recipe_script_runs_on_a_tiny_budget(tmp_path, tiny_model_dir):
     import subprocess
     import sys
 
-    from clara_cli.model import ClaraModel
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "SMOKE": "1", "BASE_MODEL": str(tiny_model_dir.parent / "base"), "DEVICE": "cpu",
@@ -442,6 +439,6 @@ def test_gpu_recipe_script_runs_on_a_tiny_budget(tmp_path, tiny_model_dir):
     run = subprocess.run(["bash", str(root / "scripts" / "train_gpu.sh"), str(tmp_path / "out")], env=env,
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
-    model = ClaraModel.from_pretrained(str(tmp_path / "out" / "model"), device="cpu", dtype="fp32")
+    model = load_model(str(tmp_path / "out" / "model"), device="cpu", dtype="fp32")
     assert model.trained and set(model.config.adapters) == {"encoder_adapter", "decoder_adapter",
                                                             "query_reasoner_adapter"}

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from sample_docs import write_corpus
 
 from clara_cli.cli import cli
+from clara_cli.errors import CorruptDataError
 from clara_cli.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,7 +181,13 @@ def test_verify_names_damage_and_readers_refuse_it(env):
     flip_byte(shard, 8 + header_len + start + 5)
     assert shard.name in run("verify", code=6).stdout
     r = run("ask", "Who wrote a program?", "-k", "4", "--max-new-tokens", "2", code=6)
-    assert shard.name in r.stderr and "CRC" in r.stderr
+    assert shard.name in r.stderr and r.stderr.count("\n") == 1
+    # rows read by key (what the generator reads) are checked by their own CRCs
+    with Store.open(env["store"]).snapshot() as snap, pytest.raises(CorruptDataError, match=f"{shard.name}.*CRC"):
+        snap.read_memory(snap.memory_keys())
+    # the search scan reads every row: each shard's sha256 is checked before it is scored
+    r = run("search", "Eiffel", "--retriever", "latent", "--model", env["model"], code=6)
+    assert shard.name in r.stderr and "sha256" in r.stderr and r.stderr.count("\n") == 1
     shard.write_bytes(good)
 
     info = json.loads((env["store"] / "manifest.json").read_text())["index"]

@@ -126,19 +126,5 @@ def check_rows(path: Path, stored_crcs: np.ndarray | None, rows: np.ndarray, key
                                "(content changed; run `clara verify`)")
 
 
-def gather_rows(tensor_slice, rows: np.ndarray) -> torch.Tensor:
-    """Rows of a safetensors slice in the order given, reading contiguous runs at once."""
-    lo, hi = int(rows.min()), int(rows.max()) + 1
-    if hi - lo <= 4 * len(rows):  # dense enough: one read of the span
-        return tensor_slice[lo:hi][torch.from_numpy(rows - lo)]
-    order = np.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
-    breaks = np.nonzero(np.diff(sorted_rows) != 1)[0] + 1
-    block = torch.cat([tensor_slice[int(run[0]):int(run[-1]) + 1] for run in np.split(sorted_rows, breaks)])
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return block[torch.from_numpy(inverse)]
-
-
-__all__ = ["MEMORY_DTYPES", "memory_dtype_name", "check_rows", "dequantize_int8", "encode_shard", "gather_rows", "keys_crc",
+__all__ = ["MEMORY_DTYPES", "memory_dtype_name", "check_rows", "dequantize_int8", "encode_shard", "keys_crc",
            "open_shard", "quantize_int8", "read_row_crcs", "read_shard_keys", "row_crcs"]

@@ -16,14 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import ClaraError, CorruptDataError, MissingMemoryError
+from ..errors import ClaraError, CorruptDataError
 from ..lazy import torch
 from .durable import sha256_file
 from .keys import chunk_id_from_key, chunk_ids_to_keys, find_keys
 from .memory import (
-    check_rows,
-    dequantize_int8,
-    gather_rows,
     open_shard,
     read_row_crcs,
     read_shard_keys,
@@ -31,6 +28,7 @@ from .memory import (
 from .protocol import CHUNK_SCHEMA, DATA_DIR, DOCUMENT_SCHEMA, model_mismatch
 
 if TYPE_CHECKING:
+    from .reader import MemoryReader
     from .store import Store
 
 
@@ -142,10 +140,9 @@ class Snapshot:
         return self._store.cached(entry["name"], "keys", lambda: read_shard_keys(
             self.data_path(entry["name"]), self._open_shard(entry, "numpy")))
 
-    def _check_rows(self, entry: dict, rows: np.ndarray, keys: np.ndarray, block: torch.Tensor,
-                    scales: torch.Tensor | None = None) -> None:
-        crcs = self._store.cached(entry["name"], "row_crc", lambda: read_row_crcs(self._open_shard(entry)))
-        check_rows(self.data_path(entry["name"]), crcs, rows, keys, block, scales)
+    def row_crcs(self, entry: dict) -> np.ndarray | None:
+        """A memory shard's stored per-row CRCs, header checked (cached: files are immutable)."""
+        return self._store.cached(entry["name"], "row_crc", lambda: read_row_crcs(self._open_shard(entry)))
 
     # -- deletions ---------------------------------------------------------------------------------
 
@@ -285,88 +282,28 @@ class Snapshot:
             live &= ~(found & (del_seq[order][pos] > seq))
         return keys, shard, rows, live
 
-    def _memory_lookup(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sorted live memory keys with, per key, its shard number and row (built once)."""
-        if "memory_lookup" not in self._memo:
-            parts = self.memory_rows()
-            if parts:
-                keys = np.concatenate([k for _, _, k in parts])
-                shard = np.concatenate([np.full(len(r), i, np.int64) for i, (_, r, _) in enumerate(parts)])
-                rows = np.concatenate([r for _, r, _ in parts])
-                order = np.argsort(keys)
-                self._memo["memory_lookup"] = (keys[order], shard[order], rows[order])
-            else:
-                empty = np.zeros(0, np.int64)
-                self._memo["memory_lookup"] = (empty, empty, empty)
-        return self._memo["memory_lookup"]
-
     def memory_keys(self) -> np.ndarray:
         """int64 keys of the live chunks that have memory, in shard order."""
         parts = [k for _, _, k in self.memory_rows()]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def read_memory(self, chunk_keys: np.ndarray | list[int], dtype: torch.dtype | None = None) -> torch.Tensor:
-        """Memory rows [n, n_mem, hidden] for the keys, in the order asked (fp32 by default)."""
-        dtype = dtype or torch.float32
-        keys = np.asarray(chunk_keys, dtype=np.int64).reshape(-1)
-        sorted_keys, shard_of, row_of = self._memory_lookup()
-        pos, found = find_keys(sorted_keys, keys)
-        missing = ~found
-        if missing.any():
-            raise MissingMemoryError(
-                f"{int(missing.sum())} chunk(s) have no memory in store {self.root} (version {self.version}), "
-                f"e.g. {chunk_id_from_key(keys[np.argmax(missing)])}; run `clara compress`")
-        model = self.model or {}
-        if len(keys) == 0:
-            return torch.zeros(0, int(model.get("n_mem", 0)), int(model.get("hidden", 0)), dtype=dtype)
-        shards = self.memory_rows()
-        out: torch.Tensor | None = None
-        shard_idx, rows = shard_of[pos], row_of[pos]
-        for s in np.unique(shard_idx):
-            where = np.nonzero(shard_idx == s)[0]
-            block = self.read_rows(shards[s][0], rows[where], keys[where])
-            if out is None:
-                out = torch.empty((len(keys), *block.shape[1:]), dtype=dtype)
-            out[torch.from_numpy(where)] = block.to(dtype)
-        assert out is not None
-        return out
+    def memory_reader(self, checked: bool = True) -> MemoryReader:
+        """The one reader of this snapshot's memory rows (store.reader), built once per snapshot."""
+        from .reader import MemoryReader
 
-    def read_rows(self, entry: dict, rows: np.ndarray, keys: np.ndarray, with_scales: bool = False):
-        """Rows of one shard in the order given, through safetensors' memory map, CRC-checked.
-        int8 rows come back dequantised to fp32, or as (int8 rows, scales) with_scales (which
-        also returns (rows, None) for float shards)."""
-        handle = self._open_shard(entry)
-        block = gather_rows(handle.get_slice("memory"), rows)
-        scales = gather_rows(handle.get_slice("scales"), rows) if entry.get("dtype") == "int8" else None
-        self._check_rows(entry, rows, keys, block, scales)
-        if with_scales:
-            return block, scales
-        return block if scales is None else dequantize_int8(block, scales)
+        memo = f"memory_reader:{checked}"
+        if memo not in self._memo:
+            self._memo[memo] = MemoryReader(self, checked=checked)
+        return self._memo[memo]
+
+    def read_memory(self, chunk_keys: np.ndarray | list[int], dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Memory rows [n, n_mem, hidden] for the keys, in the order asked (fp32 by default), CRC-checked."""
+        return self.memory_reader().read(chunk_keys, dtype or torch.float32)
 
     def iter_memory(self, batch_rows: int = 4096, dtype: torch.dtype | None = None, with_scales: bool = False
                     ) -> Iterator[tuple]:
-        """(keys, memory) over all live rows, shard by shard, at most batch_rows at a time;
-        dtype None keeps each shard's stored dtype (int8 shards: dequantised fp32). with_scales
-        yields (keys, stored rows, int8 scales or None) instead, for rewriting shards as they are."""
-        for entry, rows, keys in self.memory_rows():
-            handle = self._open_shard(entry)
-            sl = handle.get_slice("memory")
-            ssl = handle.get_slice("scales") if entry.get("dtype") == "int8" else None
-            for lo in range(0, len(rows), batch_rows):
-                part = rows[lo:lo + batch_rows]
-                start, stop = int(part[0]), int(part[-1]) + 1
-                block = sl[start:stop]
-                scales = ssl[start:stop] if ssl is not None else None
-                if stop - start != len(part):
-                    block = block[torch.from_numpy(part - start)]
-                    scales = scales[torch.from_numpy(part - start)] if scales is not None else None
-                self._check_rows(entry, part, keys[lo:lo + batch_rows], block, scales)
-                if with_scales:
-                    yield keys[lo:lo + batch_rows], block, scales
-                    continue
-                if scales is not None:
-                    block = dequantize_int8(block, scales)
-                yield keys[lo:lo + batch_rows], block if dtype is None else block.to(dtype)
+        """(keys, memory) over all live rows, shard by shard (MemoryReader.iter)."""
+        return self.memory_reader().iter(batch_rows, dtype, with_scales)
 
     # -- bookkeeping -------------------------------------------------------------------------------
 

@@ -403,10 +403,11 @@ class Transaction:
             (tier, _), group = full[0]
             names = {e["name"] for e in group}
             view = self.view
-            parts = [(entry, rows, keys) for entry, rows, keys in view.memory_rows() if entry["name"] in names]
+            reader = view.memory_reader()
+            parts = [entry["name"] for entry, _, _ in view.memory_rows() if entry["name"] in names]
             keys_out, blocks, scales = [], [], []
-            for entry, rows, keys in parts:
-                block, sc = view.read_rows(entry, rows, keys, with_scales=True)
+            for name in parts:
+                keys, block, sc = reader.read_shard(name)
                 keys_out.append(keys)
                 blocks.append(block)
                 scales.append(sc)

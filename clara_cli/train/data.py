@@ -7,47 +7,31 @@ Instruction tuning (`instruct`) and end-to-end (`e2e`):
     {"question": "q", "docs": ["d1", ...], "answer": "a" | "answers": [..] | "golden_answers": [..],
      "pos_index": [i, ...]}
 
-Bad input fails before any training with one line naming file:line. Prompts follow the
-official code (apple/ml-clara openrlhf/models/modeling_clara.py, `_blend_qa_prompt`,
-`_blend_paraphrase_prompt`, `_blend_prompt_and_selected_memory_tokens`): a chat template
-whose `<MEM*>` slots the memories overwrite, the target as the assistant turn.
+Bad input fails before any training with one line naming file:line. The prompts (prompts.py)
+follow the official code: a chat template whose `<MEM*>` slots the memories overwrite, the
+target as the assistant turn.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..corpora import HeldOutGuard
 from ..errors import ClaraError, UsageError
-
-STAGES = ("scp", "instruct", "e2e", "retrieval", "generator")
-
-# Stage-1 system prompts and paraphrase instructions, verbatim from the official code.
-QA_SYSTEM = ("You are a helpful assistant. Given a document, your task is to generate some single questions "
-             "to cover all key information of the document and answer them sequentially.")
-PARAPHRASE_SYSTEM = ("You are a helpful assistant. Your task is follow the instructions to paraphrase the "
-                     "background information.")
-PARAPHRASE_INSTRUCTIONS = (
-    "Background: {docs} means the same as",
-    "Background: {docs} Can you put the above sentences in your own terms?",
-    "Background: {docs} Please provide a reinterpretation of the preceding background text.",
-    "These two expressions are equivalent in essence:\n(1) {docs}\n(2)",
-    "Background: {docs} is a paraphrase of what?",
-    "Background: {docs} Could you give me a different version of the background sentences above?",
-    "In other words, background: {docs} is just another way of saying:",
-    "You're getting across the same point whether you say background: {docs} or",
-    "Background: {docs} After unpacking the ideas in the background information above, we got:",
-    "Background: {docs} Please offer a restatement of the background sentences I've just read.",
-    "Background: {docs}, which also means:",
-    "Strip away the mystery, and you'll find background: {docs} is simply another rendition of:",
-    "The essence of background: {docs} is captured again in the following statement:",
+from ..jsonl import read_json_lines
+from ..prompts import (  # noqa: F401  (re-exported: the prompts live in prompts.py)
+    PARAPHRASE_INSTRUCTIONS,
+    PARAPHRASE_SYSTEM,
+    QA_SYSTEM,
+    chat_prompt_and_response,
+    memory_slots,
+    paraphrase_instruction,
 )
 
+STAGES = ("scp", "instruct", "e2e", "retrieval", "generator")
 
 @dataclass
 class PretrainRecord:
@@ -159,21 +143,11 @@ def _line(where: str) -> int:
 def read_records(path: str | Path, stage: str, max_examples: int | None = None) -> list[Record]:
     """All records of a JSONL file (blank lines skipped), validated for `stage`."""
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
     records: list[Record] = []
-    with path.open(encoding="utf-8") as f:
-        for n, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise UsageError(f"{where}: malformed JSON ({err.msg})") from None
-            records.append(parse_record(obj, stage, where))
-            if max_examples is not None and len(records) >= max_examples:
-                break
+    for where, obj in read_json_lines(path):
+        records.append(parse_record(obj, stage, where))
+        if max_examples is not None and len(records) >= max_examples:
+            break
     if stage == "retrieval":  # the scp file's QA lines work too: one question per record
         records = [q for r in records for q in as_retrieval_records(r)]
     if not records:
@@ -225,33 +199,7 @@ def held_out_guard() -> HeldOutGuard:
     return HeldOutGuard()
 
 
-# ---------------------------------------------------------------------- prompts
-def memory_slots(n_mem: int, k: int, sep: bool = True) -> str:
-    """`(<MEM0>..<MEM{n-1}><SEP>)` k times: where k documents' memories go."""
-    return ("".join(f"<MEM{i}>" for i in range(n_mem)) + ("<SEP>" if sep else "")) * k
-
-
-def paraphrase_instruction(seed: int, epoch: int, index: int) -> str:
-    """One of the official paraphrase templates, chosen reproducibly per (seed, epoch, example)."""
-    return random.Random(f"{seed}:{epoch}:{index}").choice(PARAPHRASE_INSTRUCTIONS)
-
-
-def chat_prompt_and_response(tokenizer, system: str, user: str, answer: str) -> tuple[str, str]:
-    """(prompt up to the assistant turn, full text with the answer), merging the system text into
-    the user turn when the template has no system role (as the official code does)."""
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    try:
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    except Exception as err:  # jinja2 TemplateError "System role not supported"
-        if "system" not in str(err).lower():
-            raise
-        messages = [{"role": "user", "content": system + "\n" + user}]
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": answer}],
-                                         add_generation_prompt=False, tokenize=False)
-    return prompt, full
-
-
+# ---------------------------------------------------------------------- token ids
 def split_ids(tokenizer, prompt: str, full: str, max_length: int) -> tuple[list[int], list[int]]:
     """(prompt ids, target ids). The target is tokenized on its own after the prompt, which is
     exactly what the generator sees at inference; it is right-truncated to fit max_length."""

@@ -1,6 +1,6 @@
 """The resumable trainer behind `clara train`: one stage, one output folder.
 
-OUT is always a complete model in our format (`ClaraModel.from_pretrained(OUT)` works at any
+OUT is always a complete model in our format (`checkpoint.load_model(OUT)` works at any
 moment) plus what resuming needs:
 
     OUT/clara.json, adapters-*.safetensors, token_rows.safetensors   the model (LoRA in fp32)

@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ClaraError
-from ..model import SYSTEM_PROMPT, ClaraModel, lora_config, retrieval_scores, retrieval_vectors
+from ..model import ClaraModel, lora_config, retrieval_scores, retrieval_vectors
+from ..prompts import SYSTEM_PROMPT, answer_user_turn
 from .data import (
     PARAPHRASE_SYSTEM,
     QA_SYSTEM,
@@ -408,13 +409,8 @@ class Trainable:
         """The inference prompt (ClaraModel.prompt) with k slots after the expanded raw texts,
         and the answer turn after it."""
         tok = self.model.tokenizer
-        prompt = self.model.prompt(question, k, expanded)
-        raw = "".join(f"{text.strip()}\n" for text in expanded)
-        user = f"Background:\n{raw}{memory_slots(self.n_mem, k, self.model.config.sep)}\n\nQuestion:{question}"
-        p_text, full = chat_prompt_and_response(tok, SYSTEM_PROMPT, user, answer)
-        if p_text != prompt:
-            raise ClaraError("training and inference prompts differ")  # guards the two builders
-        return split_ids(tok, prompt, full, max_length)
+        user = answer_user_turn(question, self.n_mem, k, self.model.config.sep, expanded)
+        return split_ids(tok, *chat_prompt_and_response(tok, SYSTEM_PROMPT, user, answer), max_length)
 
     def _instruct(self, records: Sequence[QARecord], cfg: TrainConfig):
         chosen = [choose_docs(r, cfg.top_k) for r in records]
