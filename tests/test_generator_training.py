@@ -95,3 +95,22 @@ def test_training_reads_the_prompt_ask_builds(tiny_model_dir):
         p, t = tm._answer_ids(QUESTIONS[0], 2, ANSWERS[0], 1024, expanded)
         want = tiny_model.tokenizer(tiny_model.prompt(QUESTIONS[0], 2, expanded), add_special_tokens=False).input_ids
         assert p == want and t and tiny_model.tokenizer.decode(t).strip().startswith(ANSWERS[0])
+
+
+def test_resumed_run_reuses_the_frozen_memories(trained, tmp_path, tiny_model_dir, monkeypatch):
+    """The documents' memories are kept beside OUT until the run finishes: a resumed run
+    compresses one document (to check the compressor), not all of them again."""
+    from clara_cli.model import ClaraModel
+
+    _, data, _ = trained
+    out = tmp_path / "gen"
+    train(config(data, out, tiny_model_dir, steps=4), progress=False, stop_after=1)
+    cache = out.with_name(".gen.memories.safetensors")
+    assert cache.is_file()
+    compressed = []
+    real = ClaraModel.compress
+    monkeypatch.setattr(ClaraModel, "compress", lambda self, texts, *a, **kw: (compressed.append(len(texts)),
+                                                                               real(self, texts, *a, **kw))[1])
+    resumed = train(config(data, out, tiny_model_dir, steps=4), progress=False)
+    assert resumed.done and compressed == [1]
+    assert not cache.exists()  # finished: nothing left to resume

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -226,9 +227,7 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
 
     if cfg.stage in ("e2e", "retrieval", "generator"):  # frozen compressor: every candidate compressed once
         docs = [d for r in records for d in (choose_docs(r, cfg.top_k) if cfg.stage == "generator" else r.docs)]
-        bar = progress_bar(total=len(set(docs)), desc="compressing candidates", unit="doc", enabled=progress)
-        tm.cache_documents(docs, progress=bar.update)
-        bar.close()
+        _cache_memories(tm, docs, out, progress)
     if cfg.stage == "retrieval":
         tm.build_pool(center=model.retrieval_center is None)
 
@@ -278,10 +277,51 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
+    if step >= total:
+        _memories_file(out).unlink(missing_ok=True)  # finished: nothing will resume
     final = _read_state(out) or {"step": step, "consumed": consumed, "history": history, "done": False,
                                  "fingerprint": model.fingerprint, "dtype": str(dtype).replace("torch.", "")}
     return _result(cfg, out, final, records=len(records), dropped=dropped, seconds=seconds,
                    examples=run_examples, tokens=run_tokens, resumed_from=resumed_from)
+
+
+def _memories_file(out: Path) -> Path:
+    return out.with_name(f".{out.name}.memories.safetensors")
+
+
+def _cache_memories(tm: Trainable, docs: list[str], out: Path, progress: bool) -> None:
+    """The frozen compressor's memories of the stage's documents, in one deterministic pass,
+    kept beside OUT until the run finishes, so that a resumed run does not compress them again
+    (minutes on a CPU). The file is used when it holds the same documents and the compressor
+    still gives its first document's memory (to bf16 noise); otherwise it is rewritten."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    unique = list(dict.fromkeys(docs))
+    key = hashlib.sha256("\0".join(unique).encode()).hexdigest()
+    path = _memories_file(out)
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                mem = f.get_tensor("memory") if (f.metadata() or {}).get("docs_sha256") == key else None
+        except Exception:  # a damaged file is only a cache: compress again
+            mem = None
+        if mem is not None and len(mem) == len(unique):
+            tm.cache_documents(unique[:1])  # the compressor as it is now, in eval mode
+            probe = tm.doc_cache.pop(unique[0]).float()  # [n_mem, h]
+            first = mem[0].float()
+            if (probe - first).norm() <= 0.02 * first.norm():
+                cached = mem.to(tm.model.device, tm.model.dtype)
+                tm.doc_cache = dict(zip(unique, cached, strict=True))
+                notice(f"reusing the memories of {len(unique)} documents from {path.name}")
+                return
+    bar = progress_bar(total=len(unique), desc="compressing candidates", unit="doc", enabled=progress)
+    tm.cache_documents(unique, progress=bar.update)
+    bar.close()
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({"memory": torch.stack([tm.doc_cache[t] for t in unique]).cpu().contiguous()}, str(tmp),
+              metadata={"docs_sha256": key})
+    os.replace(tmp, path)
 
 
 class _Order:
