@@ -442,3 +442,12 @@ def test_gpu_recipe_script_runs_on_a_tiny_budget(tmp_path, tiny_model_dir):
     model = load_model(str(tmp_path / "out" / "model"), device="cpu", dtype="fp32")
     assert model.trained and set(model.config.adapters) == {"encoder_adapter", "decoder_adapter",
                                                             "query_reasoner_adapter"}
+
+
+def test_clara_json_keeps_every_stage_the_model_went_through(chain, tmp_path):
+    root, _ = chain
+    meta = json.loads((root / "e2e" / "clara.json").read_text())
+    assert [h["stage"] for h in meta["history"]] == ["scp", "instruct"] and meta["training"]["stage"] == "e2e"
+    export_model(root / "e2e", tmp_path / "shipped", "bf16")
+    shipped = json.loads((tmp_path / "shipped" / "clara.json").read_text())
+    assert shipped["history"] == meta["history"] and shipped["training"] == meta["training"]

@@ -402,7 +402,7 @@ def export_model(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "b
         p.data = p.data.to(target)
     model.fingerprint = model_fingerprint(model)
     meta = json.loads((Path(src) / "clara.json").read_text())
-    extra = {k: meta[k] for k in ("training",) if k in meta}
+    extra = {k: meta[k] for k in ("training", "history") if k in meta}
     return save_model(model, dst, trained=True, extra={**extra, "exported_from": str(src)})
 
 
@@ -419,7 +419,8 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
     with staged_folder(out, aside=_prev(out), prefix=f".{out.name}.ckpt.") as tmp:
         training = {"stage": cfg.stage, "step": step, "total_steps": total, "data": cfg.data,
                     "data_sha256": digest, "examples_seen": consumed}
-        write_model_files(model, tmp, trained=True, extra={"training": training})
+        write_model_files(model, tmp, trained=True,
+                          extra={"training": training, "history": training_history(cfg.init_from)})
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _get_rng(),
                     "mem_rows": tm.mem_rows.detach().cpu() if tm.mem_rows is not None else None},
                    tmp / "trainer.pt")
@@ -428,6 +429,20 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
                  "fingerprint": model.fingerprint, "dtype": dtype_name(model.dtype), "seconds": round(seconds, 2),
                  "history": history}
         (tmp / "train_state.json").write_text(json.dumps(state) + "\n")
+
+
+def training_history(init_from: str | None) -> list[dict]:
+    """The training records of the model a run starts from, oldest first (its own "history"
+    plus its last "training"): clara.json keeps every stage a model went through."""
+    if init_from is None:
+        return []
+    from ..checkpoint import DEFAULT_MODEL_DIR
+
+    meta_file = (DEFAULT_MODEL_DIR if init_from == "default" else Path(init_from)) / "clara.json"
+    if not meta_file.is_file():
+        return []  # Apple's format, or an untrained default: no records
+    meta = json.loads(meta_file.read_text())
+    return [*meta.get("history", []), *([meta["training"]] if "training" in meta else [])]
 
 
 def _prev(out: Path) -> Path:
