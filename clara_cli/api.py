@@ -39,6 +39,12 @@ if TYPE_CHECKING:
 __all__ = ["ClaraStore", "open_store", "load_model", "store_info", "Hit", "Answer"]
 
 
+def model_spec_of(snapshot: Snapshot | None, model_spec: str | None = None) -> str:
+    """The model a command uses: --model, else the one the store is bound to, else the default."""
+    bound = snapshot.model if snapshot is not None else None
+    return model_spec or (bound.get("spec") if bound else None) or "default"
+
+
 def load_model(snapshot: Snapshot | None, model_spec: str | None = None, base_model: str | None = None,
                device: str = "auto", dtype: str = "auto", attn: str = "auto",
                warn_untrained: bool = True) -> ClaraModel:
@@ -49,8 +55,7 @@ def load_model(snapshot: Snapshot | None, model_spec: str | None = None, base_mo
 
     hf_logging.set_verbosity_error()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    bound = snapshot.model if snapshot is not None else None
-    spec = model_spec or (bound.get("spec") if bound else None) or "default"
+    spec = model_spec_of(snapshot, model_spec)
     model = load_checkpoint(None if spec == "default" else spec, device=device, dtype=dtype,
                             base_model=base_model, attn=attn)
     if attn == "triton":

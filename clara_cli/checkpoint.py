@@ -314,6 +314,50 @@ def _load(path: str | os.PathLike | None, device: str, dtype: str, base_model: s
     return model.to(dev).eval()
 
 
+def model_identity(path: str | os.PathLike | None = None, base_model: str | None = None) -> tuple[dict, object] | None:
+    """(the store's record of the model, as compress.model_info gives it; its tokenizer) from
+    the model's files alone, without building it: what `clara ingest` needs (chunking and the
+    store's binding), seconds cheaper than load_model. The fingerprint is computed from the
+    same tensors load_model hashes. None where only the weights can tell (Apple's format,
+    checkpoints that change base vocabulary rows): load the model then."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .model import add_clara_tokens
+
+    if path is None or str(path) == "default":
+        if (DEFAULT_MODEL_DIR / "clara.json").is_file():
+            found = model_identity(DEFAULT_MODEL_DIR, base_model)
+            if found is not None:
+                found[0]["spec"] = "default"
+            return found
+        base_dir = resolve_base(DEFAULT_BASE, None, base_model)
+        cfg = ClaraConfig.from_dict(DEFAULT_CONFIG.to_dict())
+        if base_model:
+            cfg.base_model = str(base_dir)
+        fp = hashlib.sha256(f"fresh-seed0:{base_identity(base_dir)}".encode()).hexdigest()[:16]
+        tokenizer = AutoTokenizer.from_pretrained(base_dir, use_fast=True, padding_side="left")
+        hidden, spec, trained, center = AutoConfig.from_pretrained(base_dir).hidden_size, "default", False, None
+    else:
+        ckpt = Path(path).expanduser().resolve()
+        if not ckpt.is_dir() or checkpoint_kind(ckpt) != "clara":
+            return None
+        cfg, meta, adapters, rows = _read_ours(ckpt)
+        if any(k.endswith(".full") for k in rows):
+            return None
+        base_dir = resolve_base(cfg.base_model, ckpt, base_model)
+        tokenizer = AutoTokenizer.from_pretrained(base_dir, use_fast=True, padding_side="left")
+        base_cfg = AutoConfig.from_pretrained(base_dir)
+        hidden, spec, trained = base_cfg.hidden_size, str(ckpt), bool(meta.get("trained", True))
+        center = read_retrieval_center(ckpt, cfg, cfg.n_mem * hidden)
+        tensors = _canonical_tensors(adapters, rows, len(tokenizer), True, bool(base_cfg.tie_word_embeddings))
+        fp = fingerprint(cfg, base_identity(base_dir), tensors, center)
+    add_clara_tokens(tokenizer, cfg.n_mem)
+    info = {"fingerprint": fp, "spec": spec, "base_model": cfg.base_model, "n_mem": cfg.n_mem, "hidden": hidden,
+            "doc_max_length": cfg.doc_max_length, "trained": trained,
+            **({"retrieval_center": center} if center is not None else {})}
+    return info, tokenizer
+
+
 def _fresh_default(dev: torch.device, dt: torch.dtype, base_model: str | None) -> ClaraModel:
     base_dir = resolve_base(DEFAULT_BASE, None, base_model)
     decoder, tokenizer = _load_base(base_dir, dt)

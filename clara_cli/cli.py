@@ -123,17 +123,24 @@ def ingest(ctx, paths, overlap, delete_missing, follow_symlinks, max_file_size, 
       clara ingest notes/ 'papers/*.md'
       cat docs.jsonl | clara ingest -
     """
+    from .api import model_spec_of
+    from .checkpoint import model_identity
     from .compress import model_info
     from .ingest import ingest as run_ingest
 
     refuse_missing_inputs(ctx, paths)
     store = open_store(ctx, create=True)
-    model = load_model(store.snapshot(), model_spec, base_model, "cpu", "fp32" if dtype == "auto" else dtype,
-                       warn_untrained=False)
+    spec = model_spec_of(store.snapshot(), model_spec)
+    found = model_identity(None if spec == "default" else spec, base_model)  # a tokenizer, not the weights
+    if found is None:  # Apple's format: only the weights tell its identity
+        model = load_model(store.snapshot(), model_spec, base_model, "cpu", "fp32" if dtype == "auto" else dtype,
+                           warn_untrained=False)
+        found = model_info(model), model.tokenizer
+    info, tokenizer = found
     stdin = sys.stdin if "-" in paths else None
-    report = run_ingest(store, list(paths), model.tokenizer, max_tokens=model.config.doc_max_length,
+    report = run_ingest(store, list(paths), tokenizer, max_tokens=info["doc_max_length"],
                         overlap=overlap, delete_missing=delete_missing, stdin=stdin,
-                        model_info=model_info(model), progress=not as_json, follow_symlinks=follow_symlinks,
+                        model_info=info, progress=not as_json, follow_symlinks=follow_symlinks,
                         wait=not no_wait, max_file_size=max_file_size)
     for bad in report.rejected:
         click.echo(f"clara: rejected: {bad.message}", err=True)

@@ -39,3 +39,14 @@ def test_shipped_default_model_is_complete_trained_and_small():
     assert any(k.startswith("decoder_adapter/") and "lora_B" in k and t.abs().max() > 0 for k, t in tensors.items())
     assert tensors["embed_tokens"].shape[1] == 576
 
+
+
+def test_default_model_identity_from_files():
+    """What `clara ingest` records without loading the weights equals the loaded model's record."""
+    from clara_cli.checkpoint import load_model, model_identity
+    from clara_cli.compress import model_info
+
+    info, tokenizer = model_identity(None)
+    want = model_info(load_model(None, device="cpu", dtype="bf16"))
+    center, want_center = info.pop("retrieval_center"), want.pop("retrieval_center")
+    assert info == want and info["spec"] == "default" and torch.equal(center, want_center)

@@ -145,3 +145,27 @@ def test_scp_qa_lines_become_retrieval_examples(tmp_path):
                                   "docs": [DOCS[1]]}) + "\n")
     records = read_records(path, "retrieval")
     assert [(r.question, r.docs, r.pos_index) for r in records] == [(q, [DOCS[0]], [0]) for q in QUESTIONS[:2]]
+
+
+def test_model_identity_from_files_is_what_the_loaded_model_says(trained, tiny_model_dir):
+    """`clara ingest` binds the store from the model's files alone (checkpoint.model_identity):
+    the same record and tokenizer as the loaded model's, center included."""
+    from clara_cli.checkpoint import model_identity
+    from clara_cli.compress import model_info
+
+    for path in (tiny_model_dir, trained[0]):
+        info, tokenizer = model_identity(str(path))
+        model = load_model(str(path), device="cpu", dtype="fp32")
+        want = model_info(model)
+        center, want_center = info.pop("retrieval_center", None), want.pop("retrieval_center", None)
+        assert info == want
+        assert (center is None) == (want_center is None) and (center is None or torch.equal(center, want_center))
+        text = "The <MEM0> tower, <SEP> completed in 1889."
+        assert tokenizer(text).input_ids == model.tokenizer(text).input_ids
+    assert model_identity(str(trained[0]))[0]["retrieval_center"] is not None
+
+
+def test_official_checkpoints_are_identified_by_their_weights(fixture_dir):
+    from clara_cli.checkpoint import model_identity
+
+    assert model_identity(str(fixture_dir)) is None  # ingest loads the model for these
