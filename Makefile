@@ -43,6 +43,10 @@ clean:
 # (Ctrl-C, kill -9, reboot) run `make train-default` again. The result replaces
 # clara_cli/default_model; evaluate it (clara eval) before committing it.
 TRAIN_DIR   ?= .cache/train-default
+# jemalloc (shipped inside the ray wheel) for the trainer: under glibc's malloc a long packed run
+# fragments the heap and slows down step after step (docs/TRAINING.md, "Precision and speed").
+JEMALLOC    ?= $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/ray/core/libjemalloc.so))
+TRAIN_ENV    = $(if $(JEMALLOC),LD_PRELOAD=$(abspath $(JEMALLOC)))
 # Compute precision of every target: auto = bf16 on AMX / avx512_bf16 CPUs and GPUs, else fp32.
 DTYPE       ?= auto
 TRAIN_FLAGS ?= --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 0 --dtype $(DTYPE)
@@ -58,11 +62,11 @@ E2E_LR       ?= 5e-5
 .PHONY: train-default
 train-default: install
 	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --out $(TRAIN_DIR)/data
-	$(VENV)/bin/clara train scp $(TRAIN_DIR)/data/pretrain.jsonl --out $(TRAIN_DIR)/scp \
+	$(TRAIN_ENV) $(VENV)/bin/clara train scp $(TRAIN_DIR)/data/pretrain.jsonl --out $(TRAIN_DIR)/scp \
 		--max-examples $(SCP_MAX) --epochs 1 $(TRAIN_FLAGS) $(if $(SCP_STOP),--stop-at-step $(SCP_STOP))
-	$(VENV)/bin/clara train instruct $(TRAIN_DIR)/data/instruct.jsonl --init-from $(TRAIN_DIR)/scp \
+	$(TRAIN_ENV) $(VENV)/bin/clara train instruct $(TRAIN_DIR)/data/instruct.jsonl --init-from $(TRAIN_DIR)/scp \
 		--out $(TRAIN_DIR)/instruct --max-examples $(INSTRUCT_MAX) --epochs 1 $(TRAIN_FLAGS) --batch-size 4 --grad-accum 4
-	$(VENV)/bin/clara train e2e $(TRAIN_DIR)/data/e2e.jsonl --init-from $(TRAIN_DIR)/instruct \
+	$(TRAIN_ENV) $(VENV)/bin/clara train e2e $(TRAIN_DIR)/data/e2e.jsonl --init-from $(TRAIN_DIR)/instruct \
 		--out $(TRAIN_DIR)/e2e --max-examples $(E2E_MAX) --lr $(E2E_LR) --epochs 1 $(TRAIN_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/e2e clara_cli/default_model bf16
 
@@ -76,7 +80,7 @@ RETRIEVAL_FLAGS ?= --batch-size 32 --save-every 25 --no-dropout --seed 0 --dtype
 .PHONY: train-retrieval
 train-retrieval: install
 	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --out $(TRAIN_DIR)/data
-	$(VENV)/bin/clara train retrieval $(TRAIN_DIR)/data/pretrain.jsonl --init-from default \
+	$(TRAIN_ENV) $(VENV)/bin/clara train retrieval $(TRAIN_DIR)/data/pretrain.jsonl --init-from default \
 		--out $(TRAIN_DIR)/retrieval --max-examples $(RETRIEVAL_MAX) --steps $(RETRIEVAL_STEPS) $(RETRIEVAL_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/retrieval clara_cli/default_model bf16
 
@@ -92,7 +96,7 @@ GENERATOR_FLAGS  ?= --batch-size 8 --grad-accum 2 --lr 2e-4 --save-every 20 --no
 .PHONY: train-generator
 train-generator: install
 	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --out $(TRAIN_DIR)/data
-	$(VENV)/bin/clara train generator $(TRAIN_DIR)/data/instruct.jsonl --init-from default \
+	$(TRAIN_ENV) $(VENV)/bin/clara train generator $(TRAIN_DIR)/data/instruct.jsonl --init-from default \
 		--out $(TRAIN_DIR)/generator --max-examples $(GENERATOR_MAX) --steps $(GENERATOR_STEPS) \
 		--expand-rate $(GENERATOR_EXPAND) $(GENERATOR_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/generator clara_cli/default_model bf16

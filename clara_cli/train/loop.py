@@ -151,7 +151,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after: int | None = N
     stop_after: stop (with a checkpoint) after that many optimizer steps in this call, as an
     interruption would; the next call resumes. stop_at: the same, at that global step."""
     cfg = cfg.resolved()
-    steady_malloc()
     records = read_records(cfg.data, cfg.stage, cfg.max_examples)
     dropped = 0
     if cfg.exclude_heldout:
@@ -185,23 +184,6 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after: int | None = N
                 return _result(cfg, out, state, records=n, dropped=dropped, seconds=0.0, examples=0, tokens=0,
                                resumed_from=state["step"])
         return _run(cfg, out, records, digest, total, state, dropped, progress, stop_after, stop_at)
-
-
-def steady_malloc(threshold: int = 1 << 20) -> None:
-    """Allocations of `threshold` bytes or more go straight to mmap (glibc's M_MMAP_THRESHOLD).
-
-    Packed training allocates tensors of a different size every step; glibc's main heap then
-    fragments: one generator run slowed from ~15 to over 60 s per step after 100 steps, with
-    47% of its CPU time in `_int_malloc` (perf) and its RSS growing 5.5 -> 7.8 GB. Large
-    tensors from mmap are returned whole and never fragment the heap."""
-    if sys.platform != "linux":
-        return
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, threshold)  # -3 = M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, state: dict | None,
