@@ -17,7 +17,8 @@ pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "clara.json").is_file()
 
 def test_shipped_default_model_is_complete_trained_and_small():
     meta = json.loads((DEFAULT_MODEL_DIR / "clara.json").read_text())
-    assert meta["trained"] is True and meta["training"]["stage"] == "retrieval"
+    assert meta["trained"] is True and meta["training"]["stage"] == "generator"
+    assert [h["stage"] for h in meta["history"]] == ["retrieval"]  # the stages before, oldest first
     cfg = ClaraConfig.from_dict(meta["config"])
     # ours: the query reasoner scores centred cosines; the center ships beside the adapters (fp32)
     with safe_open(str(DEFAULT_MODEL_DIR / "retrieval.safetensors"), "pt") as f:
