@@ -42,6 +42,7 @@ def test_shipped_default_model_is_complete_trained_and_small():
 
 
 
+@pytest.mark.slow  # builds the real SmolLM2 base from its GGUF (~540 MB, ~30 s); the tiny models run always
 def test_default_model_identity_from_files():
     """What `clara ingest` records without loading the weights equals the loaded model's record."""
     from clara_cli.checkpoint import load_model, model_identity
