@@ -1,4 +1,6 @@
-"""Training throughput: tokens/s of the training step of each stage, today's path vs packed.
+"""Training throughput: tokens/s of the training step of each stage: the padded path (the
+baseline), packed micro-batches, and packed micro-batches through compiled decoder blocks
+(`clara train --compile`, the default of long runs).
 
 The settings are those of `make train-default`: scp and e2e micro-batches of 8 with 2
 accumulated, instruct micro-batches of 4 with 4 accumulated, no LoRA dropout, the default
@@ -6,8 +8,9 @@ base (SmolLM2-135M-Instruct) in the dtype `--dtype auto` picks (bf16 autocast wi
 LoRA masters on an AMX / avx512_bf16 CPU). Records are a few dozen Wikipedia training
 paragraphs through `clara synth`'s code.
 
-Each stage runs both paths on the same micro-batches, interleaved (baseline micro-batch,
-packed micro-batch, matmul probe, ...), because a shared machine's speed drifts: the ratio
+Each stage runs every path on the same micro-batches, interleaved (baseline micro-batch,
+packed micro-batch, compiled micro-batch, matmul probe, ...), because a shared machine's speed
+drifts: the ratio
 and the fraction of peak are measured against neighbours in time. The unit is one
 micro-batch's forward + backward as the trainer accumulates it (a step is grad-accum of
 them; the optimizer update, ~1% of a step, is left out so both paths see the same weights
@@ -22,6 +25,7 @@ and must give the same losses). Figures are medians per token.
 
     python benchmarks/train_throughput.py                 # all stages, ~3-5 min on 2 busy cores
     python benchmarks/train_throughput.py --stages scp --micro-batches 2
+    python benchmarks/train_throughput.py --stages scp --threads 1 --warmup-batch 2   # docs/TRAINING.md
 """
 
 from __future__ import annotations
@@ -104,7 +108,8 @@ def main() -> None:
     ap.add_argument("--peak-n", type=int, default=1024)
     ap.add_argument("--warmup-batch", type=int, default=None,
                     help="examples in the warm-up micro-batch (default: the recipe's; smaller is quicker)")
-    ap.add_argument("--no-baseline", action="store_true", help="measure the packed path only")
+    ap.add_argument("--no-baseline", action="store_true", help="leave the padded path out")
+    ap.add_argument("--no-compile", action="store_true", help="leave the compiled path out")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's). 1 keeps a loaded machine's busy time honest: "
                          "no thread spins at a barrier waiting for a descheduled sibling")
@@ -114,7 +119,7 @@ def main() -> None:
 
     from clara_cli.model import resolve_dtype
     from clara_cli.train.loop import TrainConfig, _load_start_model
-    from clara_cli.train.stages import Trainable, prepare_adapters
+    from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters
 
     dtype = resolve_dtype(args.dtype)
     dname = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
@@ -130,14 +135,23 @@ def main() -> None:
         batch, accum = RECIPE[stage]
         cfg = TrainConfig(stage, "unused", "unused", init_from="default", batch_size=batch, grad_accum=accum,
                           dropout=False, dtype=dname).resolved()
-        model = _load_start_model(cfg, None, torch.device("cpu"), dtype)
-        prepare_adapters(model, stage, fresh_start=True, seed=0)
-        model.decoder.train(False)
+
+        def fresh_model(cfg=cfg, stage=stage):
+            model = _load_start_model(cfg, None, torch.device("cpu"), dtype)
+            prepare_adapters(model, stage, fresh_start=True, seed=0)  # the same start for every path
+            model.decoder.train(False)
+            return model
+
+        model = fresh_model()
         body = sum(p.numel() for n, p in model.decoder.get_decoder().named_parameters()
                    if "embed_tokens" not in n and "lora_" not in n)
         paths = {"packed": Trainable(model, stage, autocast=dtype != torch.float32, packed=True)}
         if not args.no_baseline:
             paths = {"baseline": Trainable(model, stage, autocast=dtype != torch.float32, packed=False), **paths}
+        if not args.no_compile:  # its own copy of the model: compiling changes the blocks in place
+            compiled = fresh_model()
+            compile_layers(compiled, fall_back=False)
+            paths["compiled"] = Trainable(compiled, stage, autocast=dtype != torch.float32, packed=True)
         if stage == "e2e":  # the candidate cache is built once per run, outside the steps
             docs = [d for r in records[stage] for d in r.docs]
             cache = None
@@ -172,12 +186,14 @@ def main() -> None:
                 frac = 4 * body * tps / 1e9 / peak
                 print(f"{stage:9s} {name:9s} {clock}  {tps:7.0f} tokens/s  {100 * frac:5.1f}% of the {dname} "
                       f"matmul peak ({peak:.0f} GFLOP/s, n={args.peak_n})  [{cpu_model()}, {dname}]")
-            if "baseline" in paths:
-                print(f"{stage:9s} speed-up  {clock}  {line['packed', clock] / line['baseline', clock]:.2f}x")
-        if "baseline" in paths:
-            diff = max(abs(a - b) for a, b in zip(losses["baseline"], losses["packed"], strict=True))
-            print(f"{stage:9s} max loss difference baseline vs packed {diff:.2e} over "
-                  f"{len(losses['packed'])} micro-batches", flush=True)
+            first = next(iter(paths))
+            for name in list(paths)[1:]:
+                print(f"{stage:9s} {name} / {first}  {clock}  {line[name, clock] / line[first, clock]:.2f}x")
+        first = next(iter(paths))
+        for name in list(paths)[1:]:
+            diff = max(abs(a - b) for a, b in zip(losses[first], losses[name], strict=True))
+            print(f"{stage:9s} max loss difference {first} vs {name} {diff:.2e} over "
+                  f"{len(losses[name])} micro-batches", flush=True)
         rows.append((stage, line))
         del paths, model
     print(f"(tokens: non-pad tokens through compressor / query reasoner + generator; FLOPs 4 x {body / 1e6:.1f} M "

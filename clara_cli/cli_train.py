@@ -171,6 +171,10 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
 @click.option("--pack/--no-pack", default=True, show_default=True,
               help="Run each micro-batch's sequences back to back without padding (the same "
                    "computation, fewer tokens); --no-pack pads to the longest, as before.")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the decoder blocks: the same computation in fewer passes over memory "
+                   "(docs/TRAINING.md), after ~1 minute of compiling. Default: on for CPU runs of 20 steps "
+                   "or more of a real-sized model when a C++ compiler is there; off on CUDA.")
 @click.option("--doc-max-length", default=256, show_default=True, type=click.IntRange(1),
               help="Fresh start only: document tokens per memory.")
 @click.option("--compr-rate", default=16, show_default=True, type=click.IntRange(1),
@@ -191,7 +195,7 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
                    "full length); rerun without it to continue. For time-boxed runs.")
 @json_option
 def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, grad_accum, lr, warmup_ratio,
-          schedule, save_every, top_k, dropout, pack, doc_max_length, compr_rate, dtype, device, seed,
+          schedule, save_every, top_k, dropout, pack, compile_, doc_max_length, compr_rate, dtype, device, seed,
           max_examples, tau, query_word_dropout, expand_rate, stop_at_step, as_json):
     """Train one CLaRa stage on DATA (official JSONL): scp, then instruct, then e2e.
 
@@ -223,7 +227,7 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
                       doc_max_length=doc_max_length, compr_rate=compr_rate, steps=steps, epochs=epochs,
                       batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
                       schedule=schedule, save_every=save_every, top_k=top_k, dropout=dropout, dtype=dtype,
-                      device=device, seed=seed, max_examples=max_examples, pack=pack, tau=tau,
+                      device=device, seed=seed, max_examples=max_examples, pack=pack, compile=compile_, tau=tau,
                       query_word_dropout=query_word_dropout, expand_rate=expand_rate)
     result = run_train(cfg, progress=not as_json, stop_at=stop_at_step)
     if as_json:

@@ -30,9 +30,23 @@ def register_transformers_attention(name: str = IMPLEMENTATION_NAME) -> str:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(name, clara_attention_forward)
+    AttentionInterface.register(name, _eager_forward())
     AttentionMaskInterface.register(name, clara_attention_mask)
     return name
+
+
+_EAGER_FORWARD: Any = None
+
+
+def _eager_forward() -> Any:
+    """``clara_attention_forward`` as an opaque call for ``torch.compile``: it reads sequence
+    lengths on the host (``.tolist()``), so compiled blocks run it eagerly between their
+    compiled halves instead of tracing into it. Made once, on first registration (the
+    wrapper needs ``torch._dynamo``, which transformers has imported by then)."""
+    global _EAGER_FORWARD
+    if _EAGER_FORWARD is None:
+        _EAGER_FORWARD = torch.compiler.disable(clara_attention_forward)
+    return _EAGER_FORWARD
 
 
 def clara_attention_mask(

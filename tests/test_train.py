@@ -240,6 +240,41 @@ def test_packed_step_is_the_padded_computation(tiny_model_dir, data, stage):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(a.abs().max()) + 1e-8)
 
 
+def test_compiled_blocks_are_the_same_computation(tiny_model_dir, data):
+    """--compile is a speed change only: the packed scp step gives the eager loss and gradients."""
+    from clara_cli.train.loop import _load_start_model
+    from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters
+
+    cfg = config("scp", data["scp"], Path("unused"), tiny_model_dir).resolved()
+    model = _load_start_model(cfg, None, torch.device("cpu"), torch.float32)
+    prepare_adapters(model, "scp", True, 0)
+    records = read_records(data["scp"], "scp")[:4]
+    keys = [(0, i) for i in range(len(records))]
+    runs = []
+    for compiled in (False, True):
+        if compiled:
+            compile_layers(model, fall_back=False)
+        tm = Trainable(model, "scp", packed=True)
+        for size in (4, 3):  # a second packed length: dynamic shapes, no recompilation error
+            loss, stats = tm.step(records[:size], keys[:size], cfg)
+            loss.backward()
+        runs.append((loss.item(), stats.tokens, [p.grad.clone() for p in tm.parameters()]))
+        model.decoder.zero_grad(set_to_none=True)
+        tm.mem_rows.grad = None
+    (l0, t0, g0), (l1, t1, g1) = runs
+    assert l1 == pytest.approx(l0, rel=1e-5) and t1 == t0
+    for a, b in zip(g0, g1, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(a.abs().max()) + 1e-8)
+
+
+def test_compile_by_default_only_where_it_pays_off(tiny_model):
+    from clara_cli.train.stages import COMPILE_MIN_STEPS, compile_pays_off
+
+    # the tiny model's steps take milliseconds: compiling would cost more than it saves
+    assert not compile_pays_off(tiny_model, torch.device("cpu"), 10 * COMPILE_MIN_STEPS)
+    assert not compile_pays_off(tiny_model, torch.device("cpu"), 1)
+
+
 def test_stage_adapters_and_frozen_parts(chain):
     root, _ = chain
     ins, e2e = read_adapter_tensors(root / "instruct"), read_adapter_tensors(root / "e2e")
@@ -451,3 +486,17 @@ def test_clara_json_keeps_every_stage_the_model_went_through(chain, tmp_path):
     export_model(root / "e2e", tmp_path / "shipped", "bf16")
     shipped = json.loads((tmp_path / "shipped" / "clara.json").read_text())
     assert shipped["history"] == meta["history"] and shipped["training"] == meta["training"]
+
+
+def test_history_of_a_run_resumed_from_its_own_export(tmp_path):
+    """`make train-generator` resumes with --init-from default after step N was shipped: the
+    shipped model's record of this very run is not a stage of its own."""
+    from clara_cli.train.loop import training_history
+
+    earlier = {"stage": "retrieval", "step": 200, "total_steps": 200, "data_sha256": "aa"}
+    shipped = {"stage": "generator", "step": 100, "total_steps": 220, "data_sha256": "bb"}
+    (tmp_path / "clara.json").write_text(json.dumps({"history": [earlier], "training": shipped}))
+    this_run = {**shipped, "step": 120}
+    assert training_history(str(tmp_path), this_run) == [earlier]
+    other_run = {**shipped, "total_steps": 300}
+    assert training_history(str(tmp_path), other_run) == [earlier, shipped]

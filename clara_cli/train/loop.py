@@ -38,7 +38,15 @@ from ..model import ClaraConfig, ClaraModel, dtype_name, resolve_device, resolve
 from ..progress import notice, progress_bar
 from ..store.durable import staged_folder
 from .data import STAGES, drop_dev_documents, file_digest, held_out_guard, read_records
-from .stages import Trainable, choose_docs, cosine_with_min_lr, lora_to_fp32, prepare_adapters
+from .stages import (
+    Trainable,
+    choose_docs,
+    compile_layers,
+    compile_pays_off,
+    cosine_with_min_lr,
+    lora_to_fp32,
+    prepare_adapters,
+)
 
 STATE_FORMAT = "clara-train/1"
 # Paper / official-code hyper-parameters per stage. The official stage 3 runs transformers'
@@ -53,7 +61,7 @@ STAGE_DEFAULTS = {
     "generator": {"lr": 1e-4, "schedule": "cosine", "warmup_ratio": 0.03},
 }
 # Settings that may change between a run and its resumption (they do not change the result).
-VOLATILE = ("out", "save_every", "device", "progress", "pack")
+VOLATILE = ("out", "save_every", "device", "progress", "pack", "compile")
 
 
 @dataclass
@@ -86,6 +94,7 @@ class TrainConfig:
     dropout: bool = True             # LoRA dropout 0.1 as the paper; off is faster
     autocast: bool | None = None     # LoRA side paths in the compute dtype too (default: when not fp32)
     pack: bool = True                # sequences packed without padding (False: padded batches, as before)
+    compile: bool | None = None      # torch.compile the decoder blocks (None: when the run is long enough)
     max_length: int = 1024           # generator prompt + target tokens
     save_every: int = 100
     dtype: str = "auto"
@@ -198,6 +207,9 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
     model.decoder.train(cfg.dropout)  # train mode only switches LoRA dropout on
     autocast = dtype != torch.float32 if cfg.autocast is None else cfg.autocast
     tm = Trainable(model, cfg.stage, autocast=autocast, packed=cfg.pack)
+    steps_ahead = total - (state["step"] if resuming else 0)
+    if cfg.compile or (cfg.compile is None and compile_pays_off(model, device, steps_ahead)):
+        compile_layers(model, fall_back=cfg.compile is None)
     params = tm.parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
     warmup = math.ceil(total * cfg.warmup_ratio)
@@ -293,7 +305,10 @@ def _cache_memories(tm: Trainable, docs: list[str], out: Path, progress: bool) -
     """The frozen compressor's memories of the stage's documents, in one deterministic pass,
     kept beside OUT until the run finishes, so that a resumed run does not compress them again
     (minutes on a CPU). The file is used when it holds the same documents and the compressor
-    still gives its first document's memory (to bf16 noise); otherwise it is rewritten."""
+    still gives the memory of the first document alone that it gave when the file was written
+    (to bf16 noise); otherwise it is rewritten. The probe is compared with a probe, not with the
+    bulk pass's row: the bulk pass runs LoRA merged into bf16 weights, which rounds differently
+    (~8% apart in bf16 on the default model)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -303,14 +318,13 @@ def _cache_memories(tm: Trainable, docs: list[str], out: Path, progress: bool) -
     if path.is_file():
         try:
             with safe_open(str(path), framework="pt") as f:
-                mem = f.get_tensor("memory") if (f.metadata() or {}).get("docs_sha256") == key else None
+                same = (f.metadata() or {}).get("docs_sha256") == key and "probe" in f.keys()
+                mem, saved_probe = (f.get_tensor("memory"), f.get_tensor("probe")) if same else (None, None)
         except Exception:  # a damaged file is only a cache: compress again
-            mem = None
+            mem = saved_probe = None
         if mem is not None and len(mem) == len(unique):
-            tm.cache_documents(unique[:1])  # the compressor as it is now, in eval mode
-            probe = tm.doc_cache.pop(unique[0]).float()  # [n_mem, h]
-            first = mem[0].float()
-            if (probe - first).norm() <= 0.02 * first.norm():
+            probe = _probe_memory(tm, unique[0])
+            if (probe - saved_probe.float()).norm() <= 0.02 * saved_probe.float().norm():
                 cached = mem.to(tm.model.device, tm.model.dtype)
                 tm.doc_cache = dict(zip(unique, cached, strict=True))
                 notice(f"reusing the memories of {len(unique)} documents from {path.name}")
@@ -319,9 +333,20 @@ def _cache_memories(tm: Trainable, docs: list[str], out: Path, progress: bool) -
     tm.cache_documents(unique, progress=bar.update)
     bar.close()
     tmp = path.with_name(path.name + ".tmp")
-    save_file({"memory": torch.stack([tm.doc_cache[t] for t in unique]).cpu().contiguous()}, str(tmp),
+    save_file({"memory": torch.stack([tm.doc_cache[t] for t in unique]).cpu().contiguous(),
+               "probe": _probe_memory(tm, unique[0]).contiguous()}, str(tmp),
               metadata={"docs_sha256": key})
     os.replace(tmp, path)
+
+
+def _probe_memory(tm: Trainable, doc: str) -> torch.Tensor:
+    """fp32 [n_mem, h] memory of `doc` compressed alone, leaving the trainer's cache as it was."""
+    kept = tm.doc_cache.pop(doc, None)
+    tm.cache_documents([doc])
+    probe = tm.doc_cache.pop(doc).float().cpu()
+    if kept is not None:
+        tm.doc_cache[doc] = kept
+    return probe
 
 
 class _Order:
@@ -420,7 +445,7 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
         training = {"stage": cfg.stage, "step": step, "total_steps": total, "data": cfg.data,
                     "data_sha256": digest, "examples_seen": consumed}
         write_model_files(model, tmp, trained=True,
-                          extra={"training": training, "history": training_history(cfg.init_from)})
+                          extra={"training": training, "history": training_history(cfg.init_from, training)})
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _get_rng(),
                     "mem_rows": tm.mem_rows.detach().cpu() if tm.mem_rows is not None else None},
                    tmp / "trainer.pt")
@@ -431,9 +456,11 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
         (tmp / "train_state.json").write_text(json.dumps(state) + "\n")
 
 
-def training_history(init_from: str | None) -> list[dict]:
+def training_history(init_from: str | None, current: dict | None = None) -> list[dict]:
     """The training records of the model a run starts from, oldest first (its own "history"
-    plus its last "training"): clara.json keeps every stage a model went through."""
+    plus its last "training"): clara.json keeps every stage a model went through. Records of
+    the `current` run itself are left out: a resumed run whose init model was exported from
+    one of its own checkpoints (`--init-from default` after shipping step N) is one stage."""
     if init_from is None:
         return []
     from ..checkpoint import DEFAULT_MODEL_DIR
@@ -442,7 +469,12 @@ def training_history(init_from: str | None) -> list[dict]:
     if not meta_file.is_file():
         return []  # Apple's format, or an untrained default: no records
     meta = json.loads(meta_file.read_text())
-    return [*meta.get("history", []), *([meta["training"]] if "training" in meta else [])]
+    records = [*meta.get("history", []), *([meta["training"]] if "training" in meta else [])]
+
+    def same_run(rec: dict) -> bool:
+        keys = ("stage", "data_sha256", "total_steps")
+        return current is not None and all(rec.get(k) == current.get(k) for k in keys)
+    return [rec for rec in records if not same_run(rec)]
 
 
 def _prev(out: Path) -> Path:
