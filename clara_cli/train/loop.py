@@ -340,13 +340,14 @@ def _cache_memories(tm: Trainable, docs: list[str], out: Path, progress: bool) -
 
 
 def _probe_memory(tm: Trainable, doc: str) -> torch.Tensor:
-    """fp32 [n_mem, h] memory of `doc` compressed alone, leaving the trainer's cache as it was."""
-    kept = tm.doc_cache.pop(doc, None)
-    tm.cache_documents([doc])
-    probe = tm.doc_cache.pop(doc).float().cpu()
-    if kept is not None:
-        tm.doc_cache[doc] = kept
-    return probe
+    """fp32 [n_mem, h] memory of `doc` compressed alone, leaving the trainer's cache as it was
+    (its order too: the retrieval pool and its center are built in that order)."""
+    cache, tm.doc_cache = tm.doc_cache, {}
+    try:
+        tm.cache_documents([doc])
+        return tm.doc_cache[doc].float().cpu()
+    finally:
+        tm.doc_cache = cache
 
 
 class _Order:

@@ -145,7 +145,7 @@ def compile_layers(model: ClaraModel, *, fall_back: bool) -> None:
     """torch.compile each transformer block of the decoder (dynamic shapes: packed rows vary
     in length). Inductor fuses what eager mode runs as separate passes over the activations
     (RMSNorm, RoPE, SiLU x up, the LoRA side paths' scale-and-add, casts): the same
-    computation, ~1.7x fewer seconds per scp step on a CPU (docs/TRAINING.md). The varlen
+    computation, a 1.25-1.44x faster packed scp step on a CPU (docs/TRAINING.md). The varlen
     attention runs eagerly inside (clara_kernels marks it). The blocks keep their parameter
     names, so checkpoints are unchanged. fall_back: a block that fails to compile runs eagerly."""
     import torch._dynamo
