@@ -178,6 +178,7 @@ def main() -> None:
                 print(f"  matmul {args.peak_n}^3 {dname}: {peaks[-1][0]:.0f} GFLOP/s wall, "
                       f"{peaks[-1][1]:.0f} busy", flush=True)
         line = {}
+        first, others = next(iter(paths)), list(paths)[1:]  # ratios against the first path measured
         for clock, i in (("busy", 1), ("wall", 0)):
             peak = statistics.median(p[i] for p in peaks)
             for name in paths:
@@ -186,11 +187,9 @@ def main() -> None:
                 frac = 4 * body * tps / 1e9 / peak
                 print(f"{stage:9s} {name:9s} {clock}  {tps:7.0f} tokens/s  {100 * frac:5.1f}% of the {dname} "
                       f"matmul peak ({peak:.0f} GFLOP/s, n={args.peak_n})  [{cpu_model()}, {dname}]")
-            first = next(iter(paths))
-            for name in list(paths)[1:]:
+            for name in others:
                 print(f"{stage:9s} {name} / {first}  {clock}  {line[name, clock] / line[first, clock]:.2f}x")
-        first = next(iter(paths))
-        for name in list(paths)[1:]:
+        for name in others:
             diff = max(abs(a - b) for a, b in zip(losses[first], losses[name], strict=True))
             print(f"{stage:9s} max loss difference {first} vs {name} {diff:.2e} over "
                   f"{len(losses[name])} micro-batches", flush=True)

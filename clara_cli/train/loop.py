@@ -308,7 +308,7 @@ def _cache_memories(tm: Trainable, docs: list[str], out: Path, progress: bool) -
     still gives the memory of the first document alone that it gave when the file was written
     (to bf16 noise); otherwise it is rewritten. The probe is compared with a probe, not with the
     bulk pass's row: the bulk pass runs LoRA merged into bf16 weights, which rounds differently
-    (~8% apart in bf16 on the default model)."""
+    (several percent apart in bf16 on the default model)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 

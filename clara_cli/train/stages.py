@@ -377,7 +377,7 @@ class Trainable:
     def cache_documents(self, texts: Sequence[str], batch_size: int = 16, progress=None) -> None:
         """Frozen-compressor memories of every document not cached yet (no gradient, no dropout),
         computed eagerly as `clara compress` computes a store's, also when the blocks are compiled
-        (compiled bf16 rounds differently: ~2% apart, docs/TRAINING.md)."""
+        (compiled bf16 rounds differently, docs/TRAINING.md)."""
         todo = list(dict.fromkeys(t for t in texts if t not in self.doc_cache))
         if not todo:
             return
