@@ -201,15 +201,15 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
 
     `retrieval` (ours, not the paper's) trains the query reasoner alone with a contrastive
     loss against frozen, centred document memories (docs/TRAINING.md, "Retrieval"); it reads
-    the e2e format and leaves the development split of the training paragraphs out.
-    `generator` (ours) trains the decoder alone on frozen memories, reading the top document
-    as raw text in --expand-rate of the examples (as `ask --expand 1` does); it reads the
-    instruct format, leaves the development split out, and keeps stores valid.
+    the e2e format. `generator` (ours) trains the decoder alone on frozen memories, reading
+    the top document as raw text in --expand-rate of the examples (as `ask --expand 1`
+    does); it reads the instruct format and keeps stores valid.
 
     Writes a model to --out that every command loads with --model. Checkpoints every
     --save-every steps; rerunning the same command after a crash or kill resumes, and a
     finished run does nothing. Records whose documents are held-out Wikipedia paragraphs
-    are dropped.
+    are dropped, and every stage leaves the development split of the training paragraphs
+    (what recipes are chosen on) out.
 
     \b
     Example:

@@ -89,6 +89,24 @@ def test_a_new_query_reasoner_keeps_the_fingerprint(trained, tmp_path, tiny_mode
     assert plain.retrieval_center is None and plain.fingerprint != first.fingerprint
 
 
+def test_a_compressor_stage_drops_the_center_and_retrieval_computes_it_anew(trained, tmp_path, data):
+    """scp changes the compressor, so the center (its mean memory) and the query reasoner go;
+    the next retrieval stage records the new compressor's mean memory."""
+    out, _ = trained
+    scp_data = tmp_path / "scp.jsonl"
+    scp_data.write_text("".join(json.dumps({"data_type": "paraphrase", "answers": [d], "docs": [d]}) + "\n"
+                                for d in DOCS))
+    scp = train(TrainConfig("scp", str(scp_data), str(tmp_path / "scp"), init_from=str(out), steps=2, batch_size=4,
+                            dtype="fp32", device="cpu", lr=3e-3, dropout=False), progress=False)
+    meta = json.loads((tmp_path / "scp" / "clara.json").read_text())
+    assert meta["config"]["retrieval_center"] is False and "query_reasoner_adapter" not in meta["config"]["adapters"]
+    assert load_model(str(tmp_path / "scp"), device="cpu", dtype="fp32").retrieval_center is None
+    train(config(data, tmp_path / "again", tmp_path / "scp", steps=1), progress=False)
+    model = load_model(str(tmp_path / "again"), device="cpu", dtype="fp32")
+    assert scp.fingerprint != load_model(str(out), device="cpu", dtype="fp32").fingerprint
+    assert torch.allclose(model.retrieval_center, model.compress(DOCS).reshape(len(DOCS), -1).mean(0), atol=1e-5)
+
+
 def test_resumed_retrieval_run_equals_uninterrupted(tmp_path, tiny_model_dir, data):
     straight = train(config(data, tmp_path / "a", tiny_model_dir, steps=6, query_word_dropout=0.3), progress=False)
     train(config(data, tmp_path / "b", tiny_model_dir, steps=6, query_word_dropout=0.3), progress=False, stop_after=3)

@@ -167,6 +167,28 @@ def test_held_out_documents_are_dropped(tmp_path, tiny_model_dir):
     assert result.records == 1 and result.dropped_heldout == 1
 
 
+def test_dev_split_is_left_out_of_every_stage(tmp_path, tiny_model_dir):
+    from clara_cli.corpora import wiki_paragraphs
+    from clara_cli.errors import ClaraError
+    from clara_cli.train.data import PretrainRecord, QARecord, drop_dev_documents
+
+    try:
+        dev_texts = {p["text"] for p in wiki_paragraphs("dev")}
+        dev = next(wiki_paragraphs("dev"))["text"]
+        kept = next(p["text"] for p in wiki_paragraphs("train") if p["text"] not in dev_texts)
+    except ClaraError:
+        pytest.skip("Wikipedia corpus package not installed")
+    records = [PretrainRecord("paraphrase", [dev], [], [dev]), PretrainRecord("paraphrase", [kept], [], [kept]),
+               QARecord("q1", [dev, kept], "a", [0]), QARecord("q2", [dev, kept], "a", [1])]
+    left, dropped = drop_dev_documents(records)
+    assert dropped == 2 and left[0] == records[1]
+    assert left[1].docs == [kept] and left[1].pos_index == [0]  # the dev candidate left the list
+    path = write_jsonl(tmp_path / "mixed.jsonl", [{"data_type": "paraphrase", "answers": [t], "docs": [t]}
+                                                  for t in (dev, kept)])
+    result = train(config("scp", path, tmp_path / "out", tiny_model_dir, steps=1, batch_size=1), progress=False)
+    assert result.records == 1
+
+
 # ---------------------------------------------------------------------- the stages
 def test_each_stage_loss_decreases(chain):
     _, results = chain

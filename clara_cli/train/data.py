@@ -174,12 +174,20 @@ def _dev_texts() -> frozenset[str]:
         return frozenset()  # corpus not installed: nothing of it can be in the data
 
 
-def drop_dev_documents(records: list[QARecord]) -> tuple[list[QARecord], int]:
-    """Leave the development split (corpora.is_dev) out: records whose positive document is a
-    dev paragraph are dropped, and dev paragraphs leave the other records' candidate lists."""
+def drop_dev_documents(records: list[Record]) -> tuple[list[Record], int]:
+    """Leave the development split (corpora.is_dev) out, so that no stage learns from the
+    paragraphs recipes are chosen on: an `scp` record about a dev paragraph is dropped; a
+    question whose positive document is a dev paragraph is dropped, and dev paragraphs leave the
+    other questions' candidate lists."""
     dev = _dev_texts()
     kept, dropped = [], 0
     for r in records:
+        if isinstance(r, PretrainRecord):
+            if dev.intersection(r.docs):
+                dropped += 1
+            else:
+                kept.append(r)
+            continue
         pos = {r.docs[i] for i in r.pos_index}
         if pos & dev or not r.docs:
             dropped += 1

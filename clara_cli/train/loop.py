@@ -102,7 +102,7 @@ class TrainConfig:
     seed: int = 0
     max_examples: int | None = None
     exclude_heldout: bool = True     # drop records whose documents are held-out Wikipedia paragraphs
-    exclude_dev: bool = True         # retrieval, generator: leave the development split (corpora.is_dev) out
+    exclude_dev: bool = True         # leave the development split (corpora.is_dev) out of every stage
 
     def resolved(self) -> TrainConfig:
         if self.stage not in STAGES:
@@ -168,10 +168,10 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after: int | None = N
             notice(f"dropped {dropped} records whose documents are held-out Wikipedia paragraphs")
         if not records:
             raise UsageError(f"{cfg.data}: every record uses held-out documents; nothing to train on")
-    if cfg.stage in ("retrieval", "generator") and cfg.exclude_dev:
+    if cfg.exclude_dev:
         records, dropped_dev = drop_dev_documents(records)
         if dropped_dev:
-            notice(f"left out {dropped_dev} records whose answer is in a development-split paragraph")
+            notice(f"left out {dropped_dev} records about a development-split paragraph")
         if not records:
             raise UsageError(f"{cfg.data}: every record is about a development-split paragraph")
     digest = file_digest(cfg.data)

@@ -90,13 +90,18 @@ def prepare_adapters(model: ClaraModel, stage: str, fresh_start: bool, seed: int
 
     scp/instruct keep no query reasoner (a stage-1/2 checkpoint has none: retrieval falls back
     to the compressor); instruct starts a fresh decoder adapter; e2e initialises the query
-    reasoner from the compressor when the checkpoint has none."""
+    reasoner from the compressor when the checkpoint has none. scp/instruct also drop the
+    retrieval center (ours): it is the mean memory of the compressor they change, so the
+    retrieval stage computes it anew for their output."""
     decoder = model.decoder
     if stage in ("scp", "instruct") and "query_reasoner_adapter" in decoder.peft_config:
         with warnings.catch_warnings():  # "adapter was active which is now deleted"
             warnings.simplefilter("ignore", UserWarning)
             decoder.delete_adapter("query_reasoner_adapter")
         model.config.adapters = [a for a in model.config.adapters if a != "query_reasoner_adapter"]
+    if stage in ("scp", "instruct"):
+        model.retrieval_center = None
+        model.config.retrieval_center = False
     if stage == "instruct" and fresh_start:
         from peft.tuners.lora import LoraLayer
 
