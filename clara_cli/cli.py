@@ -66,6 +66,10 @@ class ClaraGroup(click.Group):
         except ClaraError as err:  # "no matching sources" is an outcome, not an error
             click.echo(f"clara: {'' if isinstance(err, NoSourcesError) else 'error: '}{err}", err=True)
             ctx.exit(err.exit_code)
+        except BrokenPipeError:  # `clara ... | head`: the reader has all it wanted, not an error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush cannot fail again
+            ctx.exit(0)
         except OSError as err:  # a full disk, a folder we may not write: one line, not a traceback
             where = f"{err.filename}: " if err.filename else ""
             click.echo(f"clara: error: {where}{err.strerror or err} (the last committed snapshot is intact)",

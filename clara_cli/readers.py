@@ -358,13 +358,31 @@ def _read_jsonl_lines(stream, source: str, name: str) -> Iterator[SourceDocument
             yield RejectedInput(name, str(err))
 
 
+def _lines_of(pieces: Iterator[str]) -> Iterator[str]:
+    """Lines (with their \n) of a text that comes in pieces, for the csv module."""
+    rest = ""
+    for piece in pieces:
+        *lines, rest = (rest + piece).split("\n")
+        yield from (line + "\n" for line in lines)
+    if rest:
+        yield rest
+
+
 def _read_csv(path: Path, source: str, name: str) -> Iterator[SourceDocument | RejectedInput]:
+    """Rows of a CSV file with a "text" column, decoded as text files are (UTF-8, a BOM's
+    UTF-16/32, or the legacy encoding detected: a spreadsheet saved as Windows-1252)."""
     _raise_csv_field_limit()
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
+    try:
+        encoding = None
+        for _ in _iter_decoded(path, name):  # a decoding pass first: rows cannot be taken back
+            pass
+    except _NotUTF8 as err:
+        encoding = _detect_encoding(path, name, err.offset)
+    with contextlib.closing(_iter_decoded(path, name, encoding)) as pieces:
+        reader = csv.DictReader(_lines_of(pieces))
         try:
             fields = reader.fieldnames
-        except (csv.Error, UnicodeDecodeError) as err:
+        except csv.Error as err:
             raise _Reject(f"{name}: not a readable CSV file ({err})") from None
         if not fields:
             raise _Reject(f"{name}: empty (no header row)")
@@ -377,7 +395,7 @@ def _read_csv(path: Path, source: str, name: str) -> Iterator[SourceDocument | R
                 values = next(reader)
             except StopIteration:
                 return
-            except (csv.Error, UnicodeDecodeError) as err:
+            except (csv.Error, _Reject) as err:  # _Reject: the file changed since the decoding pass
                 yield RejectedInput(name, f"{name}:{line}: unreadable CSV from here on ({err})")
                 return
             row += 1

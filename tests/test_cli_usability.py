@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,6 +245,17 @@ def test_info_describes_the_model(env):
     text = run("info").stdout
     for key in ("base_model", "compression_rate: 16", "memory_tokens_per_chunk: 4", "memory_dtype: float32"):
         assert key in text, key
+
+
+def test_a_reader_that_stops_early_is_not_an_error(env):
+    """`clara info | head -1`, `clara ls | true`: the reader closed the pipe before clara wrote;
+    clara exits 0 without a word on stderr, as a pipeline under `set -o pipefail` needs."""
+    for args in (["info"], ["ls", "--json"]):
+        proc = subprocess.Popen([sys.executable, "-m", "clara_cli.cli", "--store", str(env["store"]), *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # long before the interpreter has imported clara and written a line
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=120) == 0 and err == "", (args, err)
 
 
 # 8. ls / rm ------------------------------------------------------------------------------------

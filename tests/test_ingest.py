@@ -166,6 +166,17 @@ def test_legacy_encodings_are_detected(tmp_path):
                    "latin1.txt": ("café au lait", "cp1252"), "russian.txt": (samples["russian.txt"][0], "cp1251")}
 
 
+def test_csv_in_a_legacy_encoding_or_with_a_bom_is_read(tmp_path):
+    """A spreadsheet saved as Windows-1252 (Excel's "CSV") or as UTF-16 is read as text files are."""
+    (tmp_path / "menu.csv").write_bytes('id,text,title\nm1,"Crème brûlée, 5€",Café\n'.encode("cp1252"))
+    (tmp_path / "bom.csv").write_bytes('id,text\nb1,"Straße\r\nin München"\n'.encode("utf-8-sig"))
+    (tmp_path / "wide.csv").write_text("id,text\nw1,Ελληνικά\n", encoding="utf-16")
+    docs, rejects = docs_and_rejects([tmp_path])
+    assert rejects == []
+    assert {d.doc_id: (d.text, d.metadata) for d in docs} == {
+        "m1": ("Crème brûlée, 5€", {"title": "Café"}), "b1": ("Straße\nin München", {}), "w1": ("Ελληνικά", {})}
+
+
 def test_rejections_name_the_input(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"abc\x00def")
     (tmp_path / "noise.txt").write_bytes(bytes(range(128, 256)) * 3)  # no encoding makes text of it
