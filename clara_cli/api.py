@@ -257,16 +257,17 @@ class ClaraStore:
                follow_symlinks: bool = False, batch_size: int = 32, memory_dtype: str | None = None,
                wait: bool = True) -> UpdateReport:
         """Ingest, compress and index paths incrementally (`clara update`); readers keep answering
-        from the previous snapshot until it commits."""
+        from the previous snapshot until it commits, and this object's own search/ask calls wait
+        for one compression batch at most, not for the whole update."""
         from .update import update as run_update
 
         if isinstance(paths, (str, Path)):
             paths = [paths]
         model = self.load_model()
-        with self._model_lock:
-            return run_update(self.store, [str(p) for p in paths], model, overlap=overlap,
-                              delete_missing=delete_missing, follow_symlinks=follow_symlinks,
-                              batch_size=batch_size, memory_dtype=memory_dtype, progress=False, wait=wait)
+        return run_update(self.store, [str(p) for p in paths], model, overlap=overlap,
+                          delete_missing=delete_missing, follow_symlinks=follow_symlinks,
+                          batch_size=batch_size, memory_dtype=memory_dtype, progress=False, wait=wait,
+                          model_lock=self._model_lock)
 
 
 def open_store(path: str | Path = "clara-store", model: str | None = None, create: bool = False,

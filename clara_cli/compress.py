@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -173,9 +174,12 @@ PROBE_BATCH = 4  # with notify, the first batch is this small: an estimate withi
 
 def compress_store(store: Store, model: ClaraModel, batch_size: int = 32, memory_dtype: str | None = None,
                    progress: bool = True, wait: bool = True, notify: bool = False,
-                   say: Callable[[str], None] = notice) -> CompressReport:
+                   say: Callable[[str], None] = notice,
+                   model_lock: AbstractContextManager = nullcontext()) -> CompressReport:
     """Compress what is pending; one commit per batch. With notify, say up front how many
-    chunks will be compressed, and (after a small first batch) about how long it will take."""
+    chunks will be compressed, and (after a small first batch) about how long it will take.
+    model_lock is held for each batch's forward pass only, so that a server's questions to the
+    same model are answered between batches instead of after the whole run."""
     t0 = time.perf_counter()
     with store.writer(wait=wait) as tx:
         dtype = storage_dtype(model, memory_dtype, existing_memory_dtype(tx.view))
@@ -193,7 +197,8 @@ def compress_store(store: Store, model: ClaraModel, batch_size: int = 32, memory
             bounds = [0, *range(first, len(texts), batch_size), len(texts)] if texts else [0]
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
                 t_batch = time.perf_counter()
-                memory = model.compress(texts[lo:hi], batch_size=batch_size, merged=merged)
+                with model_lock:
+                    memory = model.compress(texts[lo:hi], batch_size=batch_size, merged=merged)
                 group = plan.groups[lo:hi]
                 rows = torch.from_numpy(np.repeat(np.arange(hi - lo), [len(g) for g in group]))
                 add_memory(tx, np.concatenate(group), memory[rows.to(memory.device)], dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, TextIO
 
@@ -45,10 +46,13 @@ class UpdateReport(IngestReport):
 def update(store: Store, paths: Sequence[str], model: ClaraModel, *, overlap: int = 0, delete_missing: bool = False,
            follow_symlinks: bool = False, stdin: TextIO | None = None, batch_size: int = 32,
            memory_dtype: str | None = None, progress: bool = True, wait: bool = True,
-           max_file_size: int | None = None, notify: bool = False) -> UpdateReport:
+           max_file_size: int | None = None, notify: bool = False,
+           model_lock: AbstractContextManager = nullcontext()) -> UpdateReport:
     """Ingest the inputs, compress what has no memory, bring the index in line; one writer
     lock for all three (a second `update` waits, or fails at once with wait=False). With
-    notify, say on stderr how many chunks are about to be compressed and about how long."""
+    notify, say on stderr how many chunks are about to be compressed and about how long.
+    model_lock guards the model (and its tokenizer) for the ingest and for each compression
+    batch, not for the whole run: the API's questions are answered while it writes."""
     from .compress import compress_store, model_info
     from .index import IndexReport, update_index
 
@@ -58,14 +62,15 @@ def update(store: Store, paths: Sequence[str], model: ClaraModel, *, overlap: in
         try:
             set_fault_stage("ingest")
             t = time.perf_counter()
-            ing = ingest(store, list(paths), model.tokenizer, max_tokens=model.config.doc_max_length, overlap=overlap,
-                         delete_missing=delete_missing, stdin=stdin, model_info=model_info(model), progress=progress,
-                         follow_symlinks=follow_symlinks, max_file_size=max_file_size)
+            with model_lock:
+                ing = ingest(store, list(paths), model.tokenizer, max_tokens=model.config.doc_max_length,
+                             overlap=overlap, delete_missing=delete_missing, stdin=stdin, model_info=model_info(model),
+                             progress=progress, follow_symlinks=follow_symlinks, max_file_size=max_file_size)
             report.stage_seconds["ingest"] = round(time.perf_counter() - t, 3)
             set_fault_stage("compress")
             t = time.perf_counter()
             comp = compress_store(store, model, batch_size=batch_size, memory_dtype=memory_dtype, progress=progress,
-                                  notify=notify)
+                                  notify=notify, model_lock=model_lock)
             report.stage_seconds["compress"] = round(time.perf_counter() - t, 3)
             set_fault_stage("index")
             t = time.perf_counter()

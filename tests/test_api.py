@@ -116,3 +116,42 @@ def test_commands_without_a_model_start_without_torch(tiny_store, args):
     assert r.stderr.splitlines()[-1] == "LOADED", r.stderr  # neither torch nor transformers nor faiss
     with contextlib.suppress(ValueError):
         assert json.loads(r.stdout.splitlines()[0])  # info --json still prints its object
+
+
+def test_questions_are_answered_between_an_updates_batches(tiny_store, tmp_path, tiny_model_dir):
+    """The API's update holds the model for one compression batch at a time, not for the whole
+    run: a latent search through the same object during a long update returns before it ends."""
+    import shutil
+    import threading
+    import time
+
+    import clara_cli
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(30):
+        (notes / f"depot-{i}.txt").write_text(f"Depot {i} keeps {i * 7} crates of spare parts.")
+    with clara_cli.open_store(store, model=str(tiny_model_dir), device="cpu", dtype="fp32") as s:
+        model = s.load_model()
+        batch_starts: list[float] = []
+        compress = model.compress
+
+        def visible_compress(*args, **kw):  # the real compression, stretched so batches can be told apart
+            batch_starts.append(time.perf_counter())
+            time.sleep(0.05)
+            return compress(*args, **kw)
+
+        model.compress = visible_compress
+        reports = []
+        writer = threading.Thread(target=lambda: reports.append(s.update([notes], batch_size=1)))
+        writer.start()
+        deadline = time.monotonic() + 120
+        while len(batch_starts) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        hits = s.search("spare parts depot", k=1, retriever="latent")
+        answered = time.perf_counter()
+        writer.join(timeout=300)
+    assert reports and reports[0].compressed == 30 and hits
+    assert answered < batch_starts[-1], "the search waited for the whole update"
