@@ -101,6 +101,25 @@ train-generator: install
 		--expand-rate $(GENERATOR_EXPAND) $(GENERATOR_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/generator clara_cli/default_model bf16
 
+# More compressor pretraining (issue 11: answers from memory tokens alone; docs/TRAINING.md
+# "Compressor"): SCP2_STEPS more scp steps on the model in clara_cli/default_model over the whole
+# scp file (the development split left out), which changes the compressor, so the retrieval stage
+# (query reasoner and a new center) and the generator stage are trained again on top; the result
+# is exported to $(TRAIN_DIR)/candidate, not over the default: it ships only when the held-out
+# table improves. Each of the three runs resumes after any stop: rerun the target.
+SCP2_STEPS ?= 400
+.PHONY: train-compressor
+train-compressor: install
+	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --out $(TRAIN_DIR)/data
+	$(TRAIN_ENV) $(VENV)/bin/clara train scp $(TRAIN_DIR)/data/pretrain.jsonl --init-from default \
+		--out $(TRAIN_DIR)/scp2 --steps $(SCP2_STEPS) $(TRAIN_FLAGS)
+	$(TRAIN_ENV) $(VENV)/bin/clara train retrieval $(TRAIN_DIR)/data/pretrain.jsonl --init-from $(TRAIN_DIR)/scp2 \
+		--out $(TRAIN_DIR)/retrieval2 --max-examples $(RETRIEVAL_MAX) --steps $(RETRIEVAL_STEPS) $(RETRIEVAL_FLAGS)
+	$(TRAIN_ENV) $(VENV)/bin/clara train generator $(TRAIN_DIR)/data/instruct.jsonl --init-from $(TRAIN_DIR)/retrieval2 \
+		--out $(TRAIN_DIR)/generator2 --max-examples $(GENERATOR_MAX) --steps $(GENERATOR_STEPS) \
+		--expand-rate $(GENERATOR_EXPAND) $(GENERATOR_FLAGS)
+	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/generator2 $(TRAIN_DIR)/candidate bf16
+
 # The development split (what recipes are chosen on; data/README.md): the 490 dev paragraphs
 # of the training split as a store, data/dev_qa.jsonl through MODEL at k=5 with --expand EXPAND
 # (empty: the model's setting). Report in $(EVAL_DIR)/dev-$(MODEL_TAG)-expand$(EXPAND).

@@ -390,6 +390,22 @@ def test_finished_run_does_no_work_and_other_settings_are_refused(chain, data):
         train(config("scp", data["scp"], root / "e2e", root / "instruct"), progress=False)
 
 
+def test_auto_dtype_resumes_a_run_started_with_the_dtype_it_means(tmp_path, tiny_model_dir, data):
+    """`--dtype bf16` on a machine where auto is bf16 (or fp32 where auto is fp32) is the same
+    run: `make train-*` (auto) resumes it; another dtype is still refused."""
+    from clara_cli.errors import UsageError
+    from clara_cli.model import dtype_name, resolve_dtype
+
+    meant = dtype_name(resolve_dtype("auto"))
+    other = "fp32" if meant != "fp32" else "bf16"
+    out = tmp_path / "run"
+    train(config("scp", data["scp"], out, tiny_model_dir, steps=2, dtype=meant), progress=False, stop_after=1)
+    with pytest.raises(UsageError, match="other settings"):
+        train(config("scp", data["scp"], out, tiny_model_dir, steps=2, dtype=other), progress=False)
+    resumed = train(config("scp", data["scp"], out, tiny_model_dir, steps=2, dtype="auto"), progress=False)
+    assert resumed.resumed_from == 1 and resumed.done
+
+
 def test_crash_between_renames_recovers_previous_checkpoint(tmp_path, tiny_model_dir, data):
     out = tmp_path / "run"
     train(config("scp", data["scp"], out, tiny_model_dir, steps=4), progress=False, stop_after=2)

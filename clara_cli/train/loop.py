@@ -514,8 +514,11 @@ def _check_same_run(state: dict, cfg: TrainConfig, digest: str) -> None:
     if state["data_sha256"] != digest:
         raise UsageError(f"{cfg.data} changed since {cfg.out} was started; resume needs the same data "
                          "(or choose another --out)")
-    mine = cfg.identity()
-    diff = [f"{k} {state['config'].get(k)!r} -> {mine[k]!r}" for k in mine if state["config"].get(k) != mine[k]]
+    mine, theirs = cfg.identity(), dict(state["config"])
+    device = resolve_device(cfg.device)
+    if resolve_dtype(theirs.get("dtype", "auto"), device) == resolve_dtype(mine["dtype"], device):
+        theirs["dtype"] = mine["dtype"]  # `--dtype auto` where auto is bf16 resumes a `--dtype bf16` run
+    diff = [f"{k} {theirs.get(k)!r} -> {mine[k]!r}" for k in mine if theirs.get(k) != mine[k]]
     if diff:
         raise UsageError(f"{cfg.out} was started with other settings ({'; '.join(diff)}); rerun the same "
                          "command to resume, or choose another --out")
