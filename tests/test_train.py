@@ -524,6 +524,7 @@ def test_clara_json_keeps_every_stage_the_model_went_through(chain, tmp_path):
     export_model(root / "e2e", tmp_path / "shipped", "bf16")
     shipped = json.loads((tmp_path / "shipped" / "clara.json").read_text())
     assert shipped["history"] == meta["history"] and shipped["training"] == meta["training"]
+    assert meta["training"]["data"] == "qa.jsonl" and "/" not in json.dumps([meta["training"], *meta["history"]])
 
 
 def test_history_of_a_run_resumed_from_its_own_export(tmp_path):

@@ -443,7 +443,8 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
     model.trained = True
     model.fingerprint = model_fingerprint(model)
     with staged_folder(out, aside=_prev(out), prefix=f".{out.name}.ckpt.") as tmp:
-        training = {"stage": cfg.stage, "step": step, "total_steps": total, "data": cfg.data,
+        # the data file by name and digest: a shipped model does not carry the trainer's paths
+        training = {"stage": cfg.stage, "step": step, "total_steps": total, "data": Path(cfg.data).name,
                     "data_sha256": digest, "examples_seen": consumed}
         write_model_files(model, tmp, trained=True,
                           extra={"training": training, "history": training_history(cfg.init_from, training)})
