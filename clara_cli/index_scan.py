@@ -85,8 +85,9 @@ def exact_rerank(mm: MemoryReader, qn: torch.Tensor, keys: np.ndarray, k: int,
         return []
     rows = _centered(mm.gather(keys), center)
     scores = (rows @ qn) / torch.linalg.vector_norm(rows, dim=1).clamp_min(1e-12) / qn.norm().clamp_min(1e-12)
-    top = torch.topk(scores, min(k, len(keys)))
-    return [(int(keys[i]), float(s)) for s, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)]
+    s = scores.numpy()
+    order = np.lexsort((keys, -s))[:k]  # equal scores (identical chunk texts share a memory): by key
+    return [(int(keys[i]), float(s[i])) for i in order]
 
 
 def scan_topk(mm: MemoryReader, qn: torch.Tensor, k: int, stats: np.ndarray, mu: np.ndarray,

@@ -96,6 +96,20 @@ def test_flat_scan_is_exact_and_scores_are_cosines(store):
         assert abs(score - ref) < 1e-5
 
 
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_equal_scores_come_in_key_order(store, kind):
+    """Chunks with identical text share one memory, so they tie: every index returns them by
+    chunk key, the same order in every run, whatever order the scan or the graph found them in."""
+    memory = clustered_memory(300)
+    memory[[250, 40, 170, 5]] = memory[250].clone()  # four chunks, one memory
+    keys = add_docs(store, 1, 300, memory=memory)
+    update_index(store, IndexOptions(kind=kind), progress=False)
+    q = flatten_normalized(memory[250:251])
+    got = VectorSearch(store.snapshot()).search(q, 4)[0]
+    assert [k for k, _ in got] == sorted(keys[[250, 40, 170, 5]].tolist())
+    assert len({s for _, s in got}) == 1
+
+
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_ann_with_rerank_recall_and_params_in_manifest(store, kind):
     add_docs(store, 1, 1500)
