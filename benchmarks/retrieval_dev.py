@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -30,18 +28,10 @@ import torch
 from clara_cli.answer import FUSION_DEPTH, rrf
 from clara_cli.checkpoint import adapter_files, load_model
 from clara_cli.corpora import wiki_paragraphs
-from clara_cli.model import resolve_dtype, retrieval_scores
+from clara_cli.model import cpu_name, resolve_dtype, retrieval_scores
 from clara_cli.retrievers import BM25Retriever
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def compressor_key(path: str, dtype: torch.dtype) -> str:

@@ -23,14 +23,13 @@ import torch
 
 from clara_cli.checkpoint import load_model
 from clara_cli.corpora import wiki_paragraphs
-from clara_cli.model import resolve_dtype
+from clara_cli.model import cpu_name, resolve_dtype
 from clara_cli.train import TrainConfig
 from clara_cli.train.data import read_records
 from clara_cli.train.stages import Trainable, prepare_adapters
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from retrieval_dev import cpu_name  # noqa: E402  (the benchmarks' one CPU-name reader)
 
 DATA = ROOT / ".cache" / "train-default" / "data" / "pretrain.jsonl"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
@@ -29,16 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_scale import DIM, Generator, grow_store  # noqa: E402
 
 from clara_cli.index import VectorSearch  # noqa: E402
+from clara_cli.model import cpu_name  # noqa: E402
 from clara_cli.store import Store  # noqa: E402
 from clara_cli.store.durable import sha256_file  # noqa: E402
 from clara_cli.store.memory import row_crcs  # noqa: E402
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -43,16 +43,6 @@ RECIPE = {"scp": (8, 2), "instruct": (4, 4), "e2e": (8, 2)}
 FILES = {"scp": "pretrain.jsonl", "instruct": "instruct.jsonl", "e2e": "e2e.jsonl"}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
 class Clock:
     """Wall seconds and busy seconds (process CPU time / threads: the wall time the same work
     would take with the threads' cores to itself, which a shared machine's wall clock is not)."""
@@ -117,13 +107,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from clara_cli.model import resolve_dtype
+    from clara_cli.model import cpu_name, resolve_dtype
     from clara_cli.train.loop import TrainConfig, _load_start_model
     from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters
 
     dtype = resolve_dtype(args.dtype)
     dname = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
-    print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; dtype {dname}"
+    print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; dtype {dname}"
           f"{' (autocast, fp32 LoRA masters)' if dtype != torch.float32 else ''}; torch {torch.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
         records = synth_records(args.docs, Path(tmp))
@@ -186,7 +176,7 @@ def main() -> None:
                 line[name, clock] = tps
                 frac = 4 * body * tps / 1e9 / peak
                 print(f"{stage:9s} {name:9s} {clock}  {tps:7.0f} tokens/s  {100 * frac:5.1f}% of the {dname} "
-                      f"matmul peak ({peak:.0f} GFLOP/s, n={args.peak_n})  [{cpu_model()}, {dname}]")
+                      f"matmul peak ({peak:.0f} GFLOP/s, n={args.peak_n})  [{cpu_name()}, {dname}]")
             for name in others:
                 print(f"{stage:9s} {name} / {first}  {clock}  {line[name, clock] / line[first, clock]:.2f}x")
         for name in others:

@@ -42,7 +42,8 @@ def table_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
 
 def caveats(report: EvalReport) -> list[str]:
     notes = [f"{report.n_questions} questions, top-{report.k} of {report.chunks} chunks, greedy, "
-             f"max {report.max_new_tokens} new tokens, {report.dtype}, batch 1.",
+             f"max {report.max_new_tokens} new tokens, {report.dtype}, batch 1"
+             + (f", on {report.machine} ({report.threads} threads)." if report.machine else "."),
              "EM/F1/Cover-EM/R@k in %; ctx tok = prompt tokens the generator reads; "
              "tok/correct and s/correct = totals per Cover-EM-correct answer (retrieve + prefill + decode)."]
     if not report.trained:
@@ -119,7 +120,8 @@ def read_report(out_dir: str | Path) -> EvalReport:
     return EvalReport(k=meta["k"], max_new_tokens=meta["max_new_tokens"], n_questions=meta["n_questions"],
                       store=meta["store"], store_version=meta["store_version"], chunks=meta["chunks"],
                       model=meta["model"], fingerprint=meta["fingerprint"], trained=meta["trained"],
-                      dtype=meta["dtype"], systems=systems, results=results, seconds=meta["seconds"])
+                      dtype=meta["dtype"], systems=systems, results=results, seconds=meta["seconds"],
+                      machine=meta.get("machine", ""), threads=meta.get("threads", 0))
 
 
 def plot_report(report: EvalReport, out: Path) -> list[Path]:

@@ -55,7 +55,7 @@ from .metrics import (  # noqa: F401  (re-exported: the metrics live in metrics)
     recall_at_k,
     token_f1,
 )
-from .model import ClaraModel
+from .model import ClaraModel, device_name
 from .progress import progress_bar
 from .prompts import SYSTEM_PROMPT, chat_prompt, text_user_turn
 
@@ -309,12 +309,14 @@ class EvalReport:
     systems: list[SystemSummary]
     results: list[QuestionResult]
     seconds: float
+    machine: str = ""  # where the timings were measured (model.device_name) ...
+    threads: int = 0   # ... and with how many torch threads
 
     def meta(self) -> dict:
         return {"k": self.k, "max_new_tokens": self.max_new_tokens, "n_questions": self.n_questions,
                 "store": self.store, "store_version": self.store_version, "chunks": self.chunks,
                 "model": self.model, "fingerprint": self.fingerprint, "trained": self.trained,
-                "dtype": self.dtype, "seconds": round(self.seconds, 2)}
+                "dtype": self.dtype, "machine": self.machine, "threads": self.threads, "seconds": round(self.seconds, 2)}
 
 
 def _scored(system: str, q: EvalQuestion, gen: Generation, retrieved: list[tuple[str, str, str]],
@@ -474,4 +476,5 @@ def evaluate(snapshot, model: ClaraModel, questions: Sequence[EvalQuestion], k: 
                       store_version=snapshot.version, chunks=len(corpus), model=model.source,
                       fingerprint=model.fingerprint, trained=model.trained,
                       dtype=str(model.dtype).removeprefix("torch."), systems=summaries, results=results,
-                      seconds=time.perf_counter() - t_start)
+                      seconds=time.perf_counter() - t_start, machine=device_name(model.device),
+                      threads=torch.get_num_threads())

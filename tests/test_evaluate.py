@@ -169,6 +169,11 @@ def test_eval_json_and_report(eval_env):
     again = read_report(report)  # the files hold everything needed to re-tabulate and re-plot
     assert [s.to_dict() for s in again.systems] == [{k: r[k] for k in s.to_dict()} for s, r in zip(again.systems, rows, strict=True)]
     assert len(again.results) == 9 and again.k == 2
+    from clara_cli.model import cpu_name
+
+    # timings are only comparable on the same machine: the report names it
+    assert again.machine == cpu_name() != "" and again.threads == torch.get_num_threads()
+    assert f"on {cpu_name()} ({again.threads} threads)" in md
 
 
 def test_eval_text_table(eval_env, tiny_model):
