@@ -122,14 +122,15 @@ train-compressor: install
 
 # The development split (what recipes are chosen on; data/README.md): the 490 dev paragraphs
 # of the training split as a store, data/dev_qa.jsonl through MODEL at k=5 with --expand EXPAND
-# (empty: the model's setting). Report in $(EVAL_DIR)/dev-$(MODEL_TAG)-expand$(EXPAND).
+# (empty: the model's setting). One store per MODEL, as in eval-default (another compressor means
+# other memories). Report in $(EVAL_DIR)/dev-$(MODEL_TAG)-expand$(EXPAND).
 EXPAND ?=
 .PHONY: eval-dev
 eval-dev: install
 	mkdir -p $(EVAL_DIR)
 	$(PY) -m clara_cli.corpora 5000 dev > $(EVAL_DIR)/dev.jsonl
-	$(VENV)/bin/clara --store $(EVAL_DIR)/store-dev update $(EVAL_DIR)/dev.jsonl --model $(MODEL) --dtype $(DTYPE)
-	$(VENV)/bin/clara --store $(EVAL_DIR)/store-dev eval data/dev_qa.jsonl -k 5 --model $(MODEL) --dtype $(DTYPE) \
+	$(VENV)/bin/clara --store $(EVAL_DIR)/store-dev-$(MODEL_TAG) update $(EVAL_DIR)/dev.jsonl --model $(MODEL) --dtype $(DTYPE)
+	$(VENV)/bin/clara --store $(EVAL_DIR)/store-dev-$(MODEL_TAG) eval data/dev_qa.jsonl -k 5 --model $(MODEL) --dtype $(DTYPE) \
 		$(if $(EXPAND),--expand $(EXPAND)) --baseline none --report $(EVAL_DIR)/dev-$(MODEL_TAG)-expand$(EXPAND)
 
 # The held-out evaluation of data/README.md: the 1,048 held-out Wikipedia paragraphs as a
