@@ -173,7 +173,7 @@ def test_eval_json_and_report(eval_env):
 
     # timings are only comparable on the same machine: the report names it
     assert again.machine == cpu_name() != "" and again.threads == torch.get_num_threads()
-    assert f"on {cpu_name()} ({again.threads} threads)" in md
+    assert f"on {cpu_name()} ({again.threads} thread" in md
 
 
 def test_eval_text_table(eval_env, tiny_model):
