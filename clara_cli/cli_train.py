@@ -164,6 +164,9 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
 @click.option("--schedule", type=click.Choice(["cosine", "constant"]), default=None,
               help="[scp/instruct cosine to 0.1*lr, e2e constant]")
 @click.option("--save-every", default=100, show_default=True, type=click.IntRange(1), help="Checkpoint every N steps.")
+@click.option("--keep-every", default=None, type=click.IntRange(1), metavar="N",
+              help="Also keep the model of every Nth step in OUT-steps/step-N (no optimizer state), to "
+                   "choose a step on the development split once the run has gone past it.")
 @click.option("--top-k", "top_k", default=5, show_default=True, type=click.IntRange(1),
               help="Documents per question: read (instruct) or selected (e2e).")
 @click.option("--dropout/--no-dropout", default=True, show_default=True,
@@ -195,8 +198,8 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
                    "full length); rerun without it to continue. For time-boxed runs.")
 @json_option
 def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, grad_accum, lr, warmup_ratio,
-          schedule, save_every, top_k, dropout, pack, compile_, doc_max_length, compr_rate, dtype, device, seed,
-          max_examples, tau, query_word_dropout, expand_rate, stop_at_step, as_json):
+          schedule, save_every, keep_every, top_k, dropout, pack, compile_, doc_max_length, compr_rate, dtype,
+          device, seed, max_examples, tau, query_word_dropout, expand_rate, stop_at_step, as_json):
     """Train one CLaRa stage on DATA (official JSONL): scp, then instruct, then e2e.
 
     `retrieval` (ours, not the paper's) trains the query reasoner alone with a contrastive
@@ -218,6 +221,8 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
       clara train e2e data/e2e.jsonl --init-from ckpt/instruct --out ckpt/e2e
       clara train retrieval data/retrieval.jsonl --init-from ckpt/e2e --out ckpt/retrieval
       clara train generator data/instruct.jsonl --init-from default --expand-rate 0.75 --out ckpt/gen
+      clara train generator data/instruct.jsonl --init-from default --keep-every 20 --out ckpt/gen
+          # ckpt/gen-steps/step-20, step-40, ...: a model each, to choose one on a dev split
     """
     from .train import TrainConfig
     from .train import train as run_train
@@ -226,8 +231,8 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
     cfg = TrainConfig(stage=stage, data=data, out=out, init_from=init_from, base_model=base_model,
                       doc_max_length=doc_max_length, compr_rate=compr_rate, steps=steps, epochs=epochs,
                       batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
-                      schedule=schedule, save_every=save_every, top_k=top_k, dropout=dropout, dtype=dtype,
-                      device=device, seed=seed, max_examples=max_examples, pack=pack, compile=compile_, tau=tau,
+                      schedule=schedule, save_every=save_every, keep_every=keep_every, top_k=top_k,
+                      dropout=dropout, dtype=dtype, device=device, seed=seed, max_examples=max_examples, pack=pack, compile=compile_, tau=tau,
                       query_word_dropout=query_word_dropout, expand_rate=expand_rate)
     result = run_train(cfg, progress=not as_json, stop_at=stop_at_step)
     if as_json:

@@ -378,6 +378,31 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir, 
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
 
 
+def test_keep_every_keeps_a_loadable_model_of_those_steps(tmp_path, tiny_model_dir, data):
+    """--keep-every N: OUT-steps/step-N holds that step's model (no trainer state), even once
+    the run has gone past it; a resumed run with another --keep-every is the same run."""
+    from clara_cli.checkpoint import load_model
+    from clara_cli.train import kept_steps_dir
+
+    out = tmp_path / "run"
+    train(config("scp", data["scp"], out, tiny_model_dir, steps=5, keep_every=2), progress=False, stop_after=3)
+    result = train(config("scp", data["scp"], out, tiny_model_dir, steps=5, keep_every=4), progress=False)
+    assert result.done and result.resumed_from == 3
+    kept = kept_steps_dir(out)
+    assert sorted(p.name for p in kept.iterdir()) == ["step-2", "step-4"]
+    final = read_adapter_tensors(out)
+    for step in (2, 4):
+        folder = kept / f"step-{step}"
+        assert not (folder / "trainer.pt").exists() and not (folder / "train_state.json").exists()
+        assert json.loads((folder / "clara.json").read_text())["training"]["step"] == step
+        assert load_model(str(folder), device="cpu", dtype="fp32").trained
+    step2 = read_adapter_tensors(kept / "step-2")
+    assert any(not torch.equal(step2[k], final[k]) for k in final)  # two more steps changed them
+    train(config("scp", data["scp"], tmp_path / "four", tiny_model_dir, steps=5), progress=False, stop_after=4)
+    four, kept4 = read_adapter_tensors(tmp_path / "four"), read_adapter_tensors(kept / "step-4")
+    assert all(torch.equal(four[k], kept4[k]) for k in four)  # step 4 as a run stopped there holds it
+
+
 def test_finished_run_does_no_work_and_other_settings_are_refused(chain, data):
     from clara_cli.errors import UsageError
 

@@ -61,7 +61,7 @@ STAGE_DEFAULTS = {
     "generator": {"lr": 1e-4, "schedule": "cosine", "warmup_ratio": 0.03},
 }
 # Settings that may change between a run and its resumption (they do not change the result).
-VOLATILE = ("out", "save_every", "device", "progress", "pack", "compile")
+VOLATILE = ("out", "save_every", "keep_every", "device", "progress", "pack", "compile")
 
 
 @dataclass
@@ -97,6 +97,7 @@ class TrainConfig:
     compile: bool | None = None      # torch.compile the decoder blocks (None: when the run is long enough)
     max_length: int = 1024           # generator prompt + target tokens
     save_every: int = 100
+    keep_every: int | None = None    # also keep the model of every Nth step in OUT-steps/step-N
     dtype: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -115,6 +116,8 @@ class TrainConfig:
             raise UsageError(f"unknown schedule {out.schedule!r} (use cosine or constant)")
         if min(out.batch_size, out.grad_accum, out.save_every, out.top_k) < 1 or (out.steps is not None and out.steps < 1):
             raise UsageError("--steps, --batch-size, --grad-accum, --save-every and --top-k must be at least 1")
+        if out.keep_every is not None and out.keep_every < 1:
+            raise UsageError("--keep-every must be at least 1")
         if out.steps is None and out.epochs <= 0:
             raise UsageError("--epochs must be positive")
         out.data = str(Path(out.data).resolve())
@@ -278,9 +281,12 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
             bar.set_postfix(loss=f"{agg['loss']:.3f}", ex_s=f"{run_examples / seconds:.2f}")
             stopping = ((stop_after is not None and step - resumed_from >= stop_after)
                         or (stop_at is not None and step >= stop_at))
-            if step % cfg.save_every == 0 or step == total or stopping:
+            keep = cfg.keep_every is not None and step % cfg.keep_every == 0
+            if step % cfg.save_every == 0 or step == total or stopping or keep:
                 _save_checkpoint(tm, out, cfg, digest, total, step, consumed, history, opt, sched,
                                  done=step == total, seconds=elapsed_before + seconds)
+                if keep:
+                    _keep_step(out, step)
                 if progress and not sys.stderr.isatty():  # no bar in logs (nohup, cron): a line per checkpoint
                     notice(f"train {cfg.stage}: step {step}/{total}, loss {agg['loss']:.3f}, "
                            f"{run_examples / seconds:.2f} examples/s, checkpoint saved")
@@ -456,6 +462,22 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
                  "fingerprint": model.fingerprint, "dtype": dtype_name(model.dtype), "seconds": round(seconds, 2),
                  "history": history}
         (tmp / "train_state.json").write_text(json.dumps(state) + "\n")
+
+
+def kept_steps_dir(out: str | os.PathLike) -> Path:
+    """Where `--keep-every` keeps a run's step models: OUT-steps/step-N, beside OUT."""
+    out = Path(out)
+    return out.parent / f"{out.name}-steps"
+
+
+def _keep_step(out: Path, step: int) -> None:
+    """The model files of the checkpoint just saved (no optimizer or trainer state), copied to
+    OUT-steps/step-N: a model to evaluate or export, so that a step can be chosen on the
+    development split after the run has gone past it."""
+    with staged_folder(kept_steps_dir(out) / f"step-{step}") as tmp:
+        for path in out.iterdir():
+            if path.is_file() and path.name not in ("trainer.pt", "train_state.json"):
+                shutil.copy2(path, tmp / path.name)
 
 
 def training_history(init_from: str | None, current: dict | None = None) -> list[dict]:
