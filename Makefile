@@ -92,7 +92,7 @@ train-retrieval: install
 GENERATOR_MAX    ?= 3600
 GENERATOR_STEPS  ?= 220
 GENERATOR_EXPAND ?= 0.7
-GENERATOR_FLAGS  ?= --batch-size 8 --grad-accum 2 --lr 2e-4 --save-every 20 --no-dropout --seed 0 --dtype $(DTYPE)
+GENERATOR_FLAGS  ?= --batch-size 8 --grad-accum 2 --lr 2e-4 --save-every 20 --keep-every 20 --no-dropout --seed 0 --dtype $(DTYPE)
 .PHONY: train-generator
 train-generator: install
 	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --out $(TRAIN_DIR)/data
