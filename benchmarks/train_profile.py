@@ -1,0 +1,73 @@
+"""Where a training micro-batch spends its CPU time: torch.profiler over one packed, compiled
+micro-batch of a stage with `make train-default`'s settings (after three warm-up micro-batches,
+the first of which compiles), operators sorted by self CPU time. It names what to speed up next
+(issue 12); train_throughput.py measures the speed itself.
+
+    python benchmarks/train_profile.py --stage scp --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import RECIPE, synth_records  # noqa: E402  (the same records and recipe)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", default="scp", choices=sorted(RECIPE))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
+    ap.add_argument("--no-compile", action="store_true", help="profile the eager packed step")
+    ap.add_argument("--rows", type=int, default=25, help="operators to list")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from torch.profiler import ProfilerActivity, profile
+
+    from clara_cli.model import cpu_name, dtype_name, resolve_dtype
+    from clara_cli.train.loop import TrainConfig, _load_start_model
+    from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters
+
+    dtype = resolve_dtype(args.dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        records = synth_records(40, Path(tmp))[args.stage]
+    batch, accum = RECIPE[args.stage]
+    cfg = TrainConfig(args.stage, "unused", "unused", init_from="default", batch_size=batch, grad_accum=accum,
+                      dropout=False, dtype=dtype_name(dtype)).resolved()
+    model = _load_start_model(cfg, None, torch.device("cpu"), dtype)
+    prepare_adapters(model, args.stage, fresh_start=True, seed=0)
+    model.decoder.train(False)
+    if not args.no_compile:
+        compile_layers(model, fall_back=False)
+    tm = Trainable(model, args.stage, autocast=dtype != torch.float32, packed=True)
+    if args.stage == "e2e":
+        tm.cache_documents([d for r in records for d in r.docs])
+
+    def micro_batch(offset: int) -> int:
+        idx = [(offset + j) % len(records) for j in range(batch)]
+        loss, stats = tm.step([records[i] for i in idx], [(0, i) for i in idx], cfg)
+        (loss / accum).backward()
+        for p in tm.parameters():
+            p.grad = None
+        return stats.tokens
+
+    for s in range(3):
+        micro_batch(s * batch)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        tokens = micro_batch(3 * batch)
+    print(f"{args.stage}: {batch} examples, {tokens} tokens; {cpu_name()}, {torch.get_num_threads()} threads, "
+          f"{dtype_name(dtype)}{' autocast' if dtype != torch.float32 else ''}, "
+          f"{'eager' if args.no_compile else 'compiled'} packed")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
