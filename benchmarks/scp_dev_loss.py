@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from clara_cli.train.data import read_records
 from clara_cli.train.stages import Trainable, prepare_adapters
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 DATA = ROOT / ".cache" / "train-default" / "data" / "pretrain.jsonl"
 

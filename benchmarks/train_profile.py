@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import RECIPE, synth_records  # noqa: E402  (the same records and recipe)
+from train_throughput import RECIPE, micro_batch, synth_records  # noqa: E402  (the same records, recipe, step)
 
 
 def main() -> None:
@@ -51,18 +51,10 @@ def main() -> None:
     if args.stage == "e2e":
         tm.cache_documents([d for r in records for d in r.docs])
 
-    def micro_batch(offset: int) -> int:
-        idx = [(offset + j) % len(records) for j in range(batch)]
-        loss, stats = tm.step([records[i] for i in idx], [(0, i) for i in idx], cfg)
-        (loss / accum).backward()
-        for p in tm.parameters():
-            p.grad = None
-        return stats.tokens
-
     for s in range(3):
-        micro_batch(s * batch)
+        micro_batch(tm, records, cfg, batch, accum, s * batch)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        tokens = micro_batch(3 * batch)
+        _, tokens, _ = micro_batch(tm, records, cfg, batch, accum, 3 * batch)
     print(f"{args.stage}: {batch} examples, {tokens} tokens; {cpu_name()}, {torch.get_num_threads()} threads, "
           f"{dtype_name(dtype)}{' autocast' if dtype != torch.float32 else ''}, "
           f"{'eager' if args.no_compile else 'compiled'} packed")

@@ -232,8 +232,9 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
                       doc_max_length=doc_max_length, compr_rate=compr_rate, steps=steps, epochs=epochs,
                       batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
                       schedule=schedule, save_every=save_every, keep_every=keep_every, top_k=top_k,
-                      dropout=dropout, dtype=dtype, device=device, seed=seed, max_examples=max_examples, pack=pack, compile=compile_, tau=tau,
-                      query_word_dropout=query_word_dropout, expand_rate=expand_rate)
+                      dropout=dropout, dtype=dtype, device=device, seed=seed, max_examples=max_examples,
+                      pack=pack, compile=compile_, tau=tau, query_word_dropout=query_word_dropout,
+                      expand_rate=expand_rate)
     result = run_train(cfg, progress=not as_json, stop_at=stop_at_step)
     if as_json:
         emit(result.to_dict())

@@ -40,10 +40,16 @@ def table_rows(report: EvalReport) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def machine_note(report: EvalReport) -> str:
+    """Where the timings come from (reports written before it was recorded have no machine)."""
+    if not report.machine:
+        return ""
+    return f", on {report.machine} ({report.threads} thread{'s' * (report.threads != 1)})"
+
+
 def caveats(report: EvalReport) -> list[str]:
     notes = [f"{report.n_questions} questions, top-{report.k} of {report.chunks} chunks, greedy, "
-             f"max {report.max_new_tokens} new tokens, {report.dtype}, batch 1"
-             + (f", on {report.machine} ({report.threads} thread{'s' * (report.threads != 1)})." if report.machine else "."),
+             f"max {report.max_new_tokens} new tokens, {report.dtype}, batch 1{machine_note(report)}.",
              "EM/F1/Cover-EM/R@k in %; ctx tok = prompt tokens the generator reads; "
              "tok/correct and s/correct = totals per Cover-EM-correct answer (retrieve + prefill + decode)."]
     if not report.trained:

@@ -316,7 +316,8 @@ class EvalReport:
         return {"k": self.k, "max_new_tokens": self.max_new_tokens, "n_questions": self.n_questions,
                 "store": self.store, "store_version": self.store_version, "chunks": self.chunks,
                 "model": self.model, "fingerprint": self.fingerprint, "trained": self.trained,
-                "dtype": self.dtype, "machine": self.machine, "threads": self.threads, "seconds": round(self.seconds, 2)}
+                "dtype": self.dtype, "machine": self.machine, "threads": self.threads,
+                "seconds": round(self.seconds, 2)}
 
 
 def _scored(system: str, q: EvalQuestion, gen: Generation, retrieved: list[tuple[str, str, str]],

@@ -73,3 +73,18 @@ def test_merged_copy_only_for_bulk_jobs_that_fit(tiny_model, monkeypatch):
     assert tiny_model.merge_pays_off(5 * 8, batch_size=8) and not tiny_model.merge_pays_off(4 * 8, batch_size=8)
     monkeypatch.setattr(model_module, "MERGED_COPY_MAX_BYTES", 1)  # a model too big to copy
     assert not tiny_model.merge_pays_off(100 * 8, batch_size=8)
+
+
+def test_machine_names_for_timings(monkeypatch):
+    """Timings are printed beside the CPU's model name (from /proc/cpuinfo, which also gives the
+    bf16 flags), or the GPU's name on CUDA."""
+    from clara_cli import model as model_module
+
+    cpuinfo = "processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: fpu avx2 amx_bf16\n"
+    monkeypatch.setattr(model_module, "_cpuinfo", lambda: cpuinfo)
+    assert model_module.cpu_name() == "Example CPU 9000" and model_module.cpu_supports_bf16()
+    assert model_module.device_name(torch.device("cpu")) == "Example CPU 9000"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Example GPU")
+    assert model_module.device_name(torch.device("cuda")) == "Example GPU"
+    monkeypatch.setattr(model_module, "_cpuinfo", lambda: "flags\t\t: fpu avx2\n")  # no model name, no bf16
+    assert model_module.cpu_name() and not model_module.cpu_supports_bf16()

@@ -10,4 +10,5 @@ from .data import STAGES, read_records
 from .loop import TrainConfig, TrainResult, export_model, kept_steps_dir, train
 from .topk import differentiable_topk
 
-__all__ = ["STAGES", "TrainConfig", "TrainResult", "differentiable_topk", "export_model", "kept_steps_dir", "read_records", "train"]
+__all__ = ["STAGES", "TrainConfig", "TrainResult", "differentiable_topk", "export_model", "kept_steps_dir",
+           "read_records", "train"]
