@@ -182,6 +182,8 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
               help="Fresh start only: document tokens per memory.")
 @click.option("--compr-rate", default=16, show_default=True, type=click.IntRange(1),
               help="Fresh start only: doc_max_length / memory tokens.")
+@click.option("--lora-r", default=16, show_default=True, type=click.IntRange(1),
+              help="Fresh start only: LoRA rank of the adapters (alpha 2r, as the official code).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
               help="Base weight precision (LoRA weights stay fp32); auto: bf16 where fast.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -198,7 +200,7 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
                    "full length); rerun without it to continue. For time-boxed runs.")
 @json_option
 def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, grad_accum, lr, warmup_ratio,
-          schedule, save_every, keep_every, top_k, dropout, pack, compile_, doc_max_length, compr_rate, dtype,
+          schedule, save_every, keep_every, top_k, dropout, pack, compile_, doc_max_length, compr_rate, lora_r, dtype,
           device, seed, max_examples, tau, query_word_dropout, expand_rate, stop_at_step, as_json):
     """Train one CLaRa stage on DATA (official JSONL): scp, then instruct, then e2e.
 
@@ -229,7 +231,7 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
 
     slow_dtype_warning(dtype, device)
     cfg = TrainConfig(stage=stage, data=data, out=out, init_from=init_from, base_model=base_model,
-                      doc_max_length=doc_max_length, compr_rate=compr_rate, steps=steps, epochs=epochs,
+                      doc_max_length=doc_max_length, compr_rate=compr_rate, lora_r=lora_r, steps=steps, epochs=epochs,
                       batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
                       schedule=schedule, save_every=save_every, keep_every=keep_every, top_k=top_k,
                       dropout=dropout, dtype=dtype, device=device, seed=seed, max_examples=max_examples,

@@ -431,6 +431,34 @@ def test_auto_dtype_resumes_a_run_started_with_the_dtype_it_means(tmp_path, tiny
     assert resumed.resumed_from == 1 and resumed.done
 
 
+def test_a_setting_added_after_a_run_started_resumes_at_its_default(tmp_path, tiny_model_dir, data):
+    """A run started before a setting existed ran with its default: it resumes, unless the
+    setting is now asked otherwise."""
+    from clara_cli.errors import UsageError
+
+    out = tmp_path / "run"
+    train(config("scp", data["scp"], out, tiny_model_dir, steps=2), progress=False, stop_after=1)
+    state = json.loads((out / "train_state.json").read_text())
+    del state["config"]["lora_r"]  # as written before --lora-r existed
+    (out / "train_state.json").write_text(json.dumps(state))
+    with pytest.raises(UsageError, match="lora_r 16 -> 8"):
+        train(config("scp", data["scp"], out, tiny_model_dir, steps=2, lora_r=8), progress=False)
+    resumed = train(config("scp", data["scp"], out, tiny_model_dir, steps=2), progress=False)
+    assert resumed.resumed_from == 1 and resumed.done
+
+
+def test_fresh_start_takes_the_lora_rank(tmp_path, tiny_model_dir, data):
+    """`--lora-r` (fresh starts): every adapter gets that rank, alpha 2r, and the saved model loads so."""
+    base = tiny_model_dir.parent / "base"
+    cfg = config("scp", data["scp"], tmp_path / "r4", None, steps=1, batch_size=2, lora_r=4, base_model=str(base))
+    cfg.init_from = None
+    train(cfg, progress=False)
+    model = load_model(str(tmp_path / "r4"), device="cpu", dtype="fp32")
+    assert (model.config.lora_r, model.config.lora_alpha) == (4, 8)
+    ranks = {p.shape[0] for n, p in model.decoder.named_parameters() if "lora_A" in n}
+    assert ranks == {4}
+
+
 def test_crash_between_renames_recovers_previous_checkpoint(tmp_path, tiny_model_dir, data):
     out = tmp_path / "run"
     train(config("scp", data["scp"], out, tiny_model_dir, steps=4), progress=False, stop_after=2)

@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,7 @@ class TrainConfig:
     base_model: str | None = None    # fresh start on another base LM (default: SmolLM2-135M-Instruct)
     doc_max_length: int = 256        # fresh starts only
     compr_rate: int = 16             # fresh starts only
+    lora_r: int = 16                 # fresh starts only: LoRA rank of every adapter (alpha 2r)
     steps: int | None = None         # optimizer steps; default: epochs over the data
     epochs: float = 1.0
     batch_size: int = 8
@@ -387,7 +388,8 @@ def _load_start_model(cfg: TrainConfig, resume_dir: Path | None, device: torch.d
         base_dir = resolve_base(name, None)
         decoder, tokenizer = _load_base(base_dir, dtype)
         config = ClaraConfig(base_model=name if name == DEFAULT_BASE else str(base_dir),
-                             doc_max_length=cfg.doc_max_length, compr_rate=cfg.compr_rate)
+                             doc_max_length=cfg.doc_max_length, compr_rate=cfg.compr_rate,
+                             lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r)
         model = ClaraModel.from_base(decoder, tokenizer, config, seed=cfg.seed, trained=False, source="fresh")
         model.fingerprint = "fresh"
     else:
@@ -541,6 +543,9 @@ def _check_same_run(state: dict, cfg: TrainConfig, digest: str) -> None:
     device = resolve_device(cfg.device)
     if resolve_dtype(theirs.get("dtype", "auto"), device) == resolve_dtype(mine["dtype"], device):
         theirs["dtype"] = mine["dtype"]  # `--dtype auto` where auto is bf16 resumes a `--dtype bf16` run
+    for f in fields(TrainConfig):  # a setting added after the run started: it ran with the default
+        if f.default is not MISSING:
+            theirs.setdefault(f.name, f.default)
     diff = [f"{k} {theirs.get(k)!r} -> {mine[k]!r}" for k in mine if theirs.get(k) != mine[k]]
     if diff:
         raise UsageError(f"{cfg.out} was started with other settings ({'; '.join(diff)}); rerun the same "
