@@ -34,20 +34,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    if "heldout" in args.questions:
-        raise SystemExit("held-out questions are read only for final tables (issue 11, item 4)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     import clara_cli
     from clara_cli.checkpoint import load_model
-    from clara_cli.corpora import wiki_paragraphs
+    from clara_cli.corpora import is_held_out
     from clara_cli.metrics import cover_em
-    from clara_cli.model import cpu_name
-    from clara_cli.train.data import read_records
+    from clara_cli.model import cpu_name, dtype_name
+    from clara_cli.train.data import dev_texts, read_records
 
     if args.synth:
-        dev = {p["text"] for p in wiki_paragraphs("dev")}
+        dev = dev_texts()
         records = [r for r in read_records(args.synth, "instruct")
                    if r.pos_index and r.docs[r.pos_index[0]] in dev][:args.records]
         questions = [r.question for r in records]
@@ -58,6 +56,8 @@ def main() -> None:
         if not args.store:
             raise SystemExit("written questions need --store (or use --synth)")
         rows = [json.loads(line) for line in open(args.questions)]
+        if any(is_held_out(t) for r in rows for t in r.get("gold_titles", [])):
+            raise SystemExit("held-out questions are read only for final tables (issue 11, item 4)")
         questions = [r["question"] for r in rows]
         store = clara_cli.open_store(args.store, model=args.model)
         chunks = [store.search(q, k=1, retriever="bm25")[0].text for q in questions]
@@ -72,9 +72,10 @@ def main() -> None:
             other += model.generate(questions[lo:lo + 16], others[lo:lo + 16])
     score = {name: 100 * sum(cover_em(a, r["answers"]) for a, r in zip(answers, rows, strict=True)) / len(rows)
              for name, answers in (("own", own), ("other", other))}
-    result = {"model": args.model, "set": "synth" if args.synth else "written", "questions": len(rows), "cover_em_own_memory": round(score["own"], 1),
-              "cover_em_other_memory": round(score["other"], 1), "seconds": round(time.perf_counter() - start, 1),
-              "cpu": cpu_name(), "dtype": str(model.dtype).removeprefix("torch."), "threads": torch.get_num_threads()}
+    result = {"model": args.model, "set": "synth" if args.synth else "written", "questions": len(rows),
+              "cover_em_own_memory": round(score["own"], 1), "cover_em_other_memory": round(score["other"], 1),
+              "seconds": round(time.perf_counter() - start, 1), "cpu": cpu_name(),
+              "dtype": dtype_name(model.dtype), "threads": torch.get_num_threads()}
     if args.json:
         print(json.dumps(result))
     else:

@@ -21,10 +21,9 @@ from pathlib import Path
 import torch
 
 from clara_cli.checkpoint import load_model
-from clara_cli.corpora import wiki_paragraphs
 from clara_cli.model import cpu_name, resolve_dtype
 from clara_cli.train import TrainConfig
-from clara_cli.train.data import read_records
+from clara_cli.train.data import dev_texts, read_records
 from clara_cli.train.stages import Trainable, prepare_adapters
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +32,7 @@ DATA = ROOT / ".cache" / "train-default" / "data" / "pretrain.jsonl"
 
 
 def dev_records(path: Path, n: int) -> list:
-    dev = {p["text"] for p in wiki_paragraphs("dev")}
+    dev = dev_texts()
     return [r for r in read_records(path, "scp") if set(r.docs) <= dev][:n]
 
 

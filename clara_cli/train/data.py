@@ -165,7 +165,8 @@ def file_digest(path: str | Path) -> str:
 
 # ---------------------------------------------------------------------- development split
 @functools.lru_cache(maxsize=1)
-def _dev_texts() -> frozenset[str]:
+def dev_texts() -> frozenset[str]:
+    """The texts of the development-split paragraphs (empty without the corpus package)."""
     from ..corpora import wiki_paragraphs
 
     try:
@@ -179,7 +180,7 @@ def drop_dev_documents(records: list[Record]) -> tuple[list[Record], int]:
     paragraphs recipes are chosen on: an `scp` record about a dev paragraph is dropped; a
     question whose positive document is a dev paragraph is dropped, and dev paragraphs leave the
     other questions' candidate lists."""
-    dev = _dev_texts()
+    dev = dev_texts()
     kept, dropped = [], 0
     for r in records:
         if isinstance(r, PretrainRecord):
