@@ -345,6 +345,53 @@ def test_export_casts_to_bf16_and_loads(chain, tmp_path):
     assert load_model(str(legacy), device="cpu", dtype="bf16").fingerprint == model.fingerprint
 
 
+def test_truncate_lora_keeps_the_best_low_rank_product():
+    """Eckart-Young: the rank-k pair's product is B·A's SVD cut at k, and a pair whose product
+    already has rank <= k comes back with the same product."""
+    from clara_cli.train.loop import truncate_lora
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(8, 20, generator=g), torch.randn(12, 8, generator=g)
+    low_a, low_b = torch.randn(3, 20, generator=g), torch.randn(12, 3, generator=g)
+    tensors = {"enc/m.q_proj.lora_A.weight": a, "enc/m.q_proj.lora_B.weight": b,
+               "enc/m.v_proj.lora_A.weight": torch.cat([low_a, torch.zeros(5, 20)]),
+               "enc/m.v_proj.lora_B.weight": torch.cat([low_b, torch.zeros(12, 5)], dim=1),
+               "rows": torch.ones(2)}
+    out = truncate_lora(tensors, 4)
+    assert out["enc/m.q_proj.lora_A.weight"].shape == (4, 20)
+    assert out["enc/m.q_proj.lora_B.weight"].shape == (12, 4)
+    u, s, vh = torch.linalg.svd((b @ a).double())
+    best = (u[:, :4] * s[:4]) @ vh[:4]
+    got = out["enc/m.q_proj.lora_B.weight"].double() @ out["enc/m.q_proj.lora_A.weight"].double()
+    assert torch.allclose(got, best, atol=1e-4)
+    exact = out["enc/m.v_proj.lora_B.weight"] @ out["enc/m.v_proj.lora_A.weight"]
+    assert torch.allclose(exact, low_b @ low_a, atol=1e-4)
+    assert torch.equal(out["rows"], tensors["rows"])
+    with pytest.raises(Exception, match="rank 8 already"):
+        truncate_lora(tensors, 8)
+
+
+def test_export_at_a_lower_rank_loads_with_the_same_scale(chain, tmp_path):
+    """`export --rank`: a model of the lower rank, whose LoRA deltas (scale x B·A) are the
+    truncated originals, bound to a new fingerprint (stores must be recompressed)."""
+    from clara_cli.train.loop import truncate_lora
+
+    root, _ = chain
+    src = root / "e2e"
+    full = load_model(str(src), device="cpu", dtype="fp32")
+    r = full.config.lora_r
+    dst = export_model(src, tmp_path / "low", dtype="fp32", rank=r // 2)
+    low = load_model(str(dst), device="cpu", dtype="fp32")
+    assert low.config.lora_r == r // 2
+    assert low.config.lora_alpha / low.config.lora_r == full.config.lora_alpha / r
+    assert json.loads((dst / "clara.json").read_text())["rank_reduced"] == {"from": r, "to": r // 2}
+    assert low.fingerprint != full.fingerprint
+    want = truncate_lora(read_adapter_tensors(src), r // 2)
+    got = read_adapter_tensors(dst)
+    assert set(got) == set(want)
+    assert all(torch.allclose(got[k], want[k]) for k in want)
+
+
 def test_bf16_base_with_fp32_lora_masters_runs_every_stage(tmp_path, tiny_model_dir, data):
     """The CPU fast path: bf16 base weights under autocast, fp32 LoRA and memory-row masters."""
     prev = tiny_model_dir

@@ -1,22 +1,29 @@
-"""`python -m clara_cli.train.export SRC DST [bf16|fp16|fp32]`: a trained run -> a shippable model.
+"""`python -m clara_cli.train.export SRC DST [bf16|fp16|fp32] [--rank R]`: a trained run -> a shippable model.
 
 Drops the trainer state and casts adapters and token rows (bf16 by default: about half the
 size of the fp32 masters), e.g. the last stage of `make train-default` into
-clara_cli/default_model, which `checkpoint.load_model(None)` loads when it exists.
+clara_cli/default_model, which `checkpoint.load_model(None)` loads when it exists. With
+--rank, every LoRA pair is cut to its best rank-R product (a LoRA r 64 run at r 16 is a
+quarter of the size; docs/TRAINING.md measures what it costs).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 from .loop import export_model
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (2, 3):
-        sys.exit("usage: python -m clara_cli.train.export SRC DST [bf16|fp16|fp32]")
-    dst = export_model(args[0], args[1], dtype=args[2] if len(args) == 3 else "bf16")
+    ap = argparse.ArgumentParser(prog="python -m clara_cli.train.export", description=__doc__.splitlines()[0])
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    ap.add_argument("dtype", nargs="?", default="bf16", choices=("bf16", "fp16", "fp32"))
+    ap.add_argument("--rank", type=int, default=None, help="cut every LoRA pair to this rank (SVD)")
+    args = ap.parse_args(argv)
+    if args.rank is not None and args.rank < 1:
+        ap.error("--rank must be at least 1")
+    dst = export_model(args.src, args.dst, dtype=args.dtype, rank=args.rank)
     print(f"wrote {dst}")
 
 

@@ -25,6 +25,7 @@ import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -424,20 +425,85 @@ def model_fingerprint(model: ClaraModel) -> str:
                        model.retrieval_center)
 
 
-def export_model(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "bf16") -> Path:
-    """A trained OUT -> a shippable model folder: adapters and rows cast to `dtype`, no trainer state."""
-    from ..checkpoint import load_model, save_model
+def export_model(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "bf16",
+                 rank: int | None = None) -> Path:
+    """A trained OUT -> a shippable model folder: adapters and rows cast to `dtype`, no trainer state.
 
-    model = load_model(src, device="cpu", dtype="fp32")
+    With `rank`, every LoRA pair is cut to its best rank-`rank` product first (`truncate_lora`):
+    a LoRA r 64 run ships at a quarter of its size. The compressor changes with it, so stores
+    must be recompressed (the fingerprint says so)."""
+    from ..checkpoint import load_model
+
+    if rank is not None:
+        with tempfile.TemporaryDirectory(prefix="clara-export-") as tmp:
+            reduced = _write_reduced_rank(Path(src), Path(tmp) / "reduced", rank)
+            return _export_loaded(load_model(reduced, device="cpu", dtype="fp32"), reduced, dst, dtype, src)
+    return _export_loaded(load_model(src, device="cpu", dtype="fp32"), Path(src), dst, dtype, src)
+
+
+def _export_loaded(model: ClaraModel, folder: Path, dst: str | os.PathLike, dtype: str,
+                   src: str | os.PathLike) -> Path:
+    from ..checkpoint import save_model
+
     lora_to_fp32(model)
-    _restore_exact_adapters(model, Path(src))
+    _restore_exact_adapters(model, folder)
     target = resolve_dtype(dtype)
     for p in model.decoder.parameters():
         p.data = p.data.to(target)
     model.fingerprint = model_fingerprint(model)
-    meta = json.loads((Path(src) / "clara.json").read_text())
-    extra = {k: meta[k] for k in ("training", "history") if k in meta}
+    meta = json.loads((folder / "clara.json").read_text())
+    extra = {k: meta[k] for k in ("training", "history", "rank_reduced") if k in meta}
     return save_model(model, dst, trained=True, extra={**extra, "exported_from": str(src)})
+
+
+def truncate_lora(tensors: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """Each LoRA pair (A: r x in, B: out x r) -> the pair of rank `rank` whose product B·A is the
+    best approximation of the original's (Eckart-Young: the top singular vectors of B·A), in
+    fp32. The scale alpha/r must keep its value (alpha scaled by rank/r). Other tensors pass."""
+    out: dict[str, torch.Tensor] = {}
+    for key, t in tensors.items():
+        if ".lora_B." in key:
+            continue
+        if ".lora_A." not in key:
+            out[key] = t
+            continue
+        b_key = key.replace(".lora_A.", ".lora_B.")
+        a, b = t.double(), tensors[b_key].double()          # (r, in), (out, r)
+        if rank >= a.shape[0]:
+            raise UsageError(f"--rank {rank}: the adapters have rank {a.shape[0]} already")
+        qb, rb = torch.linalg.qr(b)                          # B = Qb Rb, Qb (out, r)
+        qa, ra = torch.linalg.qr(a.T)                        # A^T = Qa Ra, Qa (in, r)
+        u, s, vh = torch.linalg.svd(rb @ ra.T)               # the r x r core of B·A = Qb (Rb Ra^T) Qa^T
+        root = s[:rank].sqrt()
+        out[b_key] = ((qb @ u[:, :rank]) * root).float().contiguous()          # (out, rank)
+        out[key] = (root[:, None] * (vh[:rank] @ qa.T)).float().contiguous()   # (rank, in)
+    return out
+
+
+def _write_reduced_rank(src: Path, folder: Path, rank: int) -> Path:
+    """A copy of model folder `src` with every adapter cut to `rank` (truncate_lora) and its config
+    saying so, for load_model to read as any model of that rank."""
+    from safetensors.torch import save_file
+
+    from ..checkpoint import adapter_files, read_adapter_tensors
+
+    meta = json.loads((src / "clara.json").read_text())
+    config = meta["config"]
+    old_rank = int(config["lora_r"])
+    reduced = truncate_lora(read_adapter_tensors(src), rank)
+    folder.mkdir(parents=True)
+    for path in src.iterdir():
+        if path.is_file() and path not in adapter_files(src) and path.name not in ("trainer.pt", "train_state.json"):
+            shutil.copy2(path, folder / path.name)
+    for name in sorted({k.split("/", 1)[0] for k in reduced}):
+        save_file({k: v for k, v in reduced.items() if k.split("/", 1)[0] == name},
+                  str(folder / f"adapters-{name}.safetensors"))
+    alpha = config["lora_alpha"] * rank / old_rank  # the same scale alpha / r
+    config["lora_alpha"] = int(alpha) if alpha == int(alpha) else alpha
+    config["lora_r"] = rank
+    meta["rank_reduced"] = {"from": old_rank, "to": rank}
+    (folder / "clara.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return folder
 
 
 # ---------------------------------------------------------------------- checkpoints
