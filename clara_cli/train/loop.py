@@ -492,9 +492,8 @@ def _write_reduced_rank(src: Path, folder: Path, rank: int) -> Path:
     old_rank = int(config["lora_r"])
     reduced = truncate_lora(read_adapter_tensors(src), rank)
     folder.mkdir(parents=True)
-    for path in src.iterdir():
-        if path.is_file() and path not in adapter_files(src) and path.name not in ("trainer.pt", "train_state.json"):
-            shutil.copy2(path, folder / path.name)
+    for path in set(_model_files(src)) - set(adapter_files(src)):
+        shutil.copy2(path, folder / path.name)
     for name in sorted({k.split("/", 1)[0] for k in reduced}):
         save_file({k: v for k, v in reduced.items() if k.split("/", 1)[0] == name},
                   str(folder / f"adapters-{name}.safetensors"))
@@ -543,9 +542,13 @@ def _keep_step(out: Path, step: int) -> None:
     OUT-steps/step-N: a model to evaluate or export, so that a step can be chosen on the
     development split after the run has gone past it."""
     with staged_folder(kept_steps_dir(out) / f"step-{step}") as tmp:
-        for path in out.iterdir():
-            if path.is_file() and path.name not in ("trainer.pt", "train_state.json"):
-                shutil.copy2(path, tmp / path.name)
+        for path in _model_files(out):
+            shutil.copy2(path, tmp / path.name)
+
+
+def _model_files(folder: Path) -> list[Path]:
+    """A run folder's model files: everything but the trainer's own state."""
+    return [p for p in folder.iterdir() if p.is_file() and p.name not in ("trainer.pt", "train_state.json")]
 
 
 def training_history(init_from: str | None, current: dict | None = None) -> list[dict]:
