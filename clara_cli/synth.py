@@ -10,6 +10,15 @@ rules whose answers are verbatim spans of the document (so every target is groun
   number      "... over 700 species"     -> "... how many species ...?"   answer 700
   name        "... by author Bram Stoker" -> "... by whom?"               answer Bram Stoker
 
+Natural rules ask as a person would, wh-word first, of sentences whose subject is the title:
+
+  who-made  "... novel by the English author Emily Brontë" -> "Who wrote Wuthering Heights?"
+  when      "It was completed in 1825."                  -> "When was the Erie Canal completed?"
+  where     "... is a waterfall in Venezuela"            -> "Where is Angel Falls?"
+  reverse   "... is the second-longest river in Africa"  -> "What is the second-longest river in Africa?"
+  how-many  "It has over 4,000 islands"                  -> "How many islands does the Congo River have?"
+  measure   "... a population of 5.3 million"            -> "What is the population of Ankara?"
+
 Cloze questions keep the rest of the sentence, with a leading It/He/She/They replaced by the
 document's title, so the question names its subject. Every pair passes the verbatim check
 (answer found in the document, answer not already in the question); `filter_model` adds an
@@ -224,13 +233,205 @@ def _rule_cloze(sentences: list[str], title: str) -> Iterable[QAPair]:
             yield QAPair(_as_question(s, m.start(), m.end(), wh, title), span, "name")
 
 
+# ---------------------------------------------------------------------------------------------
+# natural questions: wh-word first, naming the subject, as a person asks without the text
+#
+# The cloze rules above keep the document's sentence ("Erie Canal was completed in what year?");
+# people ask "When was the Erie Canal completed?", "Who wrote Dracula?", "Where is Angel Falls?"
+# or, in the reverse direction, "What is the longest river in Africa?" (the answer is the subject).
+# A generator trained on cloze questions alone answers natural ones with the wrong type of
+# answer (docs/TRAINING.md, "The long run goes on"), so these rules write the natural forms.
+# They read only sentences whose subject is the document's title (or It/He/She/They for it).
+
+YEAR_OR_DATE = rf"(?:{DATE_RE.pattern[2:-2]}|1[0-9]{{3}}|20[0-2][0-9])"
+PARTICIPLE = r"[a-z]+(?:ed|en|wn|ilt|ung|ght|ade|ld|nt)"
+PAST_OF = {"written": "wrote", "drawn": "drew", "sung": "sang", "built": "built", "made": "made",
+           "founded": "founded", "directed": "directed", "painted": "painted", "composed": "composed",
+           "designed": "designed", "discovered": "discovered", "invented": "invented",
+           "created": "created", "developed": "developed", "produced": "produced",
+           "published": "published", "established": "established", "sculpted": "sculpted",
+           "illustrated": "illustrated", "commissioned": "commissioned", "led": "led"}
+WORK_VERB = {"novel": "wrote", "novella": "wrote", "book": "wrote", "play": "wrote", "poem": "wrote",
+             "story": "wrote", "tragedy": "wrote", "comedy": "wrote", "film": "directed", "movie": "directed",
+             "painting": "painted", "portrait": "painted", "opera": "composed", "symphony": "composed",
+             "concerto": "composed", "ballet": "composed", "oratorio": "composed", "sculpture": "sculpted",
+             "statue": "sculpted"}
+PLACE_LEAD = re.compile(r"\b(?:in|on|located in|situated in)\s+(?:the\s+)?(?:(?:north|south|east|west|central|"
+                        r"northern|southern|eastern|western|north-?eastern|north-?western|south-?eastern|"
+                        r"south-?western|upstate|coastal)\s+)?(?=[A-Z])")
+LIFESPAN_RE = re.compile(rf"(?:^\s*\(|;\s*|,\s*)(?:c\.\s*|born\s+)?({YEAR_OR_DATE})\s*(?:[–-]\s*(?:c\.\s*)?"
+                         rf"({YEAR_OR_DATE}))?\s*\)$")
+WHO_WORDS = PERSON_NOUNS | {"person", "man", "woman", "men", "women", "people", "child", "son", "daughter",
+                            "wife", "husband", "father", "mother", "minister", "sultan", "ruler", "chancellor",
+                            "governor", "mayor", "pharaoh", "khan", "chief", "member", "pianist", "guitarist",
+                            "singer-songwriter", "comedian", "playwright", "dramatist", "screenwriter", "lyricist",
+                            "songwriter", "athlete", "footballer", "physician", "inventor"}
+NAME_FOLLOWERS = {"and", "or", "in", "on", "at", "from", "with", "who", "which", "as", "for", "to", "was", "is",
+                  "were", "are", "of", "after", "during", "between", "since", "until", "by", "near", "under"}
+PREPOSITIONS = {"of", "in", "by", "for", "to", "from", "on", "at", "among", "within", "with", "after", "between",
+                "into", "about", "as", "than", "that"}
+_CLAUSE_END = re.compile(r"\s*(?:[,;:.(]|\s(?:which|who|whose|that|where|while|although)\s)")
+
+
+def _title_subject(sentence: str, title: str, the_title: str | None = None) -> tuple[str, str, str, str] | None:
+    """(subject as the question says it, its parenthesis, aux, the rest after the aux) when the
+    sentence is about the title: "The Erie Canal (...), a waterway, is a ..." or "It was ..."."""
+    m = re.match(r"^(?:It|He|She|They)\b", sentence)
+    if m:
+        subject = title if the_title is None else the_title
+    else:
+        m = re.match(rf"^(?:(?:The|the)\s+)?{re.escape(title)}\b", sentence, re.IGNORECASE)
+        if not m:
+            return None
+        subject = m.group(0)
+        subject = "the" + subject[3:] if subject.startswith("The ") else subject
+    rest = sentence[m.end():]
+    paren = re.match(r"^\s*\((?:[^()]|\([^()]*\))*\)", rest)
+    parenthesis = paren.group(0) if paren else ""
+    rest = rest[len(parenthesis):]
+    rest = re.sub(r"^,\s*[^,;]{1,80}?,(?=\s)", "", rest)  # an apposition: ", or simply the Tower of Pisa,"
+    aux = re.match(r"^\s+(is|was|are|were)\s+", rest)
+    if not aux:
+        return subject, parenthesis, "", rest.strip()
+    return subject, parenthesis, aux.group(1), rest[aux.end():].rstrip(" .;:!")
+
+
+def _name_at(text: str, start: int) -> str | None:
+    m = NAME_RE.match(text, start)
+    if not m or m.group(0) in COMMON_CAPITALS:
+        return None
+    after = re.match(r"\s+([a-z][\w-]*)", text[m.end():])
+    if after and after.group(1) not in NAME_FOLLOWERS:
+        return None  # "American playwright Arthur Miller": an adjective, not the name
+    return m.group(0)
+
+
+def _after_role(text: str, start: int) -> int:
+    """Past "the Irish author " in "by the Irish author Bram Stoker": where the name starts."""
+    for words in range(4):
+        m = re.match(rf"(?:(?:the|his|her|their)\s+)?(?:[\w'’-]+\s+){{{words}}}(\w+)\s+", text[start:])
+        if m and m.group(1).lower() in WHO_WORDS:
+            return start + m.end()
+    m = re.match(r"(?:the|his|her|their)\s+", text[start:])
+    return start + m.end() if m else start
+
+
+def _clause(text: str) -> str:
+    m = _CLAUSE_END.search(text)
+    return text[:m.start()] if m else text
+
+
+def _rule_natural(sentences: list[str], title: str) -> Iterable[QAPair]:
+    if not title:
+        return
+    lead = _title_subject(sentences[0], title) if sentences else None
+    the_title = lead[0] if lead else None  # "the Erie Canal" for a later "It"
+    for n, s in enumerate(sentences[:6]):
+        found = _title_subject(s, title, the_title)
+        if not found:
+            continue
+        subject, parenthesis, aux, rest = found
+        yield from _natural_from(subject, parenthesis, aux, rest, first=n == 0)
+
+
+def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bool) -> Iterable[QAPair]:
+    head = " ".join(rest.split()[:8]).lower()
+    is_person = any(w.strip(",") in WHO_WORDS for w in head.split())
+    life = LIFESPAN_RE.search(parenthesis.strip()) if parenthesis else None
+    if life and is_person:
+        yield QAPair(f"When was {subject} born?", life.group(1), "when-born")
+        if life.group(2):
+            yield QAPair(f"When did {subject} die?", life.group(2), "when-died")
+    # "It has 36 locks" -> "How many locks does the Erie Canal have?"
+    has = re.search(r"\b(has|have|had)\s+(?:over\s+|about\s+|around\s+|nearly\s+|more\s+than\s+|"
+                    r"approximately\s+|some\s+)?(\d{1,3}(?:,\d{3})+|\d+)\s+(?:[a-z-]+\s+)?([a-z]+s)\b", rest)
+    if has and has.group(3) not in NOT_COUNTED:
+        verb = {"has": "does", "have": "do"}.get(has.group(1), "did")
+        yield QAPair(f"How many {has.group(3)} {verb} {subject} have?", has.group(2), "how-many")
+    if not aux:
+        return
+    # "... novel from 1897 by the Irish author Bram Stoker" -> "Who wrote Dracula?"
+    work = re.match(r"^(?:an?|the)\s+(?:[\w'’-]+\s+){0,5}?(" + "|".join(WORK_VERB) + r")\b([^,;]*?)\bby\s+", rest)
+    if work:
+        name = _name_at(rest, _after_role(rest, work.end()))
+        if name:
+            yield QAPair(f"Who {WORK_VERB[work.group(1)]} {subject}?", name, "who-made")
+    # "... was written by Bram Stoker" -> "Who wrote ...?"; "... was completed in 1825" -> "When was ... completed?"
+    passive = re.match(rf"^(?:(?:first|originally|initially|later|also|largely|mainly)\s+)?({PARTICIPLE})\b", rest)
+    if passive:
+        part, tail = passive.group(1), rest[passive.end():]
+        by = re.match(r"^\s+by\s+", tail)
+        name = _name_at(tail, _after_role(tail, by.end())) if by else None
+        if name and part in PAST_OF:
+            yield QAPair(f"Who {PAST_OF[part]} {subject}?", name, "who-made")
+        when = re.match(rf"^\s+(?:[a-z]+\s+){{0,3}}?(?:in|on)\s+({YEAR_OR_DATE})\b(?![,.]?\d)", tail)
+        if when:
+            yield QAPair(f"When {aux} {subject} {part}?", when.group(1), "when")
+        where = re.match(r"^\s+", tail) and PLACE_LEAD.match(tail, len(tail) - len(tail.lstrip()))
+        if where and not when:
+            name = _name_at(tail, where.end())
+            if name:
+                yield QAPair(f"Where {aux} {subject} {part}?", name, "where")
+    born = re.match(rf"^born\s+(?:on\s+|in\s+)?({YEAR_OR_DATE})\b", rest)
+    if born:
+        yield QAPair(f"When {aux} {subject} born?", born.group(1), "when-born")
+    # "Angel Falls is a waterfall in Venezuela" -> "Where is Angel Falls?"
+    if aux in ("is", "are") and re.match(r"^(?:an?|the)\s", rest) and not is_person:
+        clause = _clause(rest) if first else ""
+        where = PLACE_LEAD.search(clause)
+        name = _name_at(clause, where.end()) if where else None
+        if name:
+            yield QAPair(f"Where {aux} {subject}?", name, "where")
+    # "The Congo River is the second-longest river in Africa" -> "What is the second-longest river in Africa?"
+    the = re.match(r"^the\s+", rest)
+    if the:
+        clause = _clause(rest)
+        words = clause.split()
+        specific = re.search(r"\b(?:of|in|to|for|by|first|last|only|\w+est|most|least)\b", clause)
+        last = words[-1].lower() if words else ""
+        if ((5 <= len(words) or re.search(r"\b(?:first|last|only|\w+est|most|least)\b", clause))
+                and len(words) <= 14 and specific and not last[-1:].isdigit() and last not in PREPOSITIONS and not last.endswith("ing")
+                and not re.search(r"\b(?:it|its|he|his|she|her|they|their)\b", clause)):
+            head = next((i for i, w in enumerate(words[1:], 1) if w.lower() in PREPOSITIONS), len(words))
+            wh = "Who" if words[head - 1].lower().strip(",") in WHO_WORDS else "What"
+            answer = subject[4:] if subject.startswith("the ") else subject
+            yield QAPair(f"{wh} {aux} {clause}?", answer, "reverse")
+
+
+
+def _rule_measure(sentences: list[str], title: str) -> Iterable[QAPair]:
+    """Population, height and length anywhere in the first sentences, asked of the title."""
+    if not title or not sentences:
+        return
+    lead = _title_subject(sentences[0], title)
+    title = lead[0] if lead else title  # "the Burj Khalifa"
+    unit = r"(?:m|metres|meters|feet|ft|km|kilometres|kilometers|mi|miles)"
+    for s in sentences[:4]:
+        m = re.search(r"\bpopulation\s+of\s+(?:over\s+|about\s+|around\s+|approximately\s+|nearly\s+|more\s+than\s+)?"
+                      r"(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?(?:\s(?:million|billion))?)", s)
+        if m:
+            yield QAPair(f"What is the population of {title}?", m.group(1), "measure")
+        m = re.search(rf"\b(\d{{1,3}}(?:,\d{{3}})+|\d+(?:\.\d+)?)\s?({unit})\b(?:\s*\([^)]*\))?\s+"
+                      r"(tall|high|long|deep|wide)\b", s)
+        m = m or re.search(rf"\b(height|length|depth)\s+of\s+(?:about\s+|around\s+|over\s+)?(\d{{1,3}}(?:,\d{{3}})+|"
+                           rf"\d+(?:\.\d+)?)\s?({unit})\b", s)
+        if m:
+            if m.group(1) in ("height", "length", "depth"):
+                adj = {"height": "tall", "length": "long", "depth": "deep"}[m.group(1)]
+                answer = f"{m.group(2)} {m.group(3)}" if f"{m.group(2)} {m.group(3)}" in s else m.group(2)
+            else:
+                adj = "tall" if m.group(3) == "high" else m.group(3)
+                answer = f"{m.group(1)} {m.group(2)}" if f"{m.group(1)} {m.group(2)}" in s else m.group(1)
+            yield QAPair(f"How {adj} is {title}?", answer, "measure")
+
+
 def candidate_pairs(doc: SynthDoc, max_answer_char: int = 1000) -> list[QAPair]:
     """All rule QA pairs of a document that pass the verbatim check, deduplicated."""
     sentences = split_sentences(doc.text)
     title = clean_title(doc.title)
     seen, out = set(), []
     for pair in (*_rule_definition(sentences, title), *_rule_alias(sentences, title),
-                 *_rule_cloze(sentences, title)):
+                 *_rule_cloze(sentences, title), *_rule_natural(sentences, title), *_rule_measure(sentences, title)):
         if not verbatim_ok(pair, doc.text, max_answer_char):
             continue
         key = (pair.question, pair.answer)

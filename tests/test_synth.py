@@ -78,6 +78,39 @@ def test_rules_produce_verbatim_answers():
         assert normalize_answer(answer) not in normalize_answer(question).split()
 
 
+
+NATURAL = [
+    ("Wuthering Heights", "Wuthering Heights is the only novel by the English author Emily Brontë, initially "
+                          "published in 1847 under her pen name Ellis Bell."),
+    ("Death of a Salesman", "Death of a Salesman is a 1949 stage play by American playwright Arthur Miller."),
+    ("Congo River", "The Congo River, formerly also known as the Zaire River, is the second-longest river in Africa, "
+                    "shorter only than the Nile. It has over 4,000 islands within its course."),
+    ("Eiffel Tower", "The Eiffel Tower is a wrought-iron lattice tower in Paris. It was designed by Gustave Eiffel. "
+                     "It is 330 metres (1,083 ft) tall."),
+    ("Ankara", "Ankara is the capital city of Turkey. Located in the central part of Anatolia, the city has a "
+               "population of over 5.3 million residents in its urban center."),
+]
+
+
+def test_natural_rules_ask_wh_first_and_name_the_subject():
+    docs = TRAIN + NATURAL
+    pairs = {p.question: (p.rule, p.answer) for t, x in docs for p in candidate_pairs(SynthDoc(t, t, x))}
+    assert pairs["Who wrote Wuthering Heights?"] == ("who-made", "Emily Brontë")
+    assert pairs["Who wrote Death of a Salesman?"] == ("who-made", "Arthur Miller")  # not "American"
+    assert pairs["When was the Erie Canal completed?"] == ("when", "1825")  # "It" -> "the Erie Canal"
+    assert pairs["Where is the Erie Canal?"] == ("where", "New York")
+    assert pairs["Who was the first woman in space?"] == ("reverse", "Tereshkova")
+    assert pairs["What is the second-longest river in Africa?"] == ("reverse", "Congo River")
+    assert pairs["How many islands does the Congo River have?"] == ("how-many", "4,000")
+    assert pairs["Who designed the Eiffel Tower?"] == ("who-made", "Gustave Eiffel")
+    assert pairs["How tall is the Eiffel Tower?"] == ("measure", "330 metres")
+    assert pairs["Where is the Eiffel Tower?"] == ("where", "Paris")
+    assert pairs["What is the capital city of Turkey?"] == ("reverse", "Ankara")
+    assert pairs["What is the population of Ankara?"] == ("measure", "5.3 million")
+    natural = [q for q, (rule, _) in pairs.items() if rule in ("who-made", "when", "where", "reverse", "how-many",
+                                                               "measure", "when-born", "when-died")]
+    assert all(q.split()[0] in ("Who", "When", "Where", "What", "How") for q in natural)
+
 def test_verbatim_check_and_helpers():
     text = "It was completed in 1825 by the state."
     assert verbatim_ok(QAPair("It was completed in what year?", "1825", "year"), text)
