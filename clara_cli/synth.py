@@ -78,6 +78,7 @@ class SynthConfig:
     candidates: int = 20  # documents per end-to-end example
     max_answer_char: int = 1000  # ~256 tokens: the compressor truncates beyond doc_max_length
     filter_model: bool = False
+    questions: str = "all"  # "natural" (NATURAL_RULES only), "cloze" (the others) or "all"
 
 
 @dataclass
@@ -425,14 +426,23 @@ def _rule_measure(sentences: list[str], title: str) -> Iterable[QAPair]:
             yield QAPair(f"How {adj} is {title}?", answer, "measure")
 
 
-def candidate_pairs(doc: SynthDoc, max_answer_char: int = 1000) -> list[QAPair]:
-    """All rule QA pairs of a document that pass the verbatim check, deduplicated."""
+NATURAL_RULES = frozenset({"who-made", "when", "when-born", "when-died", "where", "reverse", "how-many", "measure"})
+QUESTION_STYLES = ("all", "natural", "cloze")
+
+
+def candidate_pairs(doc: SynthDoc, max_answer_char: int = 1000, questions: str = "all") -> list[QAPair]:
+    """All rule QA pairs of a document that pass the verbatim check, deduplicated; `questions`
+    keeps the natural rules' pairs only, the cloze (and definition/alias) ones only, or all."""
+    if questions not in QUESTION_STYLES:
+        raise UsageError(f"questions must be one of {', '.join(QUESTION_STYLES)}")
     sentences = split_sentences(doc.text)
     title = clean_title(doc.title)
     seen, out = set(), []
     for pair in (*_rule_definition(sentences, title), *_rule_alias(sentences, title),
                  *_rule_cloze(sentences, title), *_rule_natural(sentences, title), *_rule_measure(sentences, title)):
         if not verbatim_ok(pair, doc.text, max_answer_char):
+            continue
+        if questions != "all" and (pair.rule in NATURAL_RULES) != (questions == "natural"):
             continue
         key = (pair.question, pair.answer)
         if key not in seen:
@@ -541,7 +551,7 @@ def synthesize(docs: Sequence[SynthDoc], out_dir: str | Path, config: SynthConfi
     for i in chosen:
         doc = pool[i]
         rng = _doc_rng(cfg.seed, doc)
-        pairs = choose_pairs(candidate_pairs(doc, cfg.max_answer_char), cfg.max_qa, rng)
+        pairs = choose_pairs(candidate_pairs(doc, cfg.max_answer_char, cfg.questions), cfg.max_qa, rng)
         if reader is not None:
             from .metrics import cover_em
 

@@ -13,6 +13,7 @@ from clara_cli.corpora import is_held_out
 from clara_cli.errors import UsageError
 from clara_cli.evaluate import normalize_answer
 from clara_cli.synth import (
+    NATURAL_RULES,
     HeldOutGuard,
     QAPair,
     SynthConfig,
@@ -110,6 +111,15 @@ def test_natural_rules_ask_wh_first_and_name_the_subject():
     natural = [q for q, (rule, _) in pairs.items() if rule in ("who-made", "when", "where", "reverse", "how-many",
                                                                "measure", "when-born", "when-died")]
     assert all(q.split()[0] in ("Who", "When", "Where", "What", "How") for q in natural)
+    for t, x in docs:  # --questions natural / cloze split the pairs between them
+        both = {(p.question, p.answer) for p in candidate_pairs(SynthDoc(t, t, x))}
+        natural_only = candidate_pairs(SynthDoc(t, t, x), questions="natural")
+        cloze_only = candidate_pairs(SynthDoc(t, t, x), questions="cloze")
+        assert all(p.rule in NATURAL_RULES for p in natural_only)
+        assert not any(p.rule in NATURAL_RULES for p in cloze_only)
+        assert {(p.question, p.answer) for p in natural_only + cloze_only} == both
+    with pytest.raises(UsageError):
+        candidate_pairs(SynthDoc("x", "x", "x"), questions="poetic")
 
 def test_verbatim_check_and_helpers():
     text = "It was completed in 1825 by the state."
@@ -207,3 +217,11 @@ def test_cli_synth_from_store_skips_held_out(tmp_path, fixture_dir):
     assert len(read_records(tmp_path / "out" / "e2e.jsonl", "e2e")) == len(read_jsonl(tmp_path / "out" / "e2e.jsonl"))
     for rec in read_jsonl(tmp_path / "out" / "e2e.jsonl"):
         assert len(rec["docs"]) == 4
+    natural = CliRunner().invoke(cli, ["--store", str(tmp_path / "store"), "synth", "--out", str(tmp_path / "nat"),
+                                       "--seed", "1", "--candidates", "4", "--top-k", "2", "--questions", "natural",
+                                       "--json"], catch_exceptions=False)
+    assert natural.exit_code == 0, natural.output
+    summary = json.loads(natural.stdout)
+    assert summary["instruct"] > 0 and set(summary["rules"]) <= NATURAL_RULES
+    assert all(r["question"].split()[0] in ("Who", "When", "Where", "What", "How")
+               for r in read_jsonl(tmp_path / "nat" / "instruct.jsonl"))
