@@ -124,6 +124,26 @@ train-compressor: install
 		--expand-rate $(GENERATOR_EXPAND) $(GENERATOR_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/generator2 $(TRAIN_DIR)/candidate bf16
 
+# Natural questions (issue 11: answers from memory tokens alone; docs/TRAINING.md "Natural
+# questions"): from the compressor run COMPRESSOR (the long scp run of docs/TRAINING.md by
+# default), one epoch of scp on the natural QA records of `clara synth --questions natural`,
+# then the 40-step memory-only generator stage on their instruction records; exported to
+# $(TRAIN_DIR)/candidate-natural, not over the default (it reads raw text untrained: no
+# `--expand` yet). Each run resumes after any stop: rerun the target.
+COMPRESSOR  ?= $(TRAIN_DIR)/long-scp
+NATURAL_LR  ?= 3e-4
+.PHONY: train-natural
+train-natural: install
+	test -f $(TRAIN_DIR)/data-natural/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --questions natural \
+		--out $(TRAIN_DIR)/data-natural
+	grep '^{"data_type": "qa"' $(TRAIN_DIR)/data-natural/pretrain.jsonl > $(TRAIN_DIR)/data-natural/qa.jsonl
+	$(TRAIN_ENV) $(VENV)/bin/clara train scp $(TRAIN_DIR)/data-natural/qa.jsonl --init-from $(COMPRESSOR) \
+		--out $(TRAIN_DIR)/scp-natural --epochs 1 --lr $(NATURAL_LR) $(TRAIN_FLAGS)
+	$(TRAIN_ENV) $(VENV)/bin/clara train generator $(TRAIN_DIR)/data-natural/instruct.jsonl \
+		--init-from $(TRAIN_DIR)/scp-natural --out $(TRAIN_DIR)/generator-natural --max-examples 640 --steps 40 \
+		--expand-rate 0 --lr 2e-4 $(TRAIN_FLAGS)
+	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/generator-natural $(TRAIN_DIR)/candidate-natural bf16
+
 # The development split (what recipes are chosen on; data/README.md): the 490 dev paragraphs
 # of the training split as a store, data/dev_qa.jsonl through MODEL at k=5 with --expand EXPAND
 # (empty: the model's setting). One store per MODEL, as in eval-default (another compressor means
