@@ -323,6 +323,7 @@ def _clause(text: str) -> str:
 
 
 def _rule_natural(sentences: list[str], title: str) -> Iterable[QAPair]:
+    """Natural questions from the first sentences whose subject is the title."""
     if not title:
         return
     lead = _title_subject(sentences[0], title) if sentences else None
@@ -336,6 +337,8 @@ def _rule_natural(sentences: list[str], title: str) -> Iterable[QAPair]:
 
 
 def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bool) -> Iterable[QAPair]:
+    """The natural pairs of one sentence, split by _title_subject; `first`: the lead sentence,
+    the only one whose "in X" says where the subject is."""
     head = " ".join(rest.split()[:8]).lower()
     is_person = any(w.strip(",") in WHO_WORDS for w in head.split())
     life = LIFESPAN_RE.search(parenthesis.strip()) if parenthesis else None
@@ -368,7 +371,7 @@ def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bo
         when = re.match(rf"^\s+(?:[a-z]+\s+){{0,3}}?(?:in|on)\s+({YEAR_OR_DATE})\b(?![,.]?\d)", tail)
         if when:
             yield QAPair(f"When {aux} {subject} {part}?", when.group(1), "when")
-        where = re.match(r"^\s+", tail) and PLACE_LEAD.match(tail, len(tail) - len(tail.lstrip()))
+        where = PLACE_LEAD.match(tail, len(tail) - len(tail.lstrip()))
         if where and not when:
             name = _name_at(tail, where.end())
             if name:
@@ -388,10 +391,11 @@ def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bo
     if the:
         clause = _clause(rest)
         words = clause.split()
-        specific = re.search(r"\b(?:of|in|to|for|by|first|last|only|\w+est|most|least)\b", clause)
+        superlative = re.search(r"\b(?:first|last|only|\w+est|most|least)\b", clause)
+        specific = superlative or re.search(r"\b(?:of|in|to|for|by)\b", clause)
         last = words[-1].lower() if words else ""
-        if ((5 <= len(words) or re.search(r"\b(?:first|last|only|\w+est|most|least)\b", clause))
-                and len(words) <= 14 and specific and not last[-1:].isdigit() and last not in PREPOSITIONS and not last.endswith("ing")
+        cut_short = last[-1:].isdigit() or last in PREPOSITIONS or last.endswith("ing")  # "... by means of submitting"
+        if ((len(words) >= 5 or superlative) and len(words) <= 14 and specific and not cut_short
                 and not re.search(r"\b(?:it|its|he|his|she|her|they|their)\b", clause)):
             head = next((i for i, w in enumerate(words[1:], 1) if w.lower() in PREPOSITIONS), len(words))
             wh = "Who" if words[head - 1].lower().strip(",") in WHO_WORDS else "What"
@@ -399,19 +403,18 @@ def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bo
             yield QAPair(f"{wh} {aux} {clause}?", answer, "reverse")
 
 
-
 def _rule_measure(sentences: list[str], title: str) -> Iterable[QAPair]:
     """Population, height and length anywhere in the first sentences, asked of the title."""
     if not title or not sentences:
         return
     lead = _title_subject(sentences[0], title)
-    title = lead[0] if lead else title  # "the Burj Khalifa"
+    subject = lead[0] if lead else title  # "the Burj Khalifa"
     unit = r"(?:m|metres|meters|feet|ft|km|kilometres|kilometers|mi|miles)"
     for s in sentences[:4]:
         m = re.search(r"\bpopulation\s+of\s+(?:over\s+|about\s+|around\s+|approximately\s+|nearly\s+|more\s+than\s+)?"
                       r"(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?(?:\s(?:million|billion))?)", s)
         if m:
-            yield QAPair(f"What is the population of {title}?", m.group(1), "measure")
+            yield QAPair(f"What is the population of {subject}?", m.group(1), "measure")
         m = re.search(rf"\b(\d{{1,3}}(?:,\d{{3}})+|\d+(?:\.\d+)?)\s?({unit})\b(?:\s*\([^)]*\))?\s+"
                       r"(tall|high|long|deep|wide)\b", s)
         m = m or re.search(rf"\b(height|length|depth)\s+of\s+(?:about\s+|around\s+|over\s+)?(\d{{1,3}}(?:,\d{{3}})+|"
@@ -423,7 +426,7 @@ def _rule_measure(sentences: list[str], title: str) -> Iterable[QAPair]:
             else:
                 adj = "tall" if m.group(3) == "high" else m.group(3)
                 answer = f"{m.group(1)} {m.group(2)}" if f"{m.group(1)} {m.group(2)}" in s else m.group(1)
-            yield QAPair(f"How {adj} is {title}?", answer, "measure")
+            yield QAPair(f"How {adj} is {subject}?", answer, "measure")
 
 
 NATURAL_RULES = frozenset({"who-made", "when", "when-born", "when-died", "where", "reverse", "how-many", "measure"})

@@ -44,7 +44,7 @@ if "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)'
     "$PY" benchmarks/kernels.py || echo "benchmarks/kernels.py failed; training anyway" >&2
 fi
 mkdir -p "$WORK"
-test -f "$WORK/data/synth.json" || clara synth --split train --limit "$SYNTH_LIMIT" --seed 0 --out "$WORK/data" --json
+test -f "$WORK/data/synth.json" || clara synth --split train --limit "$SYNTH_LIMIT" --seed 0 --questions cloze --out "$WORK/data" --json
 # EXTRA (unquoted on purpose: several options) comes last, so it overrides the recipe's batch sizes.
 # shellcheck disable=SC2086
 clara train scp "$WORK/data/pretrain.jsonl" --out "$WORK/scp" --max-examples "$SCP_MAX" "${FLAGS[@]}" $EXTRA \
