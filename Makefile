@@ -63,9 +63,12 @@ SCP_STOP     ?= 50
 INSTRUCT_MAX ?= 640
 E2E_MAX      ?= 512
 E2E_LR       ?= 5e-5
+# The stages' data, written once: `--questions cloze` is what the shipped model was trained on.
+SYNTH_DATA   = test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 \
+	--questions cloze --out $(TRAIN_DIR)/data
 .PHONY: train-default
 train-default: install
-	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --questions cloze --out $(TRAIN_DIR)/data
+	$(SYNTH_DATA)
 	$(TRAIN_ENV) $(VENV)/bin/clara train scp $(TRAIN_DIR)/data/pretrain.jsonl --out $(TRAIN_DIR)/scp \
 		--max-examples $(SCP_MAX) --epochs 1 $(TRAIN_FLAGS) $(if $(SCP_STOP),--stop-at-step $(SCP_STOP))
 	$(TRAIN_ENV) $(VENV)/bin/clara train instruct $(TRAIN_DIR)/data/instruct.jsonl --init-from $(TRAIN_DIR)/scp \
@@ -83,7 +86,7 @@ RETRIEVAL_STEPS ?= 200
 RETRIEVAL_FLAGS ?= --batch-size 32 --save-every 25 --no-dropout --seed 0 --dtype $(DTYPE)
 .PHONY: train-retrieval
 train-retrieval: install
-	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --questions cloze --out $(TRAIN_DIR)/data
+	$(SYNTH_DATA)
 	$(TRAIN_ENV) $(VENV)/bin/clara train retrieval $(TRAIN_DIR)/data/pretrain.jsonl --init-from default \
 		--out $(TRAIN_DIR)/retrieval --max-examples $(RETRIEVAL_MAX) --steps $(RETRIEVAL_STEPS) $(RETRIEVAL_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/retrieval clara_cli/default_model bf16
@@ -99,7 +102,7 @@ GENERATOR_EXPAND ?= 0.7
 GENERATOR_FLAGS  ?= --batch-size 8 --grad-accum 2 --lr 2e-4 --save-every 20 --keep-every 20 --no-dropout --seed 0 --dtype $(DTYPE)
 .PHONY: train-generator
 train-generator: install
-	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --questions cloze --out $(TRAIN_DIR)/data
+	$(SYNTH_DATA)
 	$(TRAIN_ENV) $(VENV)/bin/clara train generator $(TRAIN_DIR)/data/instruct.jsonl --init-from default \
 		--out $(TRAIN_DIR)/generator --max-examples $(GENERATOR_MAX) --steps $(GENERATOR_STEPS) \
 		--expand-rate $(GENERATOR_EXPAND) $(GENERATOR_FLAGS)
@@ -114,7 +117,7 @@ train-generator: install
 SCP2_STEPS ?= 400
 .PHONY: train-compressor
 train-compressor: install
-	test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 --questions cloze --out $(TRAIN_DIR)/data
+	$(SYNTH_DATA)
 	$(TRAIN_ENV) $(VENV)/bin/clara train scp $(TRAIN_DIR)/data/pretrain.jsonl --init-from default \
 		--out $(TRAIN_DIR)/scp2 --steps $(SCP2_STEPS) $(TRAIN_FLAGS)
 	$(TRAIN_ENV) $(VENV)/bin/clara train retrieval $(TRAIN_DIR)/data/pretrain.jsonl --init-from $(TRAIN_DIR)/scp2 \

@@ -124,7 +124,8 @@ def docs_from_snapshot(snapshot) -> list[SynthDoc]:
 # QA rules
 
 MONTHS = ("January|February|March|April|May|June|July|August|September|October|November|December")
-DATE_RE = re.compile(rf"\b(?:\d{{1,2}}\s(?:{MONTHS})\s\d{{3,4}}|(?:{MONTHS})\s\d{{1,2}},\s\d{{3,4}})\b")
+DATE = rf"(?:\d{{1,2}}\s(?:{MONTHS})\s\d{{3,4}}|(?:{MONTHS})\s\d{{1,2}},\s\d{{3,4}})"
+DATE_RE = re.compile(rf"\b{DATE}\b")
 YEAR_RE = re.compile(r"\b(?:in|since|until|from|by|of|on|around|circa|c\.)\s(1[0-9]{3}|20[0-2][0-9])\b(?![,.]?\d)")
 NUMBER_RE = re.compile(r"\b(?:(?:over|about|around|nearly|almost|approximately|some|more\sthan|at\sleast)\s)?"
                        r"(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?:\s(?:million|billion|thousand|hundred))?\s([a-z]+)\b")
@@ -244,7 +245,7 @@ def _rule_cloze(sentences: list[str], title: str) -> Iterable[QAPair]:
 # answer (docs/TRAINING.md, "The long run goes on"), so these rules write the natural forms.
 # They read only sentences whose subject is the document's title (or It/He/She/They for it).
 
-YEAR_OR_DATE = rf"(?:{DATE_RE.pattern[2:-2]}|1[0-9]{{3}}|20[0-2][0-9])"
+YEAR_OR_DATE = rf"(?:{DATE}|1[0-9]{{3}}|20[0-2][0-9])"
 PARTICIPLE = r"[a-z]+(?:ed|en|wn|ilt|ung|ght|ade|ld|nt)"
 PAST_OF = {"written": "wrote", "drawn": "drew", "sung": "sang", "built": "built", "made": "made",
            "founded": "founded", "directed": "directed", "painted": "painted", "composed": "composed",
@@ -266,7 +267,7 @@ WHO_WORDS = PERSON_NOUNS | {"person", "man", "woman", "men", "women", "people", 
                             "wife", "husband", "father", "mother", "minister", "sultan", "ruler", "chancellor",
                             "governor", "mayor", "pharaoh", "khan", "chief", "member", "pianist", "guitarist",
                             "singer-songwriter", "comedian", "playwright", "dramatist", "screenwriter", "lyricist",
-                            "songwriter", "athlete", "footballer", "physician", "inventor"}
+                            "songwriter", "athlete", "footballer", "physician"}
 NAME_FOLLOWERS = {"and", "or", "in", "on", "at", "from", "with", "who", "which", "as", "for", "to", "was", "is",
                   "were", "are", "of", "after", "during", "between", "since", "until", "by", "near", "under"}
 PREPOSITIONS = {"of", "in", "by", "for", "to", "from", "on", "at", "among", "within", "with", "after", "between",
@@ -277,7 +278,7 @@ _CLAUSE_END = re.compile(r"\s*(?:[,;:.(]|\s(?:which|who|whose|that|where|while|a
 def _title_subject(sentence: str, title: str, the_title: str | None = None) -> tuple[str, str, str, str] | None:
     """(subject as the question says it, its parenthesis, aux, the rest after the aux) when the
     sentence is about the title: "The Erie Canal (...), a waterway, is a ..." or "It was ..."."""
-    m = re.match(r"^(?:It|He|She|They)\b", sentence)
+    m = PRONOUN_RE.match(sentence)
     if m:
         subject = title if the_title is None else the_title
     else:
@@ -323,10 +324,11 @@ def _clause(text: str) -> str:
 
 
 def _rule_natural(sentences: list[str], title: str) -> Iterable[QAPair]:
-    """Natural questions from the first sentences whose subject is the title."""
-    if not title:
+    """Natural questions from the first sentences whose subject is the title, and the
+    measures (population, height, length) of the first sentences, asked of the title."""
+    if not title or not sentences:
         return
-    lead = _title_subject(sentences[0], title) if sentences else None
+    lead = _title_subject(sentences[0], title)
     the_title = lead[0] if lead else None  # "the Erie Canal" for a later "It"
     for n, s in enumerate(sentences[:6]):
         found = _title_subject(s, title, the_title)
@@ -334,6 +336,7 @@ def _rule_natural(sentences: list[str], title: str) -> Iterable[QAPair]:
             continue
         subject, parenthesis, aux, rest = found
         yield from _natural_from(subject, parenthesis, aux, rest, first=n == 0)
+    yield from _measures(sentences[:4], the_title or title)
 
 
 def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bool) -> Iterable[QAPair]:
@@ -403,14 +406,10 @@ def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bo
             yield QAPair(f"{wh} {aux} {clause}?", answer, "reverse")
 
 
-def _rule_measure(sentences: list[str], title: str) -> Iterable[QAPair]:
-    """Population, height and length anywhere in the first sentences, asked of the title."""
-    if not title or not sentences:
-        return
-    lead = _title_subject(sentences[0], title)
-    subject = lead[0] if lead else title  # "the Burj Khalifa"
+def _measures(sentences: list[str], subject: str) -> Iterable[QAPair]:
+    """Population, height and length anywhere in `sentences`, asked of `subject`."""
     unit = r"(?:m|metres|meters|feet|ft|km|kilometres|kilometers|mi|miles)"
-    for s in sentences[:4]:
+    for s in sentences:
         m = re.search(r"\bpopulation\s+of\s+(?:over\s+|about\s+|around\s+|approximately\s+|nearly\s+|more\s+than\s+)?"
                       r"(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?(?:\s(?:million|billion))?)", s)
         if m:
@@ -442,7 +441,7 @@ def candidate_pairs(doc: SynthDoc, max_answer_char: int = 1000, questions: str =
     title = clean_title(doc.title)
     seen, out = set(), []
     for pair in (*_rule_definition(sentences, title), *_rule_alias(sentences, title),
-                 *_rule_cloze(sentences, title), *_rule_natural(sentences, title), *_rule_measure(sentences, title)):
+                 *_rule_cloze(sentences, title), *_rule_natural(sentences, title)):
         if not verbatim_ok(pair, doc.text, max_answer_char):
             continue
         if questions != "all" and (pair.rule in NATURAL_RULES) != (questions == "natural"):
