@@ -273,29 +273,80 @@ NAME_FOLLOWERS = {"and", "or", "in", "on", "at", "from", "with", "who", "which",
 PREPOSITIONS = {"of", "in", "by", "for", "to", "from", "on", "at", "among", "within", "with", "after", "between",
                 "into", "about", "as", "than", "that"}
 _CLAUSE_END = re.compile(r"\s*(?:[,;:.(]|\s(?:which|who|whose|that|where|while|although)\s)")
+KNOWN_AS = (r"(?:(?:also|commonly|better|more\s+popularly|popularly|usually|most\s+widely|widely)\s+)?"
+            r"known\s+(?:in\s+English\s+)?as")
+NATIONALITY_RE = re.compile(r"^(?:an?|the)\s+(?:[a-z][\w-]*\s+){0,2}?([A-Z][a-z]+(?:an|ese|ish|ch|ek|ic|i))\s+[a-z]")
+NOT_NATIONALITY = {"Christian", "Catholic", "Anglican", "Lutheran", "Republican", "Democratic", "Jewish", "Islamic",
+                   "Olympic", "Gothic", "Romantic", "Victorian", "Edwardian", "Elizabethan", "Jacobean", "Puritan",
+                   "Presbyterian", "Episcopalian", "Sufi", "Sunni", "Hasidic", "Franciscan", "Dominican", "Augustinian",
+                   "Confucian", "Stoic", "Cynic", "Platonic", "Epicurean", "Pythagorean", "Keynesian", "Marxian",
+                   "Carolingian", "Merovingian", "Olympian", "Vedic", "Hellenistic", "Classic", "Academic", "Baroque",
+                   "Arabic", "Socratic", "Shi", "Nazi", "Sultan", "Khan", "Titan"}
+OFFICES = {"king", "queen", "emperor", "empress", "president", "minister", "chancellor", "governor", "chairman",
+           "secretary", "viceroy", "mayor", "pope", "sultan", "shah", "tsar", "caliph", "premier", "speaker",
+           "archbishop", "bishop", "ambassador", "editor", "director", "commander", "leader", "chief", "head",
+           "general", "admiral", "consul", "doge", "regent", "khan", "pharaoh", "ruler", "staff", "judge", "justice"}
+YEAR = r"(?:1[0-9]{3}|20[0-2][0-9])"
+ROLE = r"(?P<role>(?!(?:also|later|then)\s)(?:the\s+)?(?:[\w'’-]+\s+){0,5}?of\s+(?:the\s+)?[A-Z][\w'’-]*(?:\s+(?:of\s+)?[A-Z][\w'’-]*)*)"
+SERVED_RE = re.compile(rf"^(?:served\s+as\s+)?{ROLE}\s+from\s+(?P<start>{YEAR})\s+to\s+(?P<end>{YEAR})\b")
+WHO_SERVED_RE = re.compile(rf"\b(?P<who>[a-z]+)\s+who\s+served\s+as\s+{ROLE}\s+from\s+(?P<start>{YEAR})\s+to\s+"
+                           rf"(?P<end>{YEAR})\b")
+CAPITAL_RE = re.compile(r"(?:^|,\s+(?:and\s+)?)(?:Its|its|The|the)\s+(capital|largest\s+city|official\s+language|"
+                        r"currency|national\s+language)(?:,?\s+and\s+(largest|most\s+populous)\s+(city|settlement))?"
+                        r"\s+(?:is|was)\s+(?:the\s+)?")
+CAPITAL_OF_RE = re.compile(r"^the\s+capital(?:\s+city)?(?:,?\s+(?:and\s+)?(?:the\s+)?(?:largest|most\s+populous)\s+"
+                           r"city)?\s+of\s+(?:the\s+)?")
+FAMILY_RE = re.compile(r"^(?:an?|the)\s+(?:[\w-]+\s+){0,4}?(?:genus|species)\b[^.;()]*?\bin\s+the\s+family\s+"
+                       r"([A-Z][a-z]+)\b")
 
 
 def _title_subject(sentence: str, title: str, the_title: str | None = None) -> tuple[str, str, str, str] | None:
     """(subject as the question says it, its parenthesis, aux, the rest after the aux) when the
     sentence is about the title: "The Erie Canal (...), a waterway, is a ..." or "It was ..."."""
     m = PRONOUN_RE.match(sentence)
+    full = None
     if m:
         subject = title if the_title is None else the_title
     else:
         m = re.match(rf"^(?:(?:The|the)\s+)?{re.escape(title)}\b", sentence, re.IGNORECASE)
-        if not m:
-            return None
-        subject = m.group(0)
-        subject = "the" + subject[3:] if subject.startswith("The ") else subject
+        if m:
+            subject = m.group(0)
+            subject = "the" + subject[3:] if subject.startswith("The ") else subject
+        else:
+            m = full = _full_name(sentence, title)
+            if not m:
+                return None
+            subject = title
     rest = sentence[m.end():]
     paren = re.match(r"^\s*\((?:[^()]|\([^()]*\))*\)", rest)
     parenthesis = paren.group(0) if paren else ""
     rest = rest[len(parenthesis):]
     rest = re.sub(r"^,\s*[^,;]{1,80}?,(?=\s)", "", rest)  # an apposition: ", or simply the Tower of Pisa,"
     aux = re.match(r"^\s+(is|was|are|were)\s+", rest)
+    if full:
+        head = rest[aux.end():].split()[:8] if aux else []
+        if not any(w.strip(",.;") in WHO_WORDS for w in head):
+            return None  # a full name stands for the title only in a biography's lead
     if not aux:
         return subject, parenthesis, "", rest.strip()
     return subject, parenthesis, aux.group(1), rest[aux.end():].rstrip(" .;:!")
+
+
+def _full_name(sentence: str, title: str) -> re.Match | None:
+    """A biography's lead names its subject in full, not as the title: "Jean Nicolas Arthur
+    Rimbaud was ..." (group 1 holds the first and last words of "Arthur Rimbaud") or "Salah ad-Din
+    Yusuf ibn Ayyub, commonly known as Saladin, was ..."; the caller checks it is a person."""
+    known = re.match(rf"^((?:Sir\s+)?[A-ZÀ-Þ][^,;()]{{2,60}}?),\s+{KNOWN_AS}\s+{re.escape(title)},", sentence)
+    if known:
+        return known
+    m = re.match(rf"^(?:Sir\s+)?({NAME_RE.pattern})", sentence)
+    words = title.split()
+    if not m or m.group(1) == title or not words:
+        return None
+    name = m.group(1).split()
+    if words[0] in name and words[-1] in name and name.index(words[0]) <= name.index(words[-1]):
+        return m
+    return None
 
 
 def _name_at(text: str, start: int) -> str | None:
@@ -330,18 +381,58 @@ def _rule_natural(sentences: list[str], title: str) -> Iterable[QAPair]:
         return
     lead = _title_subject(sentences[0], title)
     the_title = lead[0] if lead else None  # "the Erie Canal" for a later "It"
+    lead_person = bool(lead) and any(w.strip(",") in WHO_WORDS for w in lead[3].split()[:8])
     for n, s in enumerate(sentences[:6]):
         found = _title_subject(s, title, the_title)
         if not found:
             continue
         subject, parenthesis, aux, rest = found
-        yield from _natural_from(subject, parenthesis, aux, rest, first=n == 0)
+        person = lead_person or bool(re.match(r"^(?:He|She)\b", s))
+        yield from _natural_from(subject, parenthesis, aux, rest, first=n == 0, person=person)
     yield from _measures(sentences[:4], the_title or title)
+    if lead:
+        yield from _names(sentences[0], title, lead)
+        yield from _capital(sentences[:6], lead[0])
 
 
-def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bool) -> Iterable[QAPair]:
+def _names(sentence: str, title: str, lead: tuple[str, str, str, str]) -> Iterable[QAPair]:
+    """The lead's other names for its subject: "Checkers, also known as draughts, is ..." ->
+    "What is another name for Checkers?"; a biography's full name -> "What is the full name of X?"."""
+    subject, _, aux, rest = lead
+    full = _full_name(sentence, title)
+    if full and aux and any(w.strip(",") in WHO_WORDS for w in rest.split()[:8]) and " or " not in full.group(1):
+        yield QAPair(f"What {aux} the full name of {subject}?", full.group(1).strip(), "full-name")
+    m = re.match(rf"^(?:(?:The|the)\s+)?{re.escape(title)}(?:\s*\([^()]*\))?,\s+", sentence, re.IGNORECASE)
+    alias = ALIAS_RE.match(sentence, m.end()) if m else None
+    if alias and not alias.group(0).startswith("or simply"):
+        answer = re.split(r"\s+(?:or|and)\s+", alias.group(1).strip().strip("\"'“”"))[0].strip()
+        answer = re.sub(r"\s+(?:in|among|by|during|after|for|from|within)\s.*$", "", answer)  # "... in some countries"
+        if " " not in answer and re.search(r"\sthe\s+$", alias.group(0)[:-len(alias.group(1))]):
+            return  # "also called the Fair": an epithet, the "the" belongs to it
+        common = alias.group(0).startswith("commonly")
+        if 0 < _words(answer) <= 5 and answer.lower() != title.lower():
+            question = f"What is the common name for {subject}?" if common else f"What is another name for {subject}?"
+            yield QAPair(question, answer, "also-called")
+
+
+def _capital(sentences: list[str], subject: str) -> Iterable[QAPair]:
+    """"Its capital and largest city is Riga" in a paragraph about Latvia -> "What is the capital
+    of Latvia?" and "What is the largest city of Latvia?"."""
+    for s in sentences:
+        for m in CAPITAL_RE.finditer(s):
+            name = _name_at(s, m.end())
+            if not name:
+                continue
+            what = " ".join(m.group(1).split())
+            yield QAPair(f"What is the {what} of {subject}?", name, "capital")
+            if m.group(2):
+                yield QAPair(f"What is the {' '.join(m.group(2).split())} {m.group(3)} of {subject}?", name, "capital")
+
+
+def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bool,
+                  person: bool = False) -> Iterable[QAPair]:
     """The natural pairs of one sentence, split by _title_subject; `first`: the lead sentence,
-    the only one whose "in X" says where the subject is."""
+    the only one whose "in X" says where the subject is; `person`: "He", "She" or a biography's title."""
     head = " ".join(rest.split()[:8]).lower()
     is_person = any(w.strip(",") in WHO_WORDS for w in head.split())
     life = LIFESPAN_RE.search(parenthesis.strip()) if parenthesis else None
@@ -374,6 +465,12 @@ def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bo
         when = re.match(rf"^\s+(?:[a-z]+\s+){{0,3}}?(?:in|on)\s+({YEAR_OR_DATE})\b(?![,.]?\d)", tail)
         if when:
             yield QAPair(f"When {aux} {subject} {part}?", when.group(1), "when")
+            # "It was discovered in 1863 by Ferdinand Reich" -> "Who discovered Indium?"
+            later = re.match(r"^,?\s+by\s+", tail[when.end():])
+            name = _name_at(tail, _after_role(tail, when.end() + later.end())) if later and not by else None
+            cut = name and re.match(rf"^.*?{re.escape(name)}\s*&", tail[when.end():])  # "Secker & Warburg"
+            if name and part in PAST_OF and not cut:
+                yield QAPair(f"Who {PAST_OF[part]} {subject}?", name, "who-made")
         where = PLACE_LEAD.match(tail, len(tail) - len(tail.lstrip()))
         if where and not when:
             name = _name_at(tail, where.end())
@@ -382,6 +479,22 @@ def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bo
     born = re.match(rf"^born\s+(?:on\s+|in\s+)?({YEAR_OR_DATE})\b", rest)
     if born:
         yield QAPair(f"When {aux} {subject} born?", born.group(1), "when-born")
+    # "... was born in Ulm, in the Kingdom of Württemberg" -> "Where was Albert Einstein born?"
+    born = re.match(rf"^born\s+(?:(?:on|in)\s+{YEAR_OR_DATE}\s+)?(?:in|at)\s+(?:the\s+)?(?=[A-Z])", rest)
+    name = _name_at(rest, born.end()) if born and (is_person or person) else None
+    if name and not name.startswith("House"):  # "born in the House of Drăculești": a family, not a place
+        yield QAPair(f"Where {aux} {subject} born?", name, "where-born")
+    yield from _roles(subject, aux, rest, is_person)
+    # "Kigali is the capital of Rwanda" -> "What is Kigali the capital of?"
+    capital = CAPITAL_OF_RE.match(rest) if aux in ("is", "was") else None
+    name = _name_at(rest, capital.end()) if capital else None
+    if name:
+        yield QAPair(f"What {aux} {subject} the capital of?", name, "capital")
+    # "Taraxacum is a genus of flowering plants in the family Asteraceae" -> "Which family does ... belong to?"
+    family = FAMILY_RE.match(rest)
+    if family and aux:
+        does = "does" if aux in ("is", "was") else "do"
+        yield QAPair(f"Which family {does} {subject} belong to?", family.group(1), "family")
     # "Angel Falls is a waterfall in Venezuela" -> "Where is Angel Falls?"
     if aux in ("is", "are") and re.match(r"^(?:an?|the)\s", rest) and not is_person:
         clause = _clause(rest) if first else ""
@@ -406,6 +519,29 @@ def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bo
             yield QAPair(f"{wh} {aux} {clause}?", answer, "reverse")
 
 
+def _roles(subject: str, aux: str, rest: str, is_person: bool) -> Iterable[QAPair]:
+    """Nationality and offices of a person: "... was a French poet" -> "What nationality was
+    Arthur Rimbaud?"; "... who served as Prime Minister of Japan from 1941 to 1944" -> "When did
+    Hideki Tojo become Prime Minister of Japan?" and "Who served as ... from 1941 to 1944?"."""
+    if not is_person:
+        return
+    nation = NATIONALITY_RE.match(rest) if aux in ("is", "was") else None  # not of a people: "the Goths"
+    if nation and nation.group(1) not in NOT_NATIONALITY:
+        yield QAPair(f"What nationality {aux} {subject}?", nation.group(1), "nationality")
+    served = SERVED_RE.match(rest) if aux in ("", "was") else None
+    if not served and aux:  # "a statesman who served as ...": the "who" is the subject
+        served = WHO_SERVED_RE.search(rest)
+        served = served if served and served.group("who") in WHO_WORDS else None
+    if not served or served.group("role").split(" of ")[0].split()[-1].lower() not in OFFICES:
+        return
+    role, start, end = served.group("role", "start", "end")
+    yield QAPair(f"When did {subject} become {role}?", start, "served")
+    if "served" in served.group(0) or aux == "was":
+        verb = "served as" if "served" in served.group(0) else "was"
+        answer = subject[4:] if subject.startswith("the ") else subject
+        yield QAPair(f"Who {verb} {role} from {start} to {end}?", answer, "served")
+
+
 def _measures(sentences: list[str], subject: str) -> Iterable[QAPair]:
     """Population, height and length anywhere in `sentences`, asked of `subject`."""
     unit = r"(?:m|metres|meters|feet|ft|km|kilometres|kilometers|mi|miles)"
@@ -428,7 +564,8 @@ def _measures(sentences: list[str], subject: str) -> Iterable[QAPair]:
             yield QAPair(f"How {adj} is {subject}?", answer, "measure")
 
 
-NATURAL_RULES = frozenset({"who-made", "when", "when-born", "when-died", "where", "reverse", "how-many", "measure"})
+NATURAL_RULES = frozenset({"who-made", "when", "when-born", "when-died", "where", "reverse", "how-many", "measure",
+                           "where-born", "nationality", "full-name", "also-called", "capital", "served", "family"})
 QUESTION_STYLES = ("all", "natural", "cloze")
 
 

@@ -121,6 +121,47 @@ def test_natural_rules_ask_wh_first_and_name_the_subject():
     with pytest.raises(UsageError):
         candidate_pairs(SynthDoc("x", "x", "x"), questions="poetic")
 
+MORE_NATURAL = [
+    ("Arthur Rimbaud", "Jean Nicolas Arthur Rimbaud was a French poet known for his transgressive themes. He was born "
+                       "in Charleville, in the Ardennes."),
+    ("Saladin", "Salah ad-Din Yusuf ibn Ayyub, commonly known as Saladin, was a Kurdish commander and political leader."),
+    ("Checkers", "Checkers, also known as draughts, is a group of strategy board games for two players."),
+    ("Latvia", "Latvia is a country in the Baltic region of Northern Europe. Its capital and largest city is Riga."),
+    ("Kabul", "Kabul is the capital and largest city of Afghanistan."),
+    ("Hideki Tojo", "Hideki Tojo was a Japanese military officer and politician who served as Prime Minister of Japan "
+                    "from 1941 to 1944 during World War II."),
+    ("Taraxacum", "Taraxacum is a genus of flowering plants in the family Asteraceae."),
+    ("Osmium", "Osmium is a chemical element. It was discovered in 1803 by Smithson Tennant."),
+    # must yield none of the new rules: a people is no nationality, a religion is no nationality,
+    # a full name that does not hold the title, an office held by someone else in a subordinate clause
+    ("Goths", "The Goths were a Germanic people who played a major role in the fall of the Western Roman Empire."),
+    ("John Wesley", "John Wesley was a Christian theologian who met Mary, who was Queen of Scots from 1542 to 1567."),
+    ("Paris", "Paris Hilton is an American media personality."),
+    ("Louis the Pious", "Louis the Pious, also called the Fair, was King of the Franks."),
+]
+
+
+def test_natural_rules_beyond_the_lead_definition():
+    pairs = {p.question: (p.rule, p.answer) for t, x in MORE_NATURAL for p in candidate_pairs(SynthDoc(t, t, x))}
+    assert pairs["What nationality was Arthur Rimbaud?"] == ("nationality", "French")
+    assert pairs["What was the full name of Arthur Rimbaud?"] == ("full-name", "Jean Nicolas Arthur Rimbaud")
+    assert pairs["Where was Arthur Rimbaud born?"] == ("where-born", "Charleville")
+    assert pairs["What was the full name of Saladin?"] == ("full-name", "Salah ad-Din Yusuf ibn Ayyub")
+    assert pairs["What nationality was Saladin?"] == ("nationality", "Kurdish")
+    assert pairs["What is another name for Checkers?"] == ("also-called", "draughts")
+    assert pairs["What is the capital of Latvia?"] == ("capital", "Riga")
+    assert pairs["What is the largest city of Latvia?"] == ("capital", "Riga")
+    assert pairs["What is Kabul the capital of?"] == ("capital", "Afghanistan")
+    assert pairs["When did Hideki Tojo become Prime Minister of Japan?"] == ("served", "1941")
+    assert pairs["Who served as Prime Minister of Japan from 1941 to 1944?"] == ("served", "Hideki Tojo")
+    assert pairs["Which family does Taraxacum belong to?"] == ("family", "Asteraceae")
+    assert pairs["Who discovered Osmium?"] == ("who-made", "Smithson Tennant")
+    new_rules = {"nationality", "full-name", "also-called", "capital", "served", "family", "where-born"}
+    assert new_rules <= NATURAL_RULES
+    for t, x in MORE_NATURAL[-4:]:
+        assert not [p for p in candidate_pairs(SynthDoc(t, t, x)) if p.rule in new_rules], t
+
+
 def test_verbatim_check_and_helpers():
     text = "It was completed in 1825 by the state."
     assert verbatim_ok(QAPair("It was completed in what year?", "1825", "year"), text)
