@@ -126,7 +126,8 @@ def docs_from_snapshot(snapshot) -> list[SynthDoc]:
 MONTHS = ("January|February|March|April|May|June|July|August|September|October|November|December")
 DATE = rf"(?:\d{{1,2}}\s(?:{MONTHS})\s\d{{3,4}}|(?:{MONTHS})\s\d{{1,2}},\s\d{{3,4}})"
 DATE_RE = re.compile(rf"\b{DATE}\b")
-YEAR_RE = re.compile(r"\b(?:in|since|until|from|by|of|on|around|circa|c\.)\s(1[0-9]{3}|20[0-2][0-9])\b(?![,.]?\d)")
+YEAR = r"(?:1[0-9]{3}|20[0-2][0-9])"
+YEAR_RE = re.compile(rf"\b(?:in|since|until|from|by|of|on|around|circa|c\.)\s({YEAR})\b(?![,.]?\d)")
 NUMBER_RE = re.compile(r"\b(?:(?:over|about|around|nearly|almost|approximately|some|more\sthan|at\sleast)\s)?"
                        r"(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)(?:\s(?:million|billion|thousand|hundred))?\s([a-z]+)\b")
 ALIAS_RE = re.compile(r"\b(?:also known as|also called|commonly called|commonly known as|better known as|"
@@ -245,7 +246,7 @@ def _rule_cloze(sentences: list[str], title: str) -> Iterable[QAPair]:
 # answer (docs/TRAINING.md, "The long run goes on"), so these rules write the natural forms.
 # They read only sentences whose subject is the document's title (or It/He/She/They for it).
 
-YEAR_OR_DATE = rf"(?:{DATE}|1[0-9]{{3}}|20[0-2][0-9])"
+YEAR_OR_DATE = rf"(?:{DATE}|{YEAR})"
 PARTICIPLE = r"[a-z]+(?:ed|en|wn|ilt|ung|ght|ade|ld|nt)"
 PAST_OF = {"written": "wrote", "drawn": "drew", "sung": "sang", "built": "built", "made": "made",
            "founded": "founded", "directed": "directed", "painted": "painted", "composed": "composed",
@@ -286,7 +287,6 @@ OFFICES = {"king", "queen", "emperor", "empress", "president", "minister", "chan
            "secretary", "viceroy", "mayor", "pope", "sultan", "shah", "tsar", "caliph", "premier", "speaker",
            "archbishop", "bishop", "ambassador", "editor", "director", "commander", "leader", "chief", "head",
            "general", "admiral", "consul", "doge", "regent", "khan", "pharaoh", "ruler", "staff", "judge", "justice"}
-YEAR = r"(?:1[0-9]{3}|20[0-2][0-9])"
 ROLE = r"(?P<role>(?!(?:also|later|then)\s)(?:the\s+)?(?:[\w'’-]+\s+){0,5}?of\s+(?:the\s+)?[A-Z][\w'’-]*(?:\s+(?:of\s+)?[A-Z][\w'’-]*)*)"
 SERVED_RE = re.compile(rf"^(?:served\s+as\s+)?{ROLE}\s+from\s+(?P<start>{YEAR})\s+to\s+(?P<end>{YEAR})\b")
 WHO_SERVED_RE = re.compile(rf"\b(?P<who>[a-z]+)\s+who\s+served\s+as\s+{ROLE}\s+from\s+(?P<start>{YEAR})\s+to\s+"
