@@ -121,6 +121,7 @@ def test_natural_rules_ask_wh_first_and_name_the_subject():
     with pytest.raises(UsageError):
         candidate_pairs(SynthDoc("x", "x", "x"), questions="poetic")
 
+
 MORE_NATURAL = [
     ("Arthur Rimbaud", "Jean Nicolas Arthur Rimbaud was a French poet known for his transgressive themes. He was born "
                        "in Charleville, in the Ardennes."),
