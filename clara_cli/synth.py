@@ -324,12 +324,16 @@ def _title_subject(sentence: str, title: str, the_title: str | None = None) -> t
     rest = re.sub(r"^,\s*[^,;]{1,80}?,(?=\s)", "", rest)  # an apposition: ", or simply the Tower of Pisa,"
     aux = re.match(r"^\s+(is|was|are|were)\s+", rest)
     if full:
-        head = rest[aux.end():].split()[:8] if aux else []
-        if not any(w.strip(",.;") in WHO_WORDS for w in head):
+        if not (aux and _about_person(rest[aux.end():])):
             return None  # a full name stands for the title only in a biography's lead
     if not aux:
         return subject, parenthesis, "", rest.strip()
     return subject, parenthesis, aux.group(1), rest[aux.end():].rstrip(" .;:!")
+
+
+def _about_person(rest: str) -> bool:
+    """The predicate names a person within its first eight words: "... was a French poet and ..."."""
+    return any(w.strip(",.;") in WHO_WORDS for w in rest.split()[:8])
 
 
 def _full_name(sentence: str, title: str) -> re.Match | None:
@@ -381,7 +385,7 @@ def _rule_natural(sentences: list[str], title: str) -> Iterable[QAPair]:
         return
     lead = _title_subject(sentences[0], title)
     the_title = lead[0] if lead else None  # "the Erie Canal" for a later "It"
-    lead_person = bool(lead) and any(w.strip(",") in WHO_WORDS for w in lead[3].split()[:8])
+    lead_person = bool(lead) and _about_person(lead[3])
     for n, s in enumerate(sentences[:6]):
         found = _title_subject(s, title, the_title)
         if not found:
@@ -400,7 +404,7 @@ def _names(sentence: str, title: str, lead: tuple[str, str, str, str]) -> Iterab
     "What is another name for Checkers?"; a biography's full name -> "What is the full name of X?"."""
     subject, _, aux, rest = lead
     full = _full_name(sentence, title)
-    if full and aux and any(w.strip(",") in WHO_WORDS for w in rest.split()[:8]) and " or " not in full.group(1):
+    if full and aux and _about_person(rest) and " or " not in full.group(1):
         yield QAPair(f"What {aux} the full name of {subject}?", full.group(1).strip(), "full-name")
     m = re.match(rf"^(?:(?:The|the)\s+)?{re.escape(title)}(?:\s*\([^()]*\))?,\s+", sentence, re.IGNORECASE)
     alias = ALIAS_RE.match(sentence, m.end()) if m else None
@@ -433,8 +437,7 @@ def _natural_from(subject: str, parenthesis: str, aux: str, rest: str, first: bo
                   person: bool = False) -> Iterable[QAPair]:
     """The natural pairs of one sentence, split by _title_subject; `first`: the lead sentence,
     the only one whose "in X" says where the subject is; `person`: "He", "She" or a biography's title."""
-    head = " ".join(rest.split()[:8]).lower()
-    is_person = any(w.strip(",") in WHO_WORDS for w in head.split())
+    is_person = _about_person(rest.lower())  # lower case: these rules also count "King", "Pharaoh"
     life = LIFESPAN_RE.search(parenthesis.strip()) if parenthesis else None
     if life and is_person:
         yield QAPair(f"When was {subject} born?", life.group(1), "when-born")
