@@ -600,7 +600,7 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(tmp_path, tiny_model_dir,
 
 @pytest.mark.slow  # five processes importing torch + transformers
 def test_gpu_recipe_script_runs_on_a_tiny_budget(tmp_path, tiny_model_dir):
-    """scripts/train_gpu.sh end to end (synth, three stages, export) with SMOKE=1 on the CPU."""
+    """scripts/train_gpu.sh end to end (synth, five stages, export) with SMOKE=1 on the CPU."""
     import os
     import subprocess
     import sys
@@ -615,6 +615,9 @@ def test_gpu_recipe_script_runs_on_a_tiny_budget(tmp_path, tiny_model_dir):
     model = load_model(str(tmp_path / "out" / "model"), device="cpu", dtype="fp32")
     assert model.trained and set(model.config.adapters) == {"encoder_adapter", "decoder_adapter",
                                                             "query_reasoner_adapter"}
+    meta = json.loads((tmp_path / "out" / "model" / "clara.json").read_text())
+    assert meta["training"]["stage"] == "generator"  # the last stage: mixed prompts over natural questions
+    assert [h["stage"] for h in meta["history"]] == ["scp", "instruct", "e2e", "retrieval"]
 
 
 def test_clara_json_keeps_every_stage_the_model_went_through(chain, tmp_path):
