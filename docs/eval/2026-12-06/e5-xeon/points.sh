@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The curve's points beside the training run: s0 at once, then each kept model as it appears, then the end.
+cd /work/main
+D=.cache/e5x; P=docs/eval/2026-12-06/e5-xeon/point.sh
+until [ -f $D/data/instruct.jsonl ]; do sleep 20; done
+bash $P s0 default
+for S in 80 160; do
+  until [ -f $D/scp-steps/step-$S/training.json ] || [ -d $D/scp-steps/step-$S ]; do sleep 30; done
+  sleep 20
+  bash $P s$S $D/scp-steps/step-$S
+done
+until grep -q TRAIN-DONE $D/train.log; do sleep 30; done
+THREADS=2 HELD1=1 bash $P final $D/scp
+echo POINTS-DONE
