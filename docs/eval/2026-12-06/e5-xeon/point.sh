@@ -3,7 +3,7 @@
 # dev store + dev eval (expand 0, 1; BM25) -> held-out store + held-out eval (expand 0, and 1 when HELD1=1).
 set -euo pipefail
 TAG=$1; SNAP=$2; T=${THREADS:-1}
-cd /work/main
+cd "$(dirname "$0")/../../../.."  # the repository root
 export OMP_NUM_THREADS=$T MKL_NUM_THREADS=$T
 export LD_PRELOAD=$PWD/.venv/lib/python3.11/site-packages/ray/core/libjemalloc.so
 C=.venv/bin/clara; D=.cache/e5x; E=.cache/eval-e5x

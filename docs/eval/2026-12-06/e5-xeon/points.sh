@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # The curve's points beside the training run: s0 at once, then each kept model as it appears, then the end.
-cd /work/main
+cd "$(dirname "$0")/../../../.."  # the repository root
 D=.cache/e5x; P=docs/eval/2026-12-06/e5-xeon/point.sh
 until [ -f $D/data/instruct.jsonl ]; do sleep 20; done
 bash $P s0 default
 for S in 80 160; do
-  until [ -f $D/scp-steps/step-$S/training.json ] || [ -d $D/scp-steps/step-$S ]; do sleep 30; done
-  sleep 20
+  until [ -d $D/scp-steps/step-$S ]; do sleep 30; done  # the trainer renames the folder in when complete
   bash $P s$S $D/scp-steps/step-$S
 done
 until grep -q TRAIN-DONE $D/train.log; do sleep 30; done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # After the curve: E5's end + the first stage of `make train-natural` (1 epoch of scp on the natural
 # QA records, lr 3e-4 as chosen on dev), then the same point (40-step memory-only generator stage, evals).
-cd /work/main
+cd "$(dirname "$0")/../../../.."  # the repository root
 D=.cache/e5x
 until grep -q POINTS-DONE $D/points.log; do sleep 30; done
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2

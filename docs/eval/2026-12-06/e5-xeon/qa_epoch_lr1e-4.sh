@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # After the curve: E5's end + the first stage of `make train-natural` (1 epoch of scp on the natural
 # QA records, here lr 1e-4 against the lr 3e-4 chosen on dev), then the same point (40-step memory-only generator stage, evals).
-cd /work/main
+cd "$(dirname "$0")/../../../.."  # the repository root
 D=.cache/e5x
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 export LD_PRELOAD=$PWD/.venv/lib/python3.11/site-packages/ray/core/libjemalloc.so

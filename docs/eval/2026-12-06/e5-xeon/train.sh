@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # E5 on an Intel Xeon with AMX: one scp schedule from the shipped default over the first 4,300
 # records (reconstruction + natural QA) of the natural synth file; a model kept every 80 steps.
-cd /work/main
+cd "$(dirname "$0")/../../../.."  # the repository root
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 export LD_PRELOAD=$PWD/.venv/lib/python3.11/site-packages/ray/core/libjemalloc.so
 date -u
