@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One point of the curve: SNAP -> 40-step memory-only natural generator stage -> bf16 export ->
 # dev store + dev eval (expand 0, 1; BM25) -> held-out store + held-out eval (expand 0, and 1 when HELD1=1).
+# D: the run's folder (synth data, models), E: the reports' folder; the E5 runs of 2026-12-06 set both.
 set -euo pipefail
 TAG=$1; SNAP=$2; T=${THREADS:-1}
-cd /work/main
+cd "$(dirname "$0")/../../../.."  # the repository root
 export OMP_NUM_THREADS=$T MKL_NUM_THREADS=$T
 export LD_PRELOAD=$PWD/.venv/lib/python3.11/site-packages/ray/core/libjemalloc.so
-C=.venv/bin/clara; D=.cache/nat5; E=.cache/eval-nat
+C=.venv/bin/clara; D=${D:-.cache/nat5}; E=${E:-.cache/eval-nat}
 mkdir -p $E
 date -u; echo "POINT $TAG from $SNAP"
 $C train generator $D/data/instruct.jsonl --init-from $SNAP --out $D/gen-$TAG --max-examples 640 --steps 40 \

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The curve's points beside the training run: s0 at once, then each kept model as it appears, then the end.
+# The curve's points beside the training run (train.sh): s0 at once, then each kept model as it
+# appears, then the end. One point is docs/eval/2026-12-01/e5/point.sh over this run's folders.
 cd "$(dirname "$0")/../../../.."  # the repository root
-D=.cache/e5x; P=docs/eval/2026-12-06/e5-xeon/point.sh
+export D=.cache/e5x E=.cache/eval-e5x
+P=docs/eval/2026-12-01/e5/point.sh
 until [ -f $D/data/instruct.jsonl ]; do sleep 20; done
 bash $P s0 default
 for S in 80 160; do
