@@ -148,15 +148,6 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
                    f"instruction and {report.e2e} end-to-end records to {out_dir}")
 
 
-def _workers(ctx, param, value: str) -> int:
-    """--workers N or auto (0 in TrainConfig)."""
-    if value == "auto":
-        return 0
-    if not value.isdigit() or int(value) < 1:
-        raise click.BadParameter(f"{value!r} is not a number of processes (1, 2, ...) or auto")
-    return int(value)
-
-
 @click.command("train")
 @click.argument("stage", type=click.Choice(["scp", "instruct", "e2e", "retrieval", "generator"]))
 @click.argument("data", type=click.Path(dir_okay=False))
@@ -210,14 +201,10 @@ def _workers(ctx, param, value: str) -> int:
 @click.option("--stop-at-step", default=None, type=click.IntRange(1), metavar="N",
               help="Stop at step N with a checkpoint, as an interruption would (the schedule keeps its "
                    "full length); rerun without it to continue. For time-boxed runs.")
-@click.option("--workers", default="1", show_default=True, callback=_workers, metavar="N|auto",
-              help="Processes sharing each step's micro-batches on a CPU, the cores split between them: "
-                   "the same computation, faster where one process cannot keep every core busy "
-                   "(docs/TRAINING.md, \"Workers\"). auto: one per core, at most --grad-accum.")
 @json_option
 def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, grad_accum, lr, warmup_ratio,
           schedule, save_every, keep_every, top_k, dropout, pack, compile_, doc_max_length, compr_rate, lora_r, dtype,
-          device, seed, max_examples, tau, query_word_dropout, expand_rate, stop_at_step, workers, as_json):
+          device, seed, max_examples, tau, query_word_dropout, expand_rate, stop_at_step, as_json):
     """Train one CLaRa stage on DATA (official JSONL): scp, then instruct, then e2e.
 
     `retrieval` (ours, not the paper's) trains the query reasoner alone with a contrastive
@@ -241,8 +228,6 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
       clara train generator data/instruct.jsonl --init-from default --expand-rate 0.75 --out ckpt/gen
       clara train generator data/instruct.jsonl --init-from default --keep-every 20 --out ckpt/gen
           # ckpt/gen-steps/step-20, step-40, ...: a model each, to choose one on a dev split
-      clara train scp data/pretrain.jsonl --grad-accum 2 --workers auto --out ckpt/scp
-          # one process per core, each with its micro-batch of every step
     """
     from .train import TrainConfig
     from .train import train as run_train
@@ -254,7 +239,7 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
                       schedule=schedule, save_every=save_every, keep_every=keep_every, top_k=top_k,
                       dropout=dropout, dtype=dtype, device=device, seed=seed, max_examples=max_examples,
                       pack=pack, compile=compile_, tau=tau, query_word_dropout=query_word_dropout,
-                      expand_rate=expand_rate, workers=workers)
+                      expand_rate=expand_rate)
     result = run_train(cfg, progress=not as_json, stop_at=stop_at_step)
     if as_json:
         emit(result.to_dict())

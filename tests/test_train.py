@@ -12,7 +12,6 @@ import torch
 from safetensors.torch import load_file
 
 from clara_cli.checkpoint import load_model, read_adapter_tensors
-from clara_cli.errors import UsageError
 from clara_cli.train import TrainConfig, differentiable_topk, read_records, train
 from clara_cli.train.data import PARAPHRASE_INSTRUCTIONS, QA_SYSTEM, paraphrase_instruction
 from clara_cli.train.loop import export_model
@@ -123,6 +122,8 @@ def test_topk_gradient_flows_only_through_the_soft_path():
     ("e2e", '["q"]', "expected a JSON object"),
 ])
 def test_validation_errors_name_file_and_line(tmp_path, stage, line, fragment):
+    from clara_cli.errors import UsageError
+
     good = {"scp": '{"data_type": "paraphrase", "answers": ["a"], "docs": ["d"]}',
             "instruct": '{"question": "q", "docs": ["d"], "answer": "a"}',
             "e2e": '{"question": "q", "docs": ["d"], "golden_answers": ["a"]}'}[stage]
@@ -641,29 +642,3 @@ def test_history_of_a_run_resumed_from_its_own_export(tmp_path):
     assert training_history(str(tmp_path), this_run) == [earlier]
     other_run = {**shipped, "total_steps": 300}
     assert training_history(str(tmp_path), other_run) == [earlier, shipped]
-
-
-@pytest.mark.parametrize("stage", ["scp", "e2e"])  # e2e: the lead compresses the candidates, the other reads them
-def test_two_workers_are_one_process_accumulating(tmp_path, tiny_model_dir, chain, data, stage):
-    """--workers 2: each process takes one micro-batch of a step and the gradients are summed
-    before the update, so losses and weights are those of one process accumulating both."""
-    root, _ = chain
-    init, path = (tiny_model_dir, data["scp"]) if stage == "scp" else (root / "instruct", data["qa"])
-    kw = {"steps": 3, "batch_size": 2, "grad_accum": 2, "save_every": 2}
-    one = train(config(stage, path, tmp_path / "one", init, **kw), progress=False)
-    two = train(config(stage, path, tmp_path / "two", init, workers=2, **kw), progress=False)
-    assert two.done and two.step == 3 and two.examples_seen == one.examples_seen == 12
-    for a, b in zip(one.history, two.history, strict=True):
-        assert a["tokens"] == b["tokens"]
-        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
-    for read in (read_adapter_tensors, lambda d: load_file(d / "token_rows.safetensors")):
-        a, b = read(tmp_path / "one"), read(tmp_path / "two")
-        assert a.keys() == b.keys()
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
-
-
-def test_workers_need_whole_micro_batches(tmp_path, tiny_model_dir, data):
-    cfg = config("scp", data["scp"], tmp_path / "w", tiny_model_dir, grad_accum=1, workers=2)
-    with pytest.raises(UsageError, match="--grad-accum 2"):
-        train(cfg, progress=False)

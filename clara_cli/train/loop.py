@@ -48,7 +48,6 @@ from .stages import (
     lora_to_fp32,
     prepare_adapters,
 )
-from .team import Team, auto_workers, check_workers, run_team
 
 STATE_FORMAT = "clara-train/1"
 # Paper / official-code hyper-parameters per stage. The official stage 3 runs transformers'
@@ -63,7 +62,7 @@ STAGE_DEFAULTS = {
     "generator": {"lr": 1e-4, "schedule": "cosine", "warmup_ratio": 0.03},
 }
 # Settings that may change between a run and its resumption (they do not change the result).
-VOLATILE = ("out", "save_every", "keep_every", "device", "progress", "pack", "compile", "workers")
+VOLATILE = ("out", "save_every", "keep_every", "device", "progress", "pack", "compile")
 
 
 @dataclass
@@ -107,7 +106,6 @@ class TrainConfig:
     max_examples: int | None = None
     exclude_heldout: bool = True     # drop records whose documents are held-out Wikipedia paragraphs
     exclude_dev: bool = True         # leave the development split (corpora.is_dev) out of every stage
-    workers: int = 1                 # processes sharing each step's micro-batches (CPU; 0: auto, team.py)
 
     def resolved(self) -> TrainConfig:
         if self.stage not in STAGES:
@@ -120,8 +118,6 @@ class TrainConfig:
             raise UsageError(f"unknown schedule {out.schedule!r} (use cosine or constant)")
         if min(out.batch_size, out.grad_accum, out.save_every, out.top_k) < 1 or (out.steps is not None and out.steps < 1):
             raise UsageError("--steps, --batch-size, --grad-accum, --save-every and --top-k must be at least 1")
-        if out.workers < 0:
-            raise UsageError("--workers must be at least 1 (or auto)")
         if out.keep_every is not None and out.keep_every < 1:
             raise UsageError("--keep-every must be at least 1")
         if out.steps is None and out.epochs <= 0:
@@ -201,21 +197,11 @@ def train(cfg: TrainConfig, *, progress: bool = True, stop_after: int | None = N
                 notice(f"{out} is at step {state['step']}/{total} (stop at {stop_at}); nothing to do")
                 return _result(cfg, out, state, records=n, dropped=dropped, seconds=0.0, examples=0, tokens=0,
                                resumed_from=state["step"])
-        args = (cfg, out, records, digest, total, state, dropped, progress, stop_after, stop_at)
-        device = resolve_device(cfg.device)
-        workers = cfg.workers or auto_workers(cfg.grad_accum, device)
-        check_workers(workers, cfg.grad_accum, device)
-        if workers == 1:
-            return _run(Team(), *args)
-        threads = max(1, torch.get_num_threads() // workers)
-        notice(f"training with {workers} worker processes of {threads} thread{'s' * (threads > 1)}")
-        return run_team(workers, _run, *args)
+        return _run(cfg, out, records, digest, total, state, dropped, progress, stop_after, stop_at)
 
 
-def _run(team: Team, cfg: TrainConfig, out: Path, records: list, digest: str, total: int, state: dict | None,
-         dropped: int, progress: bool, stop_after: int | None, stop_at: int | None = None) -> TrainResult | None:
-    """The training loop of one worker (team.py; the only one without --workers). The lead
-    saves checkpoints and returns the result; the other workers return None."""
+def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, state: dict | None,
+         dropped: int, progress: bool, stop_after: int | None, stop_at: int | None = None) -> TrainResult:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     resuming = state is not None
@@ -230,7 +216,6 @@ def _run(team: Team, cfg: TrainConfig, out: Path, records: list, digest: str, to
     if cfg.compile or (cfg.compile is None and compile_pays_off(model, device, steps_ahead)):
         compile_layers(model, fall_back=cfg.compile is None)
     params = tm.parameters()
-    team.same_start(params)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
     warmup = math.ceil(total * cfg.warmup_ratio)
     if cfg.schedule == "cosine":
@@ -250,8 +235,7 @@ def _run(team: Team, cfg: TrainConfig, out: Path, records: list, digest: str, to
         _set_rng(saved["rng"])
         step, consumed, history = state["step"], state["consumed"], state["history"]
         elapsed_before = state.get("seconds", 0.0)
-        if team.lead:
-            notice(f"resuming {cfg.stage} at step {step}/{total} from {out}")
+        notice(f"resuming {cfg.stage} at step {step}/{total} from {out}")
     else:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -260,46 +244,37 @@ def _run(team: Team, cfg: TrainConfig, out: Path, records: list, digest: str, to
 
     if cfg.stage in ("e2e", "retrieval", "generator"):  # frozen compressor: every candidate compressed once
         docs = [d for r in records for d in (choose_docs(r, cfg.top_k) if cfg.stage == "generator" else r.docs)]
-        with team.lead_first() as lead:  # the others then read the lead's file
-            _cache_memories(tm, docs, out, progress and lead, say=lead)
+        _cache_memories(tm, docs, out, progress)
     if cfg.stage == "retrieval":
         tm.build_pool(center=model.retrieval_center is None)
 
     resumed_from = step
     t0, run_examples, run_tokens = time.perf_counter(), 0, 0
-    progress = progress and team.lead
     bar = progress_bar(total=total, desc=f"train {cfg.stage}", unit="step", enabled=progress)
     bar.update(step)
     order = _Order(len(records), cfg.seed)
     try:
         while step < total:
-            step_start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             agg: dict[str, float] = {"loss": 0.0, "lm": 0.0, "mse": 0.0}
-            hits = positives = examples = tokens = 0
-            for micro in range(cfg.grad_accum):
+            hits = positives = 0
+            for _ in range(cfg.grad_accum):
                 batch = [order.at(consumed + j) for j in range(cfg.batch_size)]  # [(epoch, index)]
                 consumed += cfg.batch_size
-                if not team.takes(micro):  # another worker's micro-batch
-                    continue
                 loss, stats = tm.step([records[i] for _, i in batch], batch, cfg)
                 (loss / cfg.grad_accum).backward()
                 for key in agg:
                     agg[key] += getattr(stats, key) / cfg.grad_accum
                 hits, positives = hits + stats.hits, positives + stats.positives
-                examples, tokens = examples + stats.examples, tokens + stats.tokens
-            team.sum_gradients(params)
-            *sums, hits, positives, examples, tokens = team.sum([*agg.values(), hits, positives, examples, tokens])
-            agg = dict(zip(agg, sums, strict=True))
-            run_examples, run_tokens = run_examples + int(examples), run_tokens + int(tokens)
+                run_examples += stats.examples
+                run_tokens += stats.tokens
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = sched.get_last_lr()[0]
             opt.step()
             sched.step()
             step += 1
             rec = {"step": step, **{k: round(v, 5) for k, v in agg.items()}, "lr": lr,
-                   "grad_norm": round(float(grad_norm), 4), "tokens": int(tokens),
-                   "seconds": round(time.perf_counter() - step_start, 3)}
+                   "grad_norm": round(float(grad_norm), 4)}
             if positives:
                 rec["recall"] = round(hits / positives, 4)
             history.append(rec)
@@ -309,7 +284,7 @@ def _run(team: Team, cfg: TrainConfig, out: Path, records: list, digest: str, to
             stopping = ((stop_after is not None and step - resumed_from >= stop_after)
                         or (stop_at is not None and step >= stop_at))
             keep = cfg.keep_every is not None and step % cfg.keep_every == 0
-            if team.lead and (step % cfg.save_every == 0 or step == total or stopping or keep):
+            if step % cfg.save_every == 0 or step == total or stopping or keep:
                 _save_checkpoint(tm, out, cfg, digest, total, step, consumed, history, opt, sched,
                                  done=step == total, seconds=elapsed_before + seconds)
                 if keep:
@@ -322,8 +297,6 @@ def _run(team: Team, cfg: TrainConfig, out: Path, records: list, digest: str, to
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
-    if not team.lead:
-        return None
     if step >= total:
         _memories_file(out).unlink(missing_ok=True)  # finished: nothing will resume
     final = _read_state(out) or {"step": step, "consumed": consumed, "history": history, "done": False,
@@ -336,7 +309,7 @@ def _memories_file(out: Path) -> Path:
     return out.with_name(f".{out.name}.memories.safetensors")
 
 
-def _cache_memories(tm: Trainable, docs: list[str], out: Path, progress: bool, say: bool = True) -> None:
+def _cache_memories(tm: Trainable, docs: list[str], out: Path, progress: bool) -> None:
     """The frozen compressor's memories of the stage's documents, in one deterministic pass,
     kept beside OUT until the run finishes, so that a resumed run does not compress them again
     (minutes on a CPU). The file is used when it holds the same documents and the compressor
@@ -362,8 +335,7 @@ def _cache_memories(tm: Trainable, docs: list[str], out: Path, progress: bool, s
             if (probe - saved_probe.float()).norm() <= 0.02 * saved_probe.float().norm():
                 cached = mem.to(tm.model.device, tm.model.dtype)
                 tm.doc_cache = dict(zip(unique, cached, strict=True))
-                if say:
-                    notice(f"reusing the memories of {len(unique)} documents from {path.name}")
+                notice(f"reusing the memories of {len(unique)} documents from {path.name}")
                 return
     bar = progress_bar(total=len(unique), desc="compressing candidates", unit="doc", enabled=progress)
     tm.cache_documents(unique, progress=bar.update)
