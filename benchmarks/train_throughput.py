@@ -27,6 +27,7 @@ and must give the same losses). Figures are medians per token.
                       Xeon they differ by 2x: oneDNN runs a 1024^3 bf16 matmul on one thread of
                       two, so the first way halves the peak (docs/TRAINING.md)
 
+    make bench-train                                      # all stages, with the trainer's allocator
     python benchmarks/train_throughput.py                 # all stages, ~3-5 min on 2 busy cores
     python benchmarks/train_throughput.py --stages scp --micro-batches 2
     python benchmarks/train_throughput.py --stages scp --threads 1 --warmup-batch 2   # docs/TRAINING.md
@@ -35,6 +36,7 @@ and must give the same losses). Figures are medians per token.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import threading
@@ -86,6 +88,15 @@ def matmul_gflops(dtype: torch.dtype, n: int, seconds: float = 2.0) -> tuple[flo
     return pooled[0], sum(each)
 
 
+def allocator() -> str:
+    """The malloc this process runs on: the trainer's speed depends on it (make bench-train
+    preloads what `make train-*` do; docs/TRAINING.md, "Precision and speed")."""
+    with open("/proc/self/maps") as maps:
+        if "libjemalloc" not in maps.read():
+            return "glibc malloc"
+    return f"jemalloc, MALLOC_CONF={os.environ.get('MALLOC_CONF', '')!r}"
+
+
 def synth_records(n_docs: int, out: Path) -> dict[str, list]:
     """Training records of every stage from the first n_docs training paragraphs."""
     from clara_cli.synth import SynthConfig, docs_from_wiki, synthesize
@@ -135,7 +146,8 @@ def main() -> None:
     dtype = resolve_dtype(args.dtype)
     dname = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; dtype {dname}"
-          f"{' (autocast, fp32 LoRA masters)' if dtype != torch.float32 else ''}; torch {torch.__version__}")
+          f"{' (autocast, fp32 LoRA masters)' if dtype != torch.float32 else ''}; torch {torch.__version__}; "
+          f"allocator: {allocator()}")
     with tempfile.TemporaryDirectory() as tmp:
         records = synth_records(args.docs, Path(tmp))
     print("records: " + ", ".join(f"{s} {len(r)}" for s, r in records.items()))
