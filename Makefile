@@ -58,7 +58,8 @@ TRAIN_DIR   ?= .cache/train-default
 # JEMALLOC_CONF: freed pages are handed back lazily (MADV_FREE, which the kernel reclaims only
 # under memory pressure) instead of at once, so the next step reuses them without a page fault
 # and a zero-fill: ~4x fewer page faults, ~1.2-1.3x the scp step, the same resident set
-# (docs/TRAINING.md, "Page faults").
+# (docs/TRAINING.md, "Page faults"). The same string as clara_cli/train/allocator.py's, which
+# `clara train` names in one line when a CPU run starts without it.
 JEMALLOC    ?= $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/ray/core/libjemalloc.so))
 JEMALLOC_CONF ?= muzzy_decay_ms:-1,oversize_threshold:0
 TRAIN_ENV    = $(if $(JEMALLOC),LD_PRELOAD=$(abspath $(JEMALLOC)) MALLOC_CONF=$(JEMALLOC_CONF))

@@ -36,7 +36,6 @@ and must give the same losses). Figures are medians per token.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import threading
@@ -88,15 +87,6 @@ def matmul_gflops(dtype: torch.dtype, n: int, seconds: float = 2.0) -> tuple[flo
     return pooled[0], sum(each)
 
 
-def allocator() -> str:
-    """The malloc this process runs on: the trainer's speed depends on it (make bench-train
-    preloads what `make train-*` do; docs/TRAINING.md, "Precision and speed")."""
-    with open("/proc/self/maps") as maps:
-        if "libjemalloc" not in maps.read():
-            return "glibc malloc"
-    return f"jemalloc, MALLOC_CONF={os.environ.get('MALLOC_CONF', '')!r}"
-
-
 def synth_records(n_docs: int, out: Path) -> dict[str, list]:
     """Training records of every stage from the first n_docs training paragraphs."""
     from clara_cli.synth import SynthConfig, docs_from_wiki, synthesize
@@ -140,6 +130,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     from clara_cli.model import cpu_name, resolve_dtype
+    from clara_cli.train.allocator import allocator
     from clara_cli.train.loop import TrainConfig, _load_start_model
     from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters
 

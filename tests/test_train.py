@@ -642,3 +642,34 @@ def test_history_of_a_run_resumed_from_its_own_export(tmp_path):
     assert training_history(str(tmp_path), this_run) == [earlier]
     other_run = {**shipped, "total_steps": 300}
     assert training_history(str(tmp_path), other_run) == [earlier, shipped]
+
+
+def test_cpu_training_says_which_allocator_to_preload(tmp_path, tiny_model_dir, data):
+    """Under glibc malloc `clara train` names the preload `make train-*` uses; under it, nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from clara_cli.train.allocator import JEMALLOC_CONF, allocator_advice, jemalloc_library
+
+    lib = jemalloc_library()
+    if lib is None:
+        pytest.skip("no ray wheel with libjemalloc.so")
+    probe = ("from clara_cli.train.allocator import allocator, allocator_advice; "
+             "print(allocator()); print(allocator_advice())")
+    env = {**os.environ, "LD_PRELOAD": str(lib), "MALLOC_CONF": JEMALLOC_CONF}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [f"jemalloc, MALLOC_CONF={JEMALLOC_CONF!r}", "None"]
+    if "libjemalloc" in os.environ.get("LD_PRELOAD", ""):
+        pytest.skip("the tests themselves run under jemalloc")
+    advice = allocator_advice()
+    assert f"LD_PRELOAD={lib} MALLOC_CONF={JEMALLOC_CONF}" in advice
+    from click.testing import CliRunner
+
+    from clara_cli.cli import cli
+
+    res = CliRunner().invoke(cli, ["train", "scp", str(data["scp"]), "--out", str(tmp_path / "o"), "--init-from",
+                                   str(tiny_model_dir), "--steps", "1", "--batch-size", "2", "--dtype", "fp32",
+                                   "--device", "cpu", "--json"])
+    assert res.exit_code == 0, res.output
+    assert advice in res.stderr

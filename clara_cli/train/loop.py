@@ -38,6 +38,7 @@ from ..errors import ClaraError, UsageError
 from ..model import ClaraConfig, ClaraModel, dtype_name, resolve_device, resolve_dtype
 from ..progress import notice, progress_bar
 from ..store.durable import staged_folder
+from .allocator import allocator_advice
 from .data import STAGES, drop_dev_documents, file_digest, held_out_guard, read_records
 from .stages import (
     Trainable,
@@ -204,6 +205,8 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
          dropped: int, progress: bool, stop_after: int | None, stop_at: int | None = None) -> TrainResult:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
+    if device.type == "cpu" and (advice := allocator_advice()):
+        notice(advice)
     resuming = state is not None
     model = _load_start_model(cfg, out if resuming else None, device, dtype)
     prepare_adapters(model, cfg.stage, fresh_start=not resuming, seed=cfg.seed)
