@@ -57,9 +57,10 @@ TRAIN_DIR   ?= .cache/train-default
 # fragments the heap and slows down step after step (docs/TRAINING.md, "Precision and speed").
 # JEMALLOC_CONF: freed pages are handed back lazily (MADV_FREE, which the kernel reclaims only
 # under memory pressure) instead of at once, so the next step reuses them without a page fault
-# and a zero-fill: 1.8 M page faults instead of 43.6 M in 40 scp steps, 1.12-1.2x the trainer,
-# a resident set that stays flat (5.5 GB against 4.5 GB; docs/TRAINING.md, "Page faults"). The same string as clara_cli/train/allocator.py's, which
-# `clara train` names in one line when a CPU run starts without it.
+# and a zero-fill: 1.8 M page faults instead of 43.6 M in 40 scp steps, 1.12x the trainer,
+# a resident set that stays flat (5.5 GB against 4.5 GB; docs/TRAINING.md, "Page faults").
+# The same string as clara_cli/train/allocator.py's, which `clara train` names in one line when
+# a CPU run starts without it.
 JEMALLOC    ?= $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/ray/core/libjemalloc.so))
 JEMALLOC_CONF ?= muzzy_decay_ms:-1,oversize_threshold:0
 TRAIN_ENV    = $(if $(JEMALLOC),LD_PRELOAD=$(abspath $(JEMALLOC)) MALLOC_CONF=$(JEMALLOC_CONF))
