@@ -55,15 +55,30 @@ RETRIEVER_MODES = ("latent", "bm25", "hybrid")
 DEFAULT_RETRIEVER = "hybrid"
 RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 FUSION_DEPTH = 50  # ranks fused from each side
+#: The query reasoner's weight in hybrid's fusion, BM25's being 1. BM25 puts the paragraph first
+#: more often than the query reasoner (dev split: Recall@1 97.5 against 83-85), and `ask` reads
+#: the first hit as text; at 0.1 the query reasoner still lifts into the top 5 a paragraph that
+#: BM25 ranks lower. Chosen on the development split (benchmarks/retrieval_dev.py --fusions;
+#: docs/TRAINING.md, "Hybrid fusion").
+HYBRID_LATENT_WEIGHT = 0.1
 
 
-def rrf(rankings: list[list[tuple[int, float]]], k: int, c: int = RRF_K) -> list[tuple[int, float]]:
-    """Reciprocal rank fusion: sum of 1/(c + rank) over the rankings a key appears in."""
+def rrf(rankings: list[list[tuple[int, float]]], k: int, c: int = RRF_K,
+        weights: Sequence[float] | None = None) -> list[tuple[int, float]]:
+    """Weighted reciprocal rank fusion: sum of weight/(c + rank) over the rankings a key appears in.
+
+    Equal sums (a key first in one ranking and second in the other against the reverse) go to
+    the key the most weighted ranking puts higher (the first of equals), then to the lower key."""
+    weights = list(weights) if weights is not None else [1.0] * len(rankings)
+    if len(weights) != len(rankings):
+        raise ValueError(f"{len(weights)} weights for {len(rankings)} rankings")
     fused: dict[int, float] = {}
-    for ranked in rankings:
+    for weight, ranked in zip(weights, rankings, strict=True):
         for rank, (key, _) in enumerate(ranked, start=1):
-            fused[key] = fused.get(key, 0.0) + 1.0 / (c + rank)
-    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+            fused[key] = fused.get(key, 0.0) + weight / (c + rank)
+    lead = rankings[max(range(len(weights)), key=lambda i: (weights[i], -i))] if rankings else []
+    lead_rank = {key: rank for rank, (key, _) in enumerate(lead)}
+    return sorted(fused.items(), key=lambda kv: (-kv[1], lead_rank.get(kv[0], len(lead)), kv[0]))[:k]
 
 
 class Retriever:
@@ -114,7 +129,7 @@ class Retriever:
             return latent
         if self.mode == "bm25":
             return lexical
-        return [rrf([a, b], k) for a, b in zip(latent, lexical, strict=True)]
+        return [rrf([a, b], k, weights=(HYBRID_LATENT_WEIGHT, 1.0)) for a, b in zip(latent, lexical, strict=True)]
 
     def hits(self, ranked: list[tuple[int, float]]) -> list[Hit]:
         out = []

@@ -64,6 +64,22 @@ def test_rrf_fuses_ranks():
     assert [k for k, _ in fused] == [1, 3, 2]
 
 
+def test_rrf_weights_decide_order_and_ties():
+    latent = [(1, 0.9), (2, 0.8), (3, 0.7)]
+    lexical = [(2, 9.0), (1, 8.0), (4, 7.0)]
+    # equal weights: keys 1 and 2 sum the same, the first ranking breaks the tie
+    assert [k for k, _ in rrf([latent, lexical], 4)] == [1, 2, 3, 4]
+    # hybrid's weights: BM25 leads the ties and the order, the query reasoner's ranks only nudge
+    assert [k for k, _ in rrf([latent, lexical], 4, weights=(0.1, 1.0))] == [2, 1, 4, 3]
+    # a paragraph BM25 ranks a little lower rises into the top k when the query reasoner ranks it first
+    lexical = [(k, 10.0 - k) for k in range(10, 20)] + [(1, 0.5)]
+    latent = [(1, 0.9)]
+    assert 1 in [k for k, _ in rrf([latent, lexical], 5, weights=(0.1, 1.0))]
+    assert 1 not in [k for k, _ in rrf([[], lexical], 5, weights=(0.1, 1.0))]
+    with pytest.raises(ValueError, match="2 weights for 1 rankings"):
+        rrf([latent], 5, weights=(0.1, 1.0))
+
+
 def cli_store(tmp_path, tiny_model_dir, memory_dtype: str = "fp32"):
     corpus = tmp_path / "corpus"
     corpus.mkdir(exist_ok=True)
