@@ -69,13 +69,15 @@ def fused(latent: list[list[int]], lexical: list[list[int]], latent_weight: floa
 def synth_dev_questions(path: str, titles: list[str], texts: list[str]) -> list[dict]:
     """The QA lines of a `clara synth` scp file whose document is a dev paragraph, as questions.
 
-    Rule-made, so more numerous than the written ones (finer Recall@1) but of another kind."""
+    Rule-made, so more numerous than the written ones (finer Recall@1) but of another kind. The
+    lines are `clara eval` questions too (docs/eval/2026-12-07/hybrid/dev.sh writes them out)."""
     by_text = {t: titles[i] for i, t in enumerate(texts)}
     out = []
     for line in Path(path).read_text().splitlines():
         r = json.loads(line)
         if r.get("data_type") == "qa" and r["docs"][0] in by_text:
-            out += [{"question": q, "gold_titles": [by_text[r["docs"][0]]]} for q in r["question"]]
+            out += [{"question": q, "answers": [a], "gold_titles": [by_text[r["docs"][0]]]}
+                    for q, a in zip(r["question"], r["answers"], strict=True)]
     return out
 
 

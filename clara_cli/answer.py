@@ -57,8 +57,8 @@ RRF_K = 60  # reciprocal rank fusion constant (Cormack et al. 2009)
 FUSION_DEPTH = 50  # ranks fused from each side
 #: The query reasoner's weight in hybrid's fusion, BM25's being 1. BM25 puts the paragraph first
 #: more often than the query reasoner (dev split: Recall@1 97.5 against 83-85), and `ask` reads
-#: the first hit as text; at 0.1 the query reasoner still lifts into the top 5 a paragraph that
-#: BM25 ranks lower. Chosen on the development split (benchmarks/retrieval_dev.py --fusions;
+#: the first hit as text; at 0.1 the query reasoner can still lift into the top 5 a paragraph
+#: that BM25 ranks lower (down to rank 12 when the others get no latent credit). Chosen on the development split (benchmarks/retrieval_dev.py --fusions;
 #: docs/TRAINING.md, "Hybrid fusion").
 HYBRID_LATENT_WEIGHT = 0.1
 

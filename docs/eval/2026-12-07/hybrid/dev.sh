@@ -12,16 +12,12 @@ OUT=docs/eval/2026-12-07/hybrid
 mkdir -p $E
 .venv/bin/python benchmarks/retrieval_dev.py default --fusions > $OUT/retrieval-dev-written.txt
 .venv/bin/python benchmarks/retrieval_dev.py default --fusions --synth $SYNTH > $OUT/retrieval-dev-synth.txt
-.venv/bin/python - "$SYNTH" > $E/synth-natural-dev.jsonl <<'PY'
-import json, sys
+.venv/bin/python -c "import json, sys; sys.path.insert(0, 'benchmarks')
+from retrieval_dev import synth_dev_questions
 from clara_cli.corpora import wiki_paragraphs
-dev = {p["text"]: p["title"] for p in wiki_paragraphs("dev")}
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if r.get("data_type") == "qa" and r["docs"][0] in dev:
-        for q, a in zip(r["question"], r["answers"]):
-            print(json.dumps({"question": q, "answers": [a], "gold_titles": [dev[r["docs"][0]]]}))
-PY
+dev = list(wiki_paragraphs('dev'))
+for q in synth_dev_questions(sys.argv[1], [p['title'] for p in dev], [p['text'] for p in dev]):
+    print(json.dumps(q))" "$SYNTH" > $E/synth-natural-dev.jsonl
 test -f $E/dev.jsonl || .venv/bin/python -m clara_cli.corpora 5000 dev > $E/dev.jsonl
 .venv/bin/clara --store $E/store-default update $E/dev.jsonl --model default --dtype auto
 for Q in written synth; do

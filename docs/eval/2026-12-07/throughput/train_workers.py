@@ -33,7 +33,10 @@ import torch
 
 
 def peak_gflops(dtype: torch.dtype, n: int, seconds: float = 3.0) -> tuple[float, float]:
-    """(all threads on one matmul, one single-thread matmul per thread at once) GFLOP/s."""
+    """(all threads on one matmul, one single-thread matmul per thread at once) GFLOP/s.
+
+    The probe that became benchmarks/train_throughput.py's `matmul_gflops` (19b5af7), which is
+    what to call today; kept as it ran, since this script runs on f3c5feb, which predates it."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     a @ b
 
