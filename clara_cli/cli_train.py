@@ -107,13 +107,18 @@ def eval_cmd(ctx, data, k, max_new_tokens, baseline, report_dir, limit, expand, 
 @click.option("--max-qa", default=6, show_default=True, type=click.IntRange(1), help="QA pairs per document.")
 @click.option("--filter-model", is_flag=True,
               help="Keep only pairs the base instruct LM answers from the document (slow).")
-@click.option("--questions", type=click.Choice(["all", "natural", "cloze"]), default="all", show_default=True,
-              help="Natural questions (wh-word first: 'Who wrote Dracula?') only, cloze ones only, or both.")
+@click.option("--questions", type=click.Choice(["all", "natural", "cloze", "written"]), default="all",
+              show_default=True,
+              help="Natural questions (wh-word first: 'Who wrote Dracula?'; --written ones too) only, cloze "
+                   "ones only, the --written ones only, or all.")
+@click.option("--written", type=click.Path(dir_okay=False, exists=True), default=None, metavar="FILE",
+              help="Questions people wrote about the documents (clara eval's JSON Lines, the document's "
+                   "title first in gold_titles, answers verbatim in it), used beside the rules' pairs.")
 @model_options
 @json_option
 @click.pass_context
-def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_model, questions, model_spec,
-          base_model, device, dtype, as_json, attn="auto"):
+def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_model, questions, written,
+          model_spec, base_model, device, dtype, as_json, attn="auto"):
     """Build CLaRa training data (official JSONL formats) from the store or Wikipedia.
 
     QA pairs come from rules over names, numbers and dates whose answers occur verbatim in the
@@ -124,9 +129,12 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
     Example:
       clara synth --split train --limit 2000 --out data/synth
       clara synth --split train --questions natural --out data/synth-natural
+      clara synth --split train --questions natural --written data/train_qa_written.jsonl --out data/synth-nw
     """
     from .synth import SynthConfig, docs_from_snapshot, docs_from_wiki, synthesize
 
+    if questions == "written" and not written:
+        raise UsageError("--questions written needs --written FILE")
     snapshot = None
     if split:
         docs, source = docs_from_wiki(split), f"wikipedia:{split}"
@@ -138,8 +146,10 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
     model = (load_model(snapshot, model_spec, base_model, device, dtype, attn, warn_untrained=False)
              if filter_model else None)
     config = SynthConfig(seed=seed, limit=limit, max_qa=max_qa, top_k=top_k, candidates=candidates,
-                         filter_model=filter_model, questions=questions)
+                         filter_model=filter_model, questions=questions, written=written)
     report = synthesize(docs, out_dir, config, source=source, model=model, progress=not as_json)
+    if report.written_unmatched:
+        notice(f"{report.written_unmatched} written questions name no document of the source (or a held-out one)")
     if as_json:
         emit(report.to_dict())
     else:

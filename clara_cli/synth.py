@@ -78,7 +78,8 @@ class SynthConfig:
     candidates: int = 20  # documents per end-to-end example
     max_answer_char: int = 1000  # ~256 tokens: the compressor truncates beyond doc_max_length
     filter_model: bool = False
-    questions: str = "all"  # "natural" (NATURAL_RULES only), "cloze" (the others) or "all"
+    questions: str = "all"  # "natural" (NATURAL_RULES only), "cloze" (the others), "written" or "all"
+    written: str | None = None  # a file of questions people wrote about the documents (written_pairs)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class SynthReport:
     instruct: int
     e2e: int
     filtered_by_model: int = 0
+    written_unmatched: int = 0  # written questions whose title names no usable document
     files: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -567,24 +569,44 @@ def _measures(sentences: list[str], subject: str) -> Iterable[QAPair]:
             yield QAPair(f"How {adj} is {subject}?", answer, "measure")
 
 
+# "written": questions people wrote about the document (`--written`), natural by nature.
 NATURAL_RULES = frozenset({"who-made", "when", "when-born", "when-died", "where", "reverse", "how-many", "measure",
-                           "where-born", "nationality", "full-name", "also-called", "capital", "served", "family"})
-QUESTION_STYLES = ("all", "natural", "cloze")
+                           "where-born", "nationality", "full-name", "also-called", "capital", "served", "family",
+                           "written"})
+QUESTION_STYLES = ("all", "natural", "cloze", "written")
 
 
-def candidate_pairs(doc: SynthDoc, max_answer_char: int = 1000, questions: str = "all") -> list[QAPair]:
-    """All rule QA pairs of a document that pass the verbatim check, deduplicated; `questions`
-    keeps the natural rules' pairs only, the cloze (and definition/alias) ones only, or all."""
+def written_pairs(path: str | Path) -> dict[str, list[QAPair]]:
+    """Questions written by people about the corpus, in `clara eval`'s question format, each naming
+    its document's title first in `gold_titles`; keyed by the casefolded title. The first answer is
+    the target (it must occur verbatim in the document, as every rule's answer)."""
+    from .evaluate import load_questions
+
+    out: dict[str, list[QAPair]] = {}
+    for n, q in enumerate(load_questions(path), 1):
+        if not q.gold_titles:
+            raise UsageError(f"{path}: question {n} names no document (\"gold_titles\")")
+        out.setdefault(q.gold_titles[0].casefold(), []).append(QAPair(q.question, q.answers[0], "written"))
+    return out
+
+
+def candidate_pairs(doc: SynthDoc, max_answer_char: int = 1000, questions: str = "all",
+                    written: Sequence[QAPair] = ()) -> list[QAPair]:
+    """All rule QA pairs of a document (and the `written` ones about it) that pass the verbatim
+    check, deduplicated; `questions` keeps the natural rules' pairs (written ones included) only,
+    the cloze (and definition/alias) ones only, the written ones only, or all."""
     if questions not in QUESTION_STYLES:
         raise UsageError(f"questions must be one of {', '.join(QUESTION_STYLES)}")
     sentences = split_sentences(doc.text)
     title = clean_title(doc.title)
     seen, out = set(), []
     for pair in (*_rule_definition(sentences, title), *_rule_alias(sentences, title),
-                 *_rule_cloze(sentences, title), *_rule_natural(sentences, title)):
+                 *_rule_cloze(sentences, title), *_rule_natural(sentences, title), *written):
         if not verbatim_ok(pair, doc.text, max_answer_char):
             continue
-        if questions != "all" and (pair.rule in NATURAL_RULES) != (questions == "natural"):
+        if questions == "written" and pair.rule != "written":
+            continue
+        if questions in ("natural", "cloze") and (pair.rule in NATURAL_RULES) != (questions == "natural"):
             continue
         key = (pair.question, pair.answer)
         if key not in seen:
@@ -686,6 +708,8 @@ def synthesize(docs: Sequence[SynthDoc], out_dir: str | Path, config: SynthConfi
 
         reader = TextRAG(model)
 
+    written = written_pairs(cfg.written) if cfg.written else {}
+    unmatched = set(written) - {pool[i].title.casefold() for i in chosen}
     pretrain, qa_for_retrieval = [], []  # (doc index, pair) for instruct / e2e
     rules: Counter = Counter()
     filtered = 0
@@ -693,7 +717,8 @@ def synthesize(docs: Sequence[SynthDoc], out_dir: str | Path, config: SynthConfi
     for i in chosen:
         doc = pool[i]
         rng = _doc_rng(cfg.seed, doc)
-        pairs = choose_pairs(candidate_pairs(doc, cfg.max_answer_char, cfg.questions), cfg.max_qa, rng)
+        pairs = candidate_pairs(doc, cfg.max_answer_char, cfg.questions, written.get(doc.title.casefold(), ()))
+        pairs = choose_pairs(pairs, cfg.max_qa, rng)
         if reader is not None:
             from .metrics import cover_em
 
@@ -737,7 +762,8 @@ def synthesize(docs: Sequence[SynthDoc], out_dir: str | Path, config: SynthConfi
     report = SynthReport(out=str(out), source=source, seed=cfg.seed, documents=len(chosen),
                          held_out_skipped=skipped, qa_pairs=sum(rules.values()), rules=dict(sorted(rules.items())),
                          pretrain=len(pretrain), instruct=len(instruct), e2e=len(e2e),
-                         filtered_by_model=filtered, files=[str(f) for f in files])
+                         filtered_by_model=filtered, written_unmatched=sum(len(written[t]) for t in unmatched),
+                         files=[str(f) for f in files])
     meta = {**report.to_dict(), "config": asdict(cfg)}
     files.append(_write_jsonl(out / "synth.json", [meta], indent=2))
     report.files = [str(f) for f in files]

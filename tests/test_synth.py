@@ -267,3 +267,33 @@ def test_cli_synth_from_store_skips_held_out(tmp_path, fixture_dir):
     assert summary["instruct"] > 0 and set(summary["rules"]) <= NATURAL_RULES
     assert all(r["question"].split()[0] in ("Who", "When", "Where", "What", "How")
                for r in read_jsonl(tmp_path / "nat" / "instruct.jsonl"))
+
+
+def test_synth_reads_written_questions_beside_the_rules(tmp_path):
+    """`--written`: people's questions join the rules' pairs of the document their title names, pass
+    the same verbatim check, and never reach a held-out document."""
+    docs, held = docs_with_held_out()
+    held_title = next(d.title for d in docs if d.title != "notes" and d.text in held)
+    written = tmp_path / "written.jsonl"
+    rows = [
+        {"question": "Which Irish writer created Count Dracula?", "answers": ["Bram Stoker"], "gold_titles": ["Dracula (novel)"]},
+        {"question": "How many locks are there on the Erie Canal?", "answers": ["36"], "gold_titles": ["erie canal (waterway)"]},
+        {"question": "Who was the first woman to fly into space?", "answers": ["Yuri Gagarin"],  # not in the text
+         "gold_titles": ["Tereshkova (cosmonaut)"]},
+        {"question": "What is this paragraph about?", "answers": ["a held-out paragraph"], "gold_titles": [held_title]},
+        {"question": "Who painted the Mona Lisa?", "answers": ["Leonardo"], "gold_titles": ["No such paragraph"]},
+    ]
+    written.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = synthesize(docs, tmp_path / "w", SynthConfig(seed=1, top_k=3, candidates=4, questions="written",
+                                                          written=str(written)), progress=False)
+    assert report.rules == {"written": 2} and report.written_unmatched == 2  # the held-out one and the unknown one
+    qa = [r for r in read_jsonl(tmp_path / "w" / "pretrain.jsonl") if r["data_type"] == "qa"]
+    assert sorted(q for r in qa for q in r["question"]) == sorted([rows[0]["question"], rows[1]["question"]])
+    assert {r["question"] for r in read_jsonl(tmp_path / "w" / "instruct.jsonl")} == {rows[0]["question"], rows[1]["question"]}
+    natural = synthesize(docs, tmp_path / "n", SynthConfig(seed=1, top_k=3, candidates=4, questions="natural",
+                                                           written=str(written)), progress=False)
+    rules_only = synthesize(docs, tmp_path / "r", SynthConfig(seed=1, top_k=3, candidates=4, questions="natural"),
+                            progress=False)
+    assert natural.rules["written"] == 2 and natural.qa_pairs == rules_only.qa_pairs + 2
+    result = CliRunner().invoke(cli, ["synth", "--split", "train", "--out", str(tmp_path / "x"), "--questions", "written"])
+    assert result.exit_code != 0 and "--written" in result.output
