@@ -1,0 +1,57 @@
+"""Collect the annotators' files into data/train_qa_written.jsonl (clara eval's question format).
+
+Each annotator got 200 training paragraphs (`python -m clara_cli.corpora 20000 train`, the Burj
+Khalifa's and any naming it left out, seeded shuffle 20261207, 8 batches) and wrote
+{"id", "question", "answer"} lines. Kept: answers found verbatim in the paragraph, not given away
+by the question, first copy of a question; every paragraph is checked against the held-out rule.
+
+    python docs/eval/2026-12-07/written/collect.py IN_DIR data/train_qa_written.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+from clara_cli.corpora import is_held_out
+from clara_cli.synth import QAPair, verbatim_ok
+
+
+def main(in_dir: str, out_path: str) -> None:
+    paragraphs = {}
+    for f in sorted(Path(in_dir).glob("in-*.jsonl")):
+        for line in f.read_text().splitlines():
+            p = json.loads(line)
+            paragraphs[p["id"]] = p
+    kept, seen, why = [], set(), Counter()
+    for f in sorted(Path(in_dir).glob("out-*.jsonl")):
+        for line in f.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                p = paragraphs[row["id"]]
+                question, answer = row["question"].strip(), row["answer"].strip()
+            except (ValueError, KeyError, AttributeError):
+                why["malformed"] += 1
+                continue
+            if is_held_out(p["title"]):
+                why["held-out"] += 1
+                continue
+            if not verbatim_ok(QAPair(question, answer, "written"), p["text"]):
+                why["not verbatim, given away or too long"] += 1
+                continue
+            if (question.casefold(), p["id"]) in seen:
+                why["duplicate"] += 1
+                continue
+            seen.add((question.casefold(), p["id"]))
+            kept.append({"question": question, "answers": [answer], "gold_titles": [p["title"]]})
+    Path(out_path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    titles = {r["gold_titles"][0] for r in kept}
+    print(f"{len(kept)} questions about {len(titles)} paragraphs written to {out_path}; dropped: {dict(why)}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Written questions about training paragraphs (data/train_qa_written.jsonl), on top of the dev-chosen
+# model of the 2026-12-07 curve (the fresh natural compressor + its natural QA epoch at lr 3e-4,
+# .cache/e5x/scp-fnat-qa; dev 27.5 memory only). Two jobs side by side, one thread each:
+#   run.sh data     # the synth files: natural + written (nw), written only (w), a seeded mix of nw's instruct
+#   run.sh gen      # G: the same 40-step generator stage as every point, on the mix instead of natural only
+#   run.sh scp LR   # S: + 1 epoch of scp on the written QA records at LR, then G's generator stage
+# Each point stops after dev (DEV_ONLY=1); the held-out runs are point.sh again without it.
+set -euo pipefail
+cd "$(dirname "$0")/../../../.."  # the repository root
+export D=.cache/e5x E=.cache/eval-e5x T=${THREADS:-1}
+export OMP_NUM_THREADS=$T MKL_NUM_THREADS=$T
+export LD_PRELOAD=$PWD/.venv/lib/python3.11/site-packages/ray/core/libjemalloc.so
+export MALLOC_CONF=muzzy_decay_ms:-1,oversize_threshold:0
+C=.venv/bin/clara; W=data/train_qa_written.jsonl
+date -u
+case $1 in
+data)
+  $C synth --split train --seed 0 --questions natural --written $W --out $D/data-nw
+  $C synth --split train --seed 0 --questions written --written $W --out $D/data-w
+  grep '^{"data_type": "qa"' $D/data-w/pretrain.jsonl > $D/data-w/qa.jsonl
+  .venv/bin/python -c "import random,sys; l=open(sys.argv[1]).readlines(); random.Random(0).shuffle(l); open(sys.argv[2],'w').writelines(l)" \
+    $D/data-nw/instruct.jsonl $D/data-nw/instruct-mix.jsonl
+  wc -l $D/data-nw/instruct-mix.jsonl $D/data-w/qa.jsonl $D/data-w/instruct.jsonl ;;
+gen)
+  INSTRUCT=$D/data-nw/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
+    bash docs/eval/2026-12-01/e5/point.sh wq-gen $D/scp-fnat-qa ;;
+scp)
+  LR=$2
+  $C train scp $D/data-w/qa.jsonl --init-from $D/scp-fnat-qa --out $D/scp-wq-$LR --epochs 1 --lr "$LR" \
+    --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 0 --dtype auto --compile
+  echo SCP-DONE; date -u
+  INSTRUCT=$D/data-nw/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
+    bash docs/eval/2026-12-01/e5/point.sh wq-scp-$LR $D/scp-wq-$LR ;;
+esac
+date -u
