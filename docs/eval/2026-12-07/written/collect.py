@@ -4,8 +4,11 @@ Each annotator got 200 training paragraphs (`python -m clara_cli.corpora 20000 t
 Khalifa's and any naming it left out, seeded shuffle 20261207, 8 batches) and wrote
 {"id", "question", "answer"} lines. Kept: answers found verbatim in the paragraph, not given away
 by the question, first copy of a question; every paragraph is checked against the held-out rule.
+The questions about development-split paragraphs (corpora.is_dev) stay in the file, as in every
+`clara synth` file: the trainer leaves them out. They are also written to DEV_OUT, a second
+development set of written questions for choosing recipes.
 
-    python docs/eval/2026-12-07/written/collect.py IN_DIR data/train_qa_written.jsonl
+    python docs/eval/2026-12-07/written/collect.py IN_DIR data/train_qa_written.jsonl data/dev_qa_written.jsonl
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from clara_cli.corpora import is_held_out
+from clara_cli.corpora import is_dev, is_held_out
 from clara_cli.synth import QAPair, verbatim_ok
 
 
-def main(in_dir: str, out_path: str) -> None:
+def main(in_dir: str, out_path: str, dev_out: str) -> None:
     paragraphs = {}
     for f in sorted(Path(in_dir).glob("in-*.jsonl")):
         for line in f.read_text().splitlines():
@@ -51,6 +54,9 @@ def main(in_dir: str, out_path: str) -> None:
     Path(out_path).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
     titles = {r["gold_titles"][0] for r in kept}
     print(f"{len(kept)} questions about {len(titles)} paragraphs written to {out_path}; dropped: {dict(why)}")
+    dev = [r for r in kept if is_dev(r["gold_titles"][0])]
+    Path(dev_out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in dev), encoding="utf-8")
+    print(f"{len(dev)} of them about {len({r['gold_titles'][0] for r in dev})} development-split paragraphs: {dev_out}")
 
 
 if __name__ == "__main__":
