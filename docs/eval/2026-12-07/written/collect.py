@@ -1,14 +1,16 @@
 """Collect the annotators' files into data/train_qa_written.jsonl (clara eval's question format).
 
 Each annotator got 200 training paragraphs (`python -m clara_cli.corpora 20000 train`, the Burj
-Khalifa's and any naming it left out, seeded shuffle 20261207, 8 batches) and wrote
-{"id", "question", "answer"} lines. Kept: answers found verbatim in the paragraph, not given away
-by the question, first copy of a question; every paragraph is checked against the held-out rule.
-The questions about development-split paragraphs (corpora.is_dev) stay in the file, as in every
+Khalifa's and any naming it left out, seeded shuffle 20261207; batches 0-7 the first 1,600, 8-15
+the next 1,600), the instructions in annotators/PROMPT.md, and wrote {"id", "question", "answer"}
+lines (annotators/out-N.jsonl). Kept: answers found verbatim in the paragraph, not given away by the
+question, first copy of a question; every paragraph is checked against the held-out rule. The
+questions about development-split paragraphs (corpora.is_dev) stay in the file, as in every
 `clara synth` file: the trainer leaves them out. They are also written to DEV_OUT, a second
 development set of written questions for choosing recipes.
 
-    python docs/eval/2026-12-07/written/collect.py IN_DIR data/train_qa_written.jsonl data/dev_qa_written.jsonl
+    python docs/eval/2026-12-07/written/collect.py docs/eval/2026-12-07/written/annotators \\
+        data/train_qa_written.jsonl data/dev_qa_written.jsonl
 """
 
 from __future__ import annotations
@@ -18,18 +20,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from clara_cli.corpora import is_dev, is_held_out
+from clara_cli.corpora import is_dev, is_held_out, wiki_paragraphs
 from clara_cli.synth import QAPair, verbatim_ok
 
 
 def main(in_dir: str, out_path: str, dev_out: str) -> None:
-    paragraphs = {}
-    for f in sorted(Path(in_dir).glob("in-*.jsonl")):
-        for line in f.read_text().splitlines():
-            p = json.loads(line)
-            paragraphs[p["id"]] = p
+    paragraphs = {p["id"]: p for p in wiki_paragraphs("train")}
     kept, seen, why = [], set(), Counter()
-    for f in sorted(Path(in_dir).glob("out-*.jsonl")):
+    for f in sorted(Path(in_dir).glob("out-*.jsonl"), key=lambda f: int(f.stem.split("-")[1])):
         for line in f.read_text().splitlines():
             if not line.strip():
                 continue
