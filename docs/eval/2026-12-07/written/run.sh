@@ -5,7 +5,11 @@
 #   run.sh data     # the synth files: natural + written (nw), written only (w), a seeded mix of nw's instruct
 #   run.sh gen      # G: the same 40-step generator stage as every point, on the mix instead of natural only
 #   run.sh scp LR   # S: + 1 epoch of scp on the written QA records at LR, then G's generator stage
-# Each point stops after dev (DEV_ONLY=1); the held-out runs are point.sh again without it.
+#   run.sh data2    # after the second batch of written questions (commit 5acdd1d): nw2, w2, and w2's QA
+#                   # records about paragraphs the first batch did not cover (qa-new.jsonl)
+#   run.sh scp2 LR  # S2: from S, 1 epoch of scp on qa-new at LR, then the generator stage on nw2's mix
+# Each point stops after dev (DEV_ONLY=1); the held-out runs are heldout.sh.
+# The first three used data/train_qa_written.jsonl as of commit 3c3cc3c (3,530 questions).
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."  # the repository root
 export D=.cache/e5x E=.cache/eval-e5x T=${THREADS:-1}
@@ -22,6 +26,20 @@ data)
   .venv/bin/python -c "import random,sys; l=open(sys.argv[1]).readlines(); random.Random(0).shuffle(l); open(sys.argv[2],'w').writelines(l)" \
     $D/data-nw/instruct.jsonl $D/data-nw/instruct-mix.jsonl
   wc -l $D/data-nw/instruct-mix.jsonl $D/data-w/qa.jsonl $D/data-w/instruct.jsonl ;;
+data2)
+  $C synth --split train --seed 0 --questions natural --written $W --out $D/data-nw2
+  $C synth --split train --seed 0 --questions written --written $W --out $D/data-w2
+  grep '^{"data_type": "qa"' $D/data-w2/pretrain.jsonl | grep -vxFf $D/data-w/qa.jsonl > $D/data-w2/qa-new.jsonl
+  .venv/bin/python -c "import random,sys; l=open(sys.argv[1]).readlines(); random.Random(0).shuffle(l); open(sys.argv[2],'w').writelines(l)" \
+    $D/data-nw2/instruct.jsonl $D/data-nw2/instruct-mix.jsonl
+  wc -l $D/data-nw2/instruct-mix.jsonl $D/data-w2/qa-new.jsonl ;;
+scp2)
+  LR=$2
+  $C train scp $D/data-w2/qa-new.jsonl --init-from $D/scp-wq-$LR --out $D/scp-wq2-$LR --epochs 1 --lr "$LR" \
+    --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 0 --dtype auto --compile
+  echo SCP-DONE; date -u
+  INSTRUCT=$D/data-nw2/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
+    bash docs/eval/2026-12-01/e5/point.sh wq2-scp-$LR $D/scp-wq2-$LR ;;
 gen)
   INSTRUCT=$D/data-nw/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
     bash docs/eval/2026-12-01/e5/point.sh wq-gen $D/scp-fnat-qa ;;
