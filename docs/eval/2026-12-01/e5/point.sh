@@ -2,7 +2,8 @@
 # One point of the curve: SNAP -> 40-step memory-only natural generator stage -> bf16 export ->
 # dev store + dev eval (expand 0, 1; BM25) -> held-out store + held-out eval (expand 0, and 1 when HELD1=1).
 # D: the run's folder (synth data, models), E: the reports' folder; the E5 runs of 2026-12-06 set both.
-# INSTRUCT: the generator stage's data (default $D/data/instruct.jsonl); DEV_ONLY=1 stops after dev.
+# INSTRUCT: the generator stage's data (default $D/data/instruct.jsonl); DEV_ONLY=1 stops after dev;
+# GEN_STEPS: the generator stage's steps of 16 examples (default 40).
 set -euo pipefail
 TAG=$1; SNAP=$2; T=${THREADS:-1}
 cd "$(dirname "$0")/../../../.."  # the repository root
@@ -11,7 +12,7 @@ export LD_PRELOAD=$PWD/.venv/lib/python3.11/site-packages/ray/core/libjemalloc.s
 C=.venv/bin/clara; D=${D:-.cache/nat5}; E=${E:-.cache/eval-nat}
 mkdir -p $E
 date -u; echo "POINT $TAG from $SNAP"
-$C train generator ${INSTRUCT:-$D/data/instruct.jsonl} --init-from $SNAP --out $D/gen-$TAG --max-examples 640 --steps 40 \
+$C train generator ${INSTRUCT:-$D/data/instruct.jsonl} --init-from $SNAP --out $D/gen-$TAG --max-examples $((16 * ${GEN_STEPS:-40})) --steps ${GEN_STEPS:-40} \
   --expand-rate 0 --lr 2e-4 --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 0 --dtype auto
 .venv/bin/python -m clara_cli.train.export $D/gen-$TAG $D/cand-$TAG bf16
 test -f $E/dev.jsonl || .venv/bin/python -m clara_cli.corpora 5000 dev > $E/dev.jsonl

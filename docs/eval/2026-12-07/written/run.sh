@@ -8,6 +8,8 @@
 #   run.sh data2    # after the second batch of written questions (commit 5acdd1d): nw2, w2, and w2's QA
 #                   # records about paragraphs the first batch did not cover (qa-new.jsonl)
 #   run.sh scp2 LR  # S2: from S, 1 epoch of scp on qa-new at LR, then the generator stage on nw2's mix
+#   run.sh scp3 LR  # S3: from S2, a second epoch of scp over all the written QA records (qa.jsonl of w2) at LR
+#   run.sh gen2 N   # G2: S2's compressor with an N-step generator stage on nw2's mix instead of 40
 # Each point stops after dev (DEV_ONLY=1); the held-out runs are heldout.sh.
 # The first three used data/train_qa_written.jsonl as of commit 3c3cc3c (3,530 questions).
 set -euo pipefail
@@ -40,6 +42,17 @@ scp2)
   echo SCP-DONE; date -u
   INSTRUCT=$D/data-nw2/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
     bash docs/eval/2026-12-01/e5/point.sh wq2-scp-$LR $D/scp-wq2-$LR ;;
+scp3)
+  LR=$2
+  grep '^{"data_type": "qa"' $D/data-w2/pretrain.jsonl > $D/data-w2/qa.jsonl
+  $C train scp $D/data-w2/qa.jsonl --init-from $D/scp-wq2-$LR --out $D/scp-wq3-$LR --epochs 1 --lr "$LR" \
+    --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 0 --dtype auto --compile
+  echo SCP-DONE; date -u
+  INSTRUCT=$D/data-nw2/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
+    bash docs/eval/2026-12-01/e5/point.sh wq3-scp-$LR $D/scp-wq3-$LR ;;
+gen2)
+  INSTRUCT=$D/data-nw2/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T GEN_STEPS=$2 \
+    bash docs/eval/2026-12-01/e5/point.sh wq2-gen$2 $D/scp-wq2-3e-4 ;;
 gen)
   INSTRUCT=$D/data-nw/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
     bash docs/eval/2026-12-01/e5/point.sh wq-gen $D/scp-fnat-qa ;;

@@ -1,36 +1,45 @@
 #!/usr/bin/env bash
-# The candidate default from the written-questions run (wq-scp-3e-4: the fresh natural compressor + its
-# natural QA epoch + an epoch of scp on the written QA, then the 40-step generator stage on the
-# natural + written mix): the retrieval stage (query reasoner + center) against its memories, as
+# A candidate default from a written-questions point (SRC, default wq-scp-3e-4: the fresh natural
+# compressor + its natural QA epoch + an epoch of scp on the written QA, then the 40-step generator stage
+# on the natural + written mix): the retrieval stage (query reasoner + center) against its memories, as
 # `make train-retrieval` but over the natural + written scp file and 100 steps, then a bf16 export
-# with every LoRA pair cut to rank 16 (the shipped size), then dev stores at the model's defaults.
-#   ship.sh retrieval | ship.sh export | ship.sh dev
+# with every LoRA pair cut to rank 16 (the shipped size), then dev stores at the model's defaults,
+# then (for the README's table only, once chosen on dev) the held-out questions.
+#   ship.sh retrieval | ship.sh export | ship.sh dev | ship.sh heldout
+#   SRC=wq2-scp-3e-4 NAME=ship2 DATA=data-nw2 ship.sh ...     (the second batch's point, S2)
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."  # the repository root
 export D=.cache/e5x E=.cache/eval-e5x T=${THREADS:-2}
 export OMP_NUM_THREADS=$T MKL_NUM_THREADS=$T
 export LD_PRELOAD=$PWD/.venv/lib/python3.11/site-packages/ray/core/libjemalloc.so
 export MALLOC_CONF=muzzy_decay_ms:-1,oversize_threshold:0
-C=.venv/bin/clara
+C=.venv/bin/clara; SRC=${SRC:-wq-scp-3e-4}; NAME=${NAME:-ship}; DATA=${DATA:-data-nw}
+RET=$D/ret-$NAME; [ "$NAME" = ship ] && RET=$D/ret-wq  # the first candidate's folder
 date -u
 case $1 in
 retrieval)
-  $C train retrieval $D/data-nw/pretrain.jsonl --init-from $D/gen-wq-scp-3e-4 --out $D/ret-wq --max-examples 6000 \
+  $C train retrieval $D/$DATA/pretrain.jsonl --init-from $D/gen-$SRC --out $RET --max-examples 6000 \
     --steps 100 --batch-size 32 --save-every 25 --keep-every 25 --no-dropout --seed 0 --dtype auto ;;
 export)
-  .venv/bin/python -m clara_cli.train.export $D/ret-wq $D/cand-ship bf16 --rank 16
+  .venv/bin/python -m clara_cli.train.export $RET $D/cand-$NAME bf16 --rank 16
   # ours: `ask` reads the best source as text (selective expansion), as the shipped model; chosen on dev below
-  .venv/bin/python - $D/cand-ship/clara.json <<'PY'
+  .venv/bin/python - $D/cand-$NAME/clara.json <<'PY'
 import json, sys
 meta = json.load(open(sys.argv[1])); meta["config"]["expand"] = 1
 json.dump(meta, open(sys.argv[1], "w"), indent=2); open(sys.argv[1], "a").write("\n")
 PY
   ;;
 dev)
-  $C --store $E/store-dev-ship update $E/dev.jsonl --model $D/cand-ship --dtype auto
-  for Q in dev_qa dev_qa_written; do for X in 0 1; do for R in hybrid bm25; do
-    $C --store $E/store-dev-ship eval data/$Q.jsonl -k 5 --model $D/cand-ship --dtype auto --expand $X \
-      --retriever $R --baseline none --report $E/$Q-ship-$R-expand$X
+  $C --store $E/store-dev-$NAME update $E/dev.jsonl --model $D/cand-$NAME --dtype auto
+  for Q in dev_qa dev_qa_written; do for X in 0 1; do for R in ${RETRIEVERS:-hybrid bm25}; do
+    $C --store $E/store-dev-$NAME eval data/$Q.jsonl -k 5 --model $D/cand-$NAME --dtype auto --expand $X \
+      --retriever $R --baseline none --report $E/$Q-$NAME-$R-expand$X
   done; done; done ;;
+heldout)
+  $C --store $E/store-heldout-$NAME update $E/heldout.jsonl --model $D/cand-$NAME --dtype auto
+  for RX in hybrid:1 hybrid:0 latent:1 latent:0; do
+    $C --store $E/store-heldout-$NAME eval data/heldout_qa.jsonl -k 5 --model $D/cand-$NAME --dtype auto \
+      --expand ${RX#*:} --retriever ${RX%:*} --baseline none --report $E/heldout-$NAME-${RX%:*}-expand${RX#*:}
+  done ;;
 esac
 date -u
