@@ -345,6 +345,17 @@ def test_export_casts_to_bf16_and_loads(chain, tmp_path):
     assert load_model(str(legacy), device="cpu", dtype="bf16").fingerprint == model.fingerprint
 
 
+def test_export_records_the_expand_setting_outside_the_fingerprint(chain, tmp_path):
+    """`--expand N` is how `ask` reads sources by default, not a weight: stores stay bound."""
+    root, _ = chain
+    plain = load_model(str(export_model(root / "e2e", tmp_path / "plain", dtype="bf16")), device="cpu", dtype="bf16")
+    dst = export_model(root / "e2e", tmp_path / "expand1", dtype="bf16", expand=1)
+    model = load_model(str(dst), device="cpu", dtype="bf16")
+    assert (plain.config.expand, model.config.expand) == (0, 1)
+    assert json.loads((dst / "clara.json").read_text())["config"]["expand"] == 1
+    assert model.fingerprint == plain.fingerprint
+
+
 def test_truncate_lora_keeps_the_best_low_rank_product():
     """Eckart-Young: the rank-k pair's product is B·A's SVD cut at k, and a pair whose product
     already has rank <= k comes back with the same product."""

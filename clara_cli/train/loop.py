@@ -429,8 +429,11 @@ def model_fingerprint(model: ClaraModel) -> str:
 
 
 def export_model(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "bf16",
-                 rank: int | None = None) -> Path:
+                 rank: int | None = None, expand: int | None = None) -> Path:
     """A trained OUT -> a shippable model folder: adapters and rows cast to `dtype`, no trainer state.
+
+    `expand` records how many sources `ask` reads as raw text by default (config.expand, ours;
+    None keeps the run's): a setting of the shipped model, not of its weights or fingerprint.
 
     With `rank`, every LoRA pair is cut to its best rank-`rank` product first (`truncate_lora`):
     a LoRA r 64 run ships at a quarter of its size. The compressor changes with it, so stores
@@ -440,14 +443,16 @@ def export_model(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "b
     if rank is not None:
         with tempfile.TemporaryDirectory(prefix="clara-export-") as tmp:
             reduced = _write_reduced_rank(Path(src), Path(tmp) / "reduced", rank)
-            return _export_loaded(load_model(reduced, device="cpu", dtype="fp32"), reduced, dst, dtype, src)
-    return _export_loaded(load_model(src, device="cpu", dtype="fp32"), Path(src), dst, dtype, src)
+            return _export_loaded(load_model(reduced, device="cpu", dtype="fp32"), reduced, dst, dtype, src, expand)
+    return _export_loaded(load_model(src, device="cpu", dtype="fp32"), Path(src), dst, dtype, src, expand)
 
 
 def _export_loaded(model: ClaraModel, folder: Path, dst: str | os.PathLike, dtype: str,
-                   src: str | os.PathLike) -> Path:
+                   src: str | os.PathLike, expand: int | None = None) -> Path:
     from ..checkpoint import save_model
 
+    if expand is not None:
+        model.config.expand = expand
     lora_to_fp32(model)
     _restore_exact_adapters(model, folder)
     target = resolve_dtype(dtype)
