@@ -164,7 +164,8 @@ train-natural: install
 # recipe of the default model shipped on 2026-12-07, from nothing. A fresh compressor (lr 3e-4, LoRA
 # r 64) on the natural rules' scp data, an epoch of scp on their QA records, an epoch on the QA records
 # of the first 3,530 written questions (data/train_qa_written.jsonl, the first batch) and one on
-# those of the rest, the 40-step memory-only generator stage on the natural + written instruction
+# those of the next 3,591 (the second; the file's later lines came after the shipped model), the
+# 40-step memory-only generator stage on the natural + written instruction
 # records, the retrieval stage (query reasoner and center) against the final memories, then a bf16
 # export cut to LoRA rank 16 that reads the best source as text (--expand 1). ~2.5 h on 2 AMX cores.
 # Written to $(TRAIN_DIR)/candidate-written, not over the default. Every run resumes: rerun the target.
@@ -176,10 +177,11 @@ W_FLAGS  = --epochs 1 --lr 3e-4 $(TRAIN_FLAGS) --compile
 train-written: install
 	mkdir -p $(W_DIR)
 	head -n 3530 data/train_qa_written.jsonl > $(W_DIR)/written-1.jsonl
+	head -n 7121 data/train_qa_written.jsonl > $(W_DIR)/written-2.jsonl
 	test -f $(W_DIR)/nat/synth.json || $(W_SYNTH) --questions natural --out $(W_DIR)/nat
 	test -f $(W_DIR)/w1/synth.json || $(W_SYNTH) --questions written --written $(W_DIR)/written-1.jsonl --out $(W_DIR)/w1
-	test -f $(W_DIR)/w2/synth.json || $(W_SYNTH) --questions written --written data/train_qa_written.jsonl --out $(W_DIR)/w2
-	test -f $(W_DIR)/nw/synth.json || $(W_SYNTH) --questions natural --written data/train_qa_written.jsonl --out $(W_DIR)/nw
+	test -f $(W_DIR)/w2/synth.json || $(W_SYNTH) --questions written --written $(W_DIR)/written-2.jsonl --out $(W_DIR)/w2
+	test -f $(W_DIR)/nw/synth.json || $(W_SYNTH) --questions natural --written $(W_DIR)/written-2.jsonl --out $(W_DIR)/nw
 	$(W_QA) $(W_DIR)/nat/pretrain.jsonl > $(W_DIR)/nat/qa.jsonl
 	$(W_QA) $(W_DIR)/w1/pretrain.jsonl > $(W_DIR)/w1/qa.jsonl
 	$(W_QA) $(W_DIR)/w2/pretrain.jsonl | grep -vxFf $(W_DIR)/w1/qa.jsonl > $(W_DIR)/w2/qa-new.jsonl

@@ -10,8 +10,13 @@
 #   run.sh scp2 LR  # S2: from S, 1 epoch of scp on qa-new at LR, then the generator stage on nw2's mix
 #   run.sh scp3 LR  # S3: from S2, a second epoch of scp over all the written QA records (qa.jsonl of w2) at LR
 #   run.sh gen2 N   # G2: S2's compressor with an N-step generator stage on nw2's mix instead of 40
+#   run.sh data3    # after the third batch (the rest of the training paragraphs): nw3, w3, and w3's QA
+#                   # records about paragraphs the first two batches did not cover (qa-new.jsonl)
+#   run.sh scp4 LR FROM   # S4: from FROM's compressor (scp-wq2-LR or scp-wq3-LR), 1 epoch of scp on
+#                   # w3's qa-new at LR, then the generator stage on nw3's mix
 # Each point stops after dev (DEV_ONLY=1); the held-out runs are heldout.sh.
-# The first three used data/train_qa_written.jsonl as of commit 3c3cc3c (3,530 questions).
+# The first three used data/train_qa_written.jsonl as of commit 3c3cc3c (3,530 questions), data2 and
+# scp2 the file as of commit 5acdd1d (7,121; its first 7,121 lines since), data3 the whole file (19,693).
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."  # the repository root
 export D=.cache/e5x E=.cache/eval-e5x T=${THREADS:-1}
@@ -42,6 +47,21 @@ scp2)
   echo SCP-DONE; date -u
   INSTRUCT=$D/data-nw2/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
     bash docs/eval/2026-12-01/e5/point.sh wq2-scp-$LR $D/scp-wq2-$LR ;;
+data3)
+  $C synth --split train --seed 0 --questions natural --written $W --out $D/data-nw3
+  $C synth --split train --seed 0 --questions written --written $W --out $D/data-w3
+  grep '^{"data_type": "qa"' $D/data-w2/pretrain.jsonl > $D/data-w2/qa.jsonl
+  grep '^{"data_type": "qa"' $D/data-w3/pretrain.jsonl | grep -vxFf $D/data-w2/qa.jsonl > $D/data-w3/qa-new.jsonl
+  .venv/bin/python -c "import random,sys; l=open(sys.argv[1]).readlines(); random.Random(0).shuffle(l); open(sys.argv[2],'w').writelines(l)" \
+    $D/data-nw3/instruct.jsonl $D/data-nw3/instruct-mix.jsonl
+  wc -l $D/data-nw3/instruct-mix.jsonl $D/data-w3/qa-new.jsonl ;;
+scp4)
+  LR=$2; FROM=$3
+  $C train scp $D/data-w3/qa-new.jsonl --init-from $D/$FROM --out $D/scp-wq4-$LR --epochs 1 --lr "$LR" \
+    --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 0 --dtype auto --compile
+  echo SCP-DONE; date -u
+  INSTRUCT=$D/data-nw3/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
+    bash docs/eval/2026-12-01/e5/point.sh wq4-scp-$LR $D/scp-wq4-$LR ;;
 scp3)
   LR=$2
   grep '^{"data_type": "qa"' $D/data-w2/pretrain.jsonl > $D/data-w2/qa.jsonl
