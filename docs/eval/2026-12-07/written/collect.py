@@ -2,7 +2,7 @@
 
 Each annotator got 200 training paragraphs (`python -m clara_cli.corpora 20000 train`, the Burj
 Khalifa's and any naming it left out, seeded shuffle 20261207; batches 0-7 the first 1,600, 8-15
-the next 1,600), the instructions in annotators/PROMPT.md, and wrote {"id", "question", "answer"}
+the next 1,600, 16-44 the other 5,784), the instructions in annotators/PROMPT.md, and wrote {"id", "question", "answer"}
 lines (annotators/out-N.jsonl). Kept: answers found verbatim in the paragraph, not given away by the
 question, first copy of a question; every paragraph is checked against the held-out rule. The
 questions about development-split paragraphs (corpora.is_dev) stay in the file, as in every
