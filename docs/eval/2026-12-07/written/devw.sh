@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../../../.."  # the repository root
 export OMP_NUM_THREADS=$T MKL_NUM_THREADS=$T
 D=${D:-.cache/e5x}; E=${E:-.cache/eval-e5x}
 MODEL=${2:-$D/cand-$TAG}; STORE=${3:-$E/store-dev-$TAG}; N=${N:-415}
-QA=$E/dev_qa_written-$N.jsonl; head -n $N data/dev_qa_written.jsonl > $QA
+QA=$E/dev_qa_written-$N.jsonl; test -s $QA || head -n $N data/dev_qa_written.jsonl > $QA
 for X in 0 ${EXPAND1:+1}; do
   .venv/bin/clara --store "$STORE" eval $QA -k 5 --model "$MODEL" --dtype auto --expand $X \
     --retriever ${RETRIEVER:-bm25} --baseline none --report $E/devw-$TAG-${RETRIEVER:-bm25}-expand$X

@@ -21,19 +21,14 @@ retrieval)
   $C train retrieval $D/$DATA/pretrain.jsonl --init-from $D/gen-$SRC --out $RET --max-examples 6000 \
     --steps 100 --batch-size 32 --save-every 25 --keep-every 25 --no-dropout --seed 0 --dtype auto ;;
 export)
-  .venv/bin/python -m clara_cli.train.export $RET $D/cand-$NAME bf16 --rank 16
   # ours: `ask` reads the best source as text (selective expansion), as the shipped model; chosen on dev below
-  .venv/bin/python - $D/cand-$NAME/clara.json <<'PY'
-import json, sys
-meta = json.load(open(sys.argv[1])); meta["config"]["expand"] = 1
-json.dump(meta, open(sys.argv[1], "w"), indent=2); open(sys.argv[1], "a").write("\n")
-PY
-  ;;
+  .venv/bin/python -m clara_cli.train.export $RET $D/cand-$NAME bf16 --rank 16 --expand 1 ;;
 dev)
   $C --store $E/store-dev-$NAME update $E/dev.jsonl --model $D/cand-$NAME --dtype auto
-  for Q in dev_qa dev_qa_written; do for X in 0 1; do for R in ${RETRIEVERS:-hybrid bm25}; do
-    $C --store $E/store-dev-$NAME eval data/$Q.jsonl -k 5 --model $D/cand-$NAME --dtype auto --expand $X \
-      --retriever $R --baseline none --report $E/$Q-$NAME-$R-expand$X
+  test -s $E/dev_qa_written-415.jsonl || head -n 415 data/dev_qa_written.jsonl > $E/dev_qa_written-415.jsonl  # as first chosen on
+  for Q in data/dev_qa $E/dev_qa_written-415; do for X in 0 1; do for R in ${RETRIEVERS:-hybrid bm25}; do
+    $C --store $E/store-dev-$NAME eval $Q.jsonl -k 5 --model $D/cand-$NAME --dtype auto --expand $X \
+      --retriever $R --baseline none --report $E/$(basename $Q)-$NAME-$R-expand$X
   done; done; done ;;
 heldout)
   $C --store $E/store-heldout-$NAME update $E/heldout.jsonl --model $D/cand-$NAME --dtype auto
