@@ -167,7 +167,7 @@ train-natural: install
 # first 3,530 lines), the second (to line 7,121), both again, then the rest of the file; the 40-step
 # memory-only generator stage on the natural + written instruction records, the retrieval stage
 # (query reasoner and center) against the final memories, then a bf16 export cut to LoRA rank 16
-# that reads the best source as text (--expand 1). ~3.7 h on 2 AMX cores. Written to
+# that reads the best source as text (--expand 1). ~3.3 h on 2 AMX cores (the runs' stage times summed). Written to
 # $(TRAIN_DIR)/candidate-written, not over the default. Every run resumes: rerun the target.
 W_DIR    = $(TRAIN_DIR)/written
 W_SYNTH  = $(VENV)/bin/clara synth --split train --seed 0
