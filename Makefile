@@ -161,47 +161,15 @@ train-natural: install
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/generator-natural $(TRAIN_DIR)/candidate-natural bf16
 
 # Written questions (issue 11; docs/TRAINING.md "Written questions through the compressor"): the
-# recipe of the default model shipped on 2026-12-07 (S4), from nothing. A fresh compressor (lr 3e-4,
-# LoRA r 64) on the natural rules' scp data, an epoch of scp on their QA records, then epochs on the
-# QA records of data/train_qa_written.jsonl in the order they were written: the first batch (its
-# first 3,530 lines), the second (to line 7,121), both again, then the rest of the file; the 40-step
-# memory-only generator stage on the natural + written instruction records, the retrieval stage
-# (query reasoner and center) against the final memories, then a bf16 export cut to LoRA rank 16
-# that reads the best source as text (--expand 1). ~3.3 h on 2 AMX cores (the runs' stage times summed). Written to
-# $(TRAIN_DIR)/candidate-written, not over the default. Every run resumes: rerun the target.
+# recipe of the default model shipped on 2026-12-07 (S4), from nothing, as scripts/train_written.sh
+# tells it (the same script trains it on a GPU: scripts/train_gpu.sh). ~3.3 h on 2 AMX cores (the
+# runs' stage times summed). Written to $(TRAIN_DIR)/candidate-written, not over the default. Every
+# run resumes: rerun the target.
 W_DIR    = $(TRAIN_DIR)/written
-W_SYNTH  = $(VENV)/bin/clara synth --split train --seed 0
-W_QA     = grep '^{"data_type": "qa"'
-W_FLAGS  = --epochs 1 --lr 3e-4 $(TRAIN_FLAGS) --compile
 .PHONY: train-written
 train-written: install
-	mkdir -p $(W_DIR)
-	head -n 3530 data/train_qa_written.jsonl > $(W_DIR)/written-1.jsonl
-	head -n 7121 data/train_qa_written.jsonl > $(W_DIR)/written-2.jsonl
-	test -f $(W_DIR)/nat/synth.json || $(W_SYNTH) --questions natural --out $(W_DIR)/nat
-	test -f $(W_DIR)/w1/synth.json || $(W_SYNTH) --questions written --written $(W_DIR)/written-1.jsonl --out $(W_DIR)/w1
-	test -f $(W_DIR)/w2/synth.json || $(W_SYNTH) --questions written --written $(W_DIR)/written-2.jsonl --out $(W_DIR)/w2
-	test -f $(W_DIR)/w3/synth.json || $(W_SYNTH) --questions written --written data/train_qa_written.jsonl --out $(W_DIR)/w3
-	test -f $(W_DIR)/nw/synth.json || $(W_SYNTH) --questions natural --written data/train_qa_written.jsonl --out $(W_DIR)/nw
-	$(W_QA) $(W_DIR)/nat/pretrain.jsonl > $(W_DIR)/nat/qa.jsonl
-	$(W_QA) $(W_DIR)/w1/pretrain.jsonl > $(W_DIR)/w1/qa.jsonl
-	$(W_QA) $(W_DIR)/w2/pretrain.jsonl > $(W_DIR)/w2/qa.jsonl
-	grep -vxFf $(W_DIR)/w1/qa.jsonl $(W_DIR)/w2/qa.jsonl > $(W_DIR)/w2/qa-new.jsonl
-	$(W_QA) $(W_DIR)/w3/pretrain.jsonl | grep -vxFf $(W_DIR)/w2/qa.jsonl > $(W_DIR)/w3/qa-new.jsonl
-	$(PY) -c "import random, sys; l = open(sys.argv[1]).readlines(); random.Random(0).shuffle(l); open(sys.argv[2], 'w').writelines(l)" \
-		$(W_DIR)/nw/instruct.jsonl $(W_DIR)/nw/instruct-mix.jsonl
-	$(TRAIN_ENV) $(VENV)/bin/clara train scp $(W_DIR)/nat/pretrain.jsonl --out $(W_DIR)/scp-fresh --max-examples 6400 \
-		--lora-r 64 $(W_FLAGS)
-	$(TRAIN_ENV) $(VENV)/bin/clara train scp $(W_DIR)/nat/qa.jsonl --init-from $(W_DIR)/scp-fresh --out $(W_DIR)/scp-nat $(W_FLAGS)
-	$(TRAIN_ENV) $(VENV)/bin/clara train scp $(W_DIR)/w1/qa.jsonl --init-from $(W_DIR)/scp-nat --out $(W_DIR)/scp-w1 $(W_FLAGS)
-	$(TRAIN_ENV) $(VENV)/bin/clara train scp $(W_DIR)/w2/qa-new.jsonl --init-from $(W_DIR)/scp-w1 --out $(W_DIR)/scp-w2 $(W_FLAGS)
-	$(TRAIN_ENV) $(VENV)/bin/clara train scp $(W_DIR)/w2/qa.jsonl --init-from $(W_DIR)/scp-w2 --out $(W_DIR)/scp-w2b $(W_FLAGS)
-	$(TRAIN_ENV) $(VENV)/bin/clara train scp $(W_DIR)/w3/qa-new.jsonl --init-from $(W_DIR)/scp-w2b --out $(W_DIR)/scp-w3 $(W_FLAGS)
-	$(TRAIN_ENV) $(VENV)/bin/clara train generator $(W_DIR)/nw/instruct-mix.jsonl --init-from $(W_DIR)/scp-w3 \
-		--out $(W_DIR)/generator --max-examples 640 --steps 40 --expand-rate 0 --lr 2e-4 $(TRAIN_FLAGS)
-	$(TRAIN_ENV) $(VENV)/bin/clara train retrieval $(W_DIR)/nw/pretrain.jsonl --init-from $(W_DIR)/generator \
-		--out $(W_DIR)/retrieval --max-examples $(RETRIEVAL_MAX) --steps 100 $(RETRIEVAL_FLAGS)
-	$(PY) -m clara_cli.train.export $(W_DIR)/retrieval $(TRAIN_DIR)/candidate-written bf16 --rank 16 --expand 1
+	$(TRAIN_ENV) PY=$(PY) DTYPE=$(DTYPE) RETRIEVAL_MAX=$(RETRIEVAL_MAX) bash scripts/train_written.sh $(W_DIR) \
+		$(TRAIN_DIR)/candidate-written
 
 # The development split (what recipes are chosen on; data/README.md): the 490 dev paragraphs
 # of the training split as a store, data/dev_qa.jsonl through MODEL at k=5 with --expand EXPAND

@@ -609,26 +609,31 @@ def test_kill_9_then_rerun_resumes_to_the_same_weights(tmp_path, tiny_model_dir,
     assert straight.fingerprint and resumed.loss_last == pytest.approx(straight.loss_last, abs=1e-5)
 
 
-@pytest.mark.slow  # five processes importing torch + transformers
+@pytest.mark.slow  # a dozen processes importing torch + transformers
 def test_gpu_recipe_script_runs_on_a_tiny_budget(tmp_path, tiny_model_dir):
-    """scripts/train_gpu.sh end to end (synth, five stages, export) with SMOKE=1 on the CPU."""
+    """scripts/train_gpu.sh end to end (five synth data sets, the shipped recipe's eight runs, export)
+    with SMOKE=1 on the CPU: the recipe of the shipped default model, from scripts/train_written.sh."""
     import os
     import subprocess
     import sys
 
-
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "SMOKE": "1", "BASE_MODEL": str(tiny_model_dir.parent / "base"), "DEVICE": "cpu",
-           "PY": sys.executable, "OMP_NUM_THREADS": "1"}
+           "PY": sys.executable, "OMP_NUM_THREADS": "1", "JOBS": "2"}
     run = subprocess.run(["bash", str(root / "scripts" / "train_gpu.sh"), str(tmp_path / "out")], env=env,
                          capture_output=True, text=True, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     model = load_model(str(tmp_path / "out" / "model"), device="cpu", dtype="fp32")
     assert model.trained and set(model.config.adapters) == {"encoder_adapter", "decoder_adapter",
                                                             "query_reasoner_adapter"}
+    assert model.config.expand == 1
     meta = json.loads((tmp_path / "out" / "model" / "clara.json").read_text())
-    assert meta["training"]["stage"] == "generator"  # the last stage: mixed prompts over natural questions
-    assert [h["stage"] for h in meta["history"]] == ["scp", "instruct", "e2e", "retrieval"]
+    # the stages of the shipped default (tests/test_default_model.py), with the same data files
+    shipped = json.loads((root / "clara_cli" / "default_model" / "clara.json").read_text())
+    assert meta["training"]["stage"] == "retrieval" and meta["rank_reduced"] == {"from": 64, "to": 16}
+    assert [(h["stage"], h["data"]) for h in meta["history"]] == [("scp", "pretrain.jsonl"), ("scp", "qa.jsonl"),
+        ("scp", "qa.jsonl"), ("scp", "qa-new.jsonl"), ("scp", "qa.jsonl"), ("scp", "qa-new.jsonl"),
+        ("generator", "instruct-mix.jsonl")] == [(h["stage"], h["data"]) for h in shipped["history"]]
 
 
 def test_clara_json_keeps_every_stage_the_model_went_through(chain, tmp_path):
