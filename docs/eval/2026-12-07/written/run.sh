@@ -14,6 +14,8 @@
 #                   # records about paragraphs the first two batches did not cover (qa-new.jsonl)
 #   run.sh scp4 LR FROM   # S4: from FROM's compressor (scp-wq2-LR or scp-wq3-LR), 1 epoch of scp on
 #                   # w3's qa-new at LR, then the generator stage on nw3's mix
+#   run.sh scp5 LR  # S5: from S4 (scp-wq4-LR), a second epoch over w3's qa-new at LR, then the generator
+#                   # stage on nw3's mix: every written question seen twice, in another order (--seed 1; rule: RULE-S5.md)
 # Each point stops after dev (DEV_ONLY=1); the held-out runs are heldout.sh.
 # The first three used data/train_qa_written.jsonl as of commit 3c3cc3c (3,530 questions), data2 and
 # scp2 the file as of commit 5acdd1d (7,121; its first 7,121 lines since), data3 the whole file (19,693).
@@ -62,6 +64,13 @@ scp4)
   echo SCP-DONE; date -u
   INSTRUCT=$D/data-nw3/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
     bash docs/eval/2026-12-01/e5/point.sh wq4-scp-$LR $D/scp-wq4-$LR ;;
+scp5)
+  LR=$2
+  $C train scp $D/data-w3/qa-new.jsonl --init-from $D/scp-wq4-$LR --out $D/scp-wq5-$LR --epochs 1 --lr "$LR" \
+    --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 1 --dtype auto --compile
+  echo SCP-DONE; date -u
+  INSTRUCT=$D/data-nw3/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
+    bash docs/eval/2026-12-01/e5/point.sh wq5-scp-$LR $D/scp-wq5-$LR ;;
 scp3)
   LR=$2
   grep '^{"data_type": "qa"' $D/data-w2/pretrain.jsonl > $D/data-w2/qa.jsonl
