@@ -31,6 +31,13 @@ and must give the same losses). Figures are medians per token.
     python benchmarks/train_throughput.py                 # all stages, ~3-5 min on 2 busy cores
     python benchmarks/train_throughput.py --stages scp --micro-batches 2
     python benchmarks/train_throughput.py --stages scp --threads 1 --warmup-batch 2   # docs/TRAINING.md
+    python benchmarks/train_throughput.py --device cuda --base-model DIR --no-baseline  # a GPU (scripts/gpu_check.sh)
+
+On CUDA the clock synchronizes the device before each reading, the peak probe is one bf16 matmul
+of --peak-n (8192 there by default), busy time is the wall time, and the compiled path is left
+out unless --compile-on-cuda (unmeasured there). --base-model DIR puts the default model's adapters
+on another base folder of the same shape (e.g. random weights: scripts/random_base.py), which
+times the same computation where the real base cannot be brought.
 """
 
 from __future__ import annotations
@@ -51,13 +58,38 @@ FILES = {"scp": "pretrain.jsonl", "instruct": "instruct.jsonl", "e2e": "e2e.json
 
 class Clock:
     """Wall seconds and busy seconds (process CPU time / threads: the wall time the same work
-    would take with the threads' cores to itself, which a shared machine's wall clock is not)."""
+    would take with the threads' cores to itself, which a shared machine's wall clock is not).
+    On CUDA both are the wall time after the device has finished."""
+
+    cuda = False
 
     def __init__(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
         self.wall, self.cpu = time.perf_counter(), time.process_time()
 
     def read(self) -> tuple[float, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            wall = time.perf_counter() - self.wall
+            return wall, wall
         return time.perf_counter() - self.wall, (time.process_time() - self.cpu) / torch.get_num_threads()
+
+
+def cuda_matmul_gflops(dtype: torch.dtype, n: int, seconds: float = 2.0) -> tuple[float, float]:
+    """GFLOP/s of n x n @ n x n matmuls in `dtype` on the GPU (twice, the shape of matmul_gflops)."""
+    a, b = torch.randn(n, n, device="cuda", dtype=dtype), torch.randn(n, n, device="cuda", dtype=dtype)
+    a @ b
+    torch.cuda.synchronize()
+    k, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds:
+        a @ b
+        k += 1
+        if k % 10 == 0:
+            torch.cuda.synchronize()
+    torch.cuda.synchronize()
+    g = 2 * n**3 * k / (time.perf_counter() - t) / 1e9
+    return g, g
 
 
 def matmul_gflops(dtype: torch.dtype, n: int, seconds: float = 2.0) -> tuple[float, float]:
@@ -117,11 +149,15 @@ def main() -> None:
                     help="measured micro-batches per path and stage (after one warm-up)")
     ap.add_argument("--docs", type=int, default=40, help="Wikipedia paragraphs to synthesize records from")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
-    ap.add_argument("--peak-n", type=int, default=1024)
+    ap.add_argument("--peak-n", type=int, default=None, help="matmul probe size (1024 on a CPU, 8192 on a GPU)")
     ap.add_argument("--warmup-batch", type=int, default=None,
                     help="examples in the warm-up micro-batch (default: the recipe's; smaller is quicker)")
     ap.add_argument("--no-baseline", action="store_true", help="leave the padded path out")
     ap.add_argument("--no-compile", action="store_true", help="leave the compiled path out")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--base-model", default=None,
+                    help="a base folder of the default base's shape to put the default adapters on")
+    ap.add_argument("--compile-on-cuda", action="store_true", help="measure compiled blocks on CUDA too")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's). 1 keeps a loaded machine's busy time honest: "
                          "no thread spins at a barrier waiting for a descheduled sibling")
@@ -134,8 +170,17 @@ def main() -> None:
     from clara_cli.train.loop import TrainConfig, _load_start_model
     from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters
 
-    dtype = resolve_dtype(args.dtype)
-    dname = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+    device = torch.device(args.device)
+    Clock.cuda = device.type == "cuda"
+    if Clock.cuda and not args.compile_on_cuda:
+        args.no_compile = True
+    args.peak_n = args.peak_n or (8192 if Clock.cuda else 1024)
+    probe = cuda_matmul_gflops if Clock.cuda else matmul_gflops
+    dtype = resolve_dtype(args.dtype, device)
+    dname = {torch.bfloat16: "bf16", torch.float32: "fp32", torch.float16: "fp16"}[dtype]
+    machine = torch.cuda.get_device_name(0) if Clock.cuda else cpu_name()
+    if Clock.cuda:
+        print(f"GPU: {machine}; CPU: {cpu_name()}")
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads; dtype {dname}"
           f"{' (autocast, fp32 LoRA masters)' if dtype != torch.float32 else ''}; torch {torch.__version__}; "
           f"allocator: {allocator()}")
@@ -147,12 +192,14 @@ def main() -> None:
     rows = []
     for stage in args.stages.split(","):
         batch, accum = RECIPE[stage]
-        cfg = TrainConfig(stage, "unused", "unused", init_from="default", batch_size=batch, grad_accum=accum,
-                          dropout=False, dtype=dname).resolved()
+        cfg = TrainConfig(stage, "unused", "unused", init_from="default", base_model=args.base_model,
+                          batch_size=batch, grad_accum=accum, dropout=False, dtype=dname).resolved()
 
         def fresh_model(cfg=cfg, stage=stage):
             model = _load_start_model(cfg, None, torch.device("cpu"), dtype)
             prepare_adapters(model, stage, fresh_start=True, seed=0)  # the same start for every path
+            model.decoder.to(device)
+            model.set_attention("auto")  # as the trainer: Triton varlen attention for CUDA inference passes
             model.decoder.train(False)
             return model
 
@@ -188,7 +235,7 @@ def main() -> None:
                 print(f"  {stage} {name} micro-batch {s}{' (warm-up)' if not s else ''}: {size} examples, "
                       f"{tok} tokens, {wall:.1f} s wall, {busy:.1f} s busy, loss {loss:.5f}", flush=True)
             if s:
-                peaks.append(matmul_gflops(dtype, args.peak_n))
+                peaks.append(probe(dtype, args.peak_n))
                 print(f"  matmul {args.peak_n}^3 {dname}: {peaks[-1][0]:.0f} GFLOP/s on all threads, "
                       f"{peaks[-1][1]:.0f} one per thread side by side", flush=True)
         line = {}
@@ -200,7 +247,7 @@ def main() -> None:
                 line[name, clock] = tps
                 frac = 4 * body * tps / 1e9 / peak
                 print(f"{stage:9s} {name:9s} {clock}  {tps:7.0f} tokens/s  {100 * frac:5.1f}% of the {dname} "
-                      f"matmul peak ({peak:.0f} GFLOP/s, n={args.peak_n})  [{cpu_name()}, {dname}]")
+                      f"matmul peak ({peak:.0f} GFLOP/s, n={args.peak_n})  [{machine}, {dname}]")
             for name in others:
                 print(f"{stage:9s} {name} / {first}  {clock}  {line[name, clock] / line[first, clock]:.2f}x")
         for name in others:

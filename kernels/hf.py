@@ -51,23 +51,29 @@ def _eager_forward() -> Any:
 
 def clara_attention_mask(
     batch_size: int,
-    cache_position: torch.Tensor,
-    kv_length: int,
+    cache_position: torch.Tensor | None = None,
+    kv_length: int = 0,
     kv_offset: int = 0,
     mask_function: Any = None,
     attention_mask: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> torch.Tensor | None:
-    """``None`` or a 2-D padding mask when the varlen kernel applies, else SDPA's 4-D mask."""
+    """``None`` or a 2-D padding mask when the varlen kernel applies, else SDPA's 4-D mask.
+    transformers 4.x passes the query positions as ``cache_position``; 5.x as ``q_length`` and
+    ``q_offset`` (in ``kwargs``)."""
     from transformers.masking_utils import causal_mask_function, sdpa_mask
 
     config = kwargs.get("config")
     window = getattr(config, "sliding_window", None)
     if getattr(config, "use_sliding_window", True) is False:
         window = None
-    no_cache = (
-        kv_offset == 0 and kv_length == cache_position.shape[0] and int(cache_position[0]) == 0
-    )
+    if cache_position is not None:
+        q_length, q_offset = cache_position.shape[0], int(cache_position[0])
+        positions = {"cache_position": cache_position}
+    else:
+        q_length, q_offset = kwargs["q_length"], kwargs.get("q_offset", 0)
+        positions = {}
+    no_cache = kv_offset == 0 and kv_length == q_length and q_offset == 0
     if no_cache and (window is None or kv_length <= window):
         if attention_mask is None:
             return None
@@ -75,7 +81,7 @@ def clara_attention_mask(
         return None if bool(mask.all()) else mask
     return sdpa_mask(
         batch_size=batch_size,
-        cache_position=cache_position,
+        **positions,
         kv_length=kv_length,
         kv_offset=kv_offset,
         mask_function=mask_function or causal_mask_function,

@@ -51,3 +51,17 @@ def test_packed_triton_compress_equals_sdpa(tiny_model_dir):
 def test_auto_picks_sdpa_without_cuda(tiny_model_dir):
     model = load_model(str(tiny_model_dir), device="cpu", dtype="fp32")
     assert model.attn == ("triton" if torch.cuda.is_available() else "sdpa")
+
+
+def test_mask_hook_takes_both_transformers_conventions():
+    """transformers 4.x passes the query positions as cache_position, 5.x as q_length / q_offset:
+    without a cache the varlen path gets no 4-D mask either way (the lent GPU's image has 5.x)."""
+    import torch
+
+    from clara_kernels.hf import clara_attention_mask
+
+    pad = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    by_cache = clara_attention_mask(2, cache_position=torch.arange(4), kv_length=4, attention_mask=pad)
+    by_length = clara_attention_mask(2, kv_length=4, attention_mask=pad, q_length=4, q_offset=0)
+    assert torch.equal(by_cache, pad.bool()) and torch.equal(by_length, pad.bool())
+    assert clara_attention_mask(2, kv_length=4, q_length=4) is None

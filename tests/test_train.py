@@ -689,3 +689,25 @@ def test_cpu_training_says_which_allocator_to_preload(tmp_path, tiny_model_dir, 
                                    "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
     assert advice in res.stderr
+
+
+def test_random_base_has_the_shape_and_tokenizer_but_not_the_weights(tmp_path, tiny_model_dir):
+    """scripts/random_base.py (the GPU check's stand-in for weights that cannot travel): the same
+    config and tokenizer, so the same computation; other values."""
+    import importlib.util
+
+    from safetensors.torch import load_file
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("random_base", root / "scripts" / "random_base.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    src = tiny_model_dir.parent / "base"
+    dst = module.random_base(src, tmp_path / "random")
+    assert json.loads((dst / "config.json").read_text())["hidden_size"] == json.loads(
+        (src / "config.json").read_text())["hidden_size"]
+    assert (dst / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
+    real, rand = load_file(src / "model.safetensors"), load_file(dst / "model.safetensors")
+    shared = set(real) & set(rand)
+    assert shared and all(real[k].shape == rand[k].shape for k in shared)
+    assert any(not torch.equal(real[k].float(), rand[k].float()) for k in shared if real[k].dim() == 2)
