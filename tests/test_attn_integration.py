@@ -56,8 +56,6 @@ def test_auto_picks_sdpa_without_cuda(tiny_model_dir):
 def test_mask_hook_takes_both_transformers_conventions():
     """transformers 4.x passes the query positions as cache_position, 5.x as q_length / q_offset:
     without a cache the varlen path gets no 4-D mask either way (the lent GPU's image has 5.x)."""
-    import torch
-
     from clara_kernels.hf import clara_attention_mask
 
     pad = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])

@@ -403,6 +403,21 @@ def test_export_at_a_lower_rank_loads_with_the_same_scale(chain, tmp_path):
     assert all(torch.allclose(got[k], want[k]) for k in want)
 
 
+def test_a_model_trained_on_after_a_cut_keeps_the_record_of_it(chain, tmp_path, data):
+    """Stages trained after `export --rank` (the generator on the cut compressor's memories) keep
+    clara.json's rank_reduced through their checkpoints and the final export."""
+    root, _ = chain
+    r = load_model(str(root / "e2e"), device="cpu", dtype="fp32").config.lora_r
+    cut = export_model(root / "e2e", tmp_path / "cut", dtype="fp32", rank=r // 2)
+    train(config("instruct", data["qa"], tmp_path / "after", cut, steps=2), progress=False)
+    after = json.loads((tmp_path / "after" / "clara.json").read_text())
+    assert after["rank_reduced"] == {"from": r, "to": r // 2} and after["config"]["lora_r"] == r // 2
+    shipped = export_model(tmp_path / "after", tmp_path / "shipped", dtype="bf16")
+    assert json.loads((shipped / "clara.json").read_text())["rank_reduced"] == {"from": r, "to": r // 2}
+    train(config("instruct", data["qa"], tmp_path / "uncut", root / "e2e", steps=2), progress=False)
+    assert "rank_reduced" not in json.loads((tmp_path / "uncut" / "clara.json").read_text())
+
+
 def test_bf16_base_with_fp32_lora_masters_runs_every_stage(tmp_path, tiny_model_dir, data):
     """The CPU fast path: bf16 base weights under autocast, fp32 LoRA and memory-row masters."""
     prev = tiny_model_dir

@@ -528,7 +528,8 @@ def _save_checkpoint(tm: Trainable, out: Path, cfg: TrainConfig, digest: str, to
         training = {"stage": cfg.stage, "step": step, "total_steps": total, "data": Path(cfg.data).name,
                     "data_sha256": digest, "examples_seen": consumed}
         write_model_files(model, tmp, trained=True,
-                          extra={"training": training, "history": training_history(cfg.init_from, training)})
+                          extra={"training": training, "history": training_history(cfg.init_from, training),
+                                 **rank_reduction(cfg.init_from)})
         torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _get_rng(),
                     "mem_rows": tm.mem_rows.detach().cpu() if tm.mem_rows is not None else None},
                    tmp / "trainer.pt")
@@ -559,19 +560,29 @@ def _model_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.is_file() and p.name not in ("trainer.pt", "train_state.json")]
 
 
+def _init_meta(init_from: str | None) -> dict:
+    """clara.json of the model a run starts from ({} for none, Apple's format or an untrained default)."""
+    if init_from is None:
+        return {}
+    from ..checkpoint import DEFAULT_MODEL_DIR
+
+    meta_file = (DEFAULT_MODEL_DIR if init_from == "default" else Path(init_from)) / "clara.json"
+    return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+
+
+def rank_reduction(init_from: str | None) -> dict:
+    """{"rank_reduced": {"from", "to"}} when the model a run starts from was cut to a lower LoRA rank
+    (`export --rank`): a model trained on after a cut keeps the record of it."""
+    meta = _init_meta(init_from)
+    return {"rank_reduced": meta["rank_reduced"]} if "rank_reduced" in meta else {}
+
+
 def training_history(init_from: str | None, current: dict | None = None) -> list[dict]:
     """The training records of the model a run starts from, oldest first (its own "history"
     plus its last "training"): clara.json keeps every stage a model went through. Records of
     the `current` run itself are left out: a resumed run whose init model was exported from
     one of its own checkpoints (`--init-from default` after shipping step N) is one stage."""
-    if init_from is None:
-        return []
-    from ..checkpoint import DEFAULT_MODEL_DIR
-
-    meta_file = (DEFAULT_MODEL_DIR if init_from == "default" else Path(init_from)) / "clara.json"
-    if not meta_file.is_file():
-        return []  # Apple's format, or an untrained default: no records
-    meta = json.loads(meta_file.read_text())
+    meta = _init_meta(init_from)  # {} for Apple's format or an untrained default: no records
     records = [*meta.get("history", []), *([meta["training"]] if "training" in meta else [])]
 
     def same_run(rec: dict) -> bool:
