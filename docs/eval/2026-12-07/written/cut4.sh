@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
+# Cut first (C4; RULE-CUT.md): S4's compressor run cut to LoRA r 16, then the generator and retrieval
+# stages at r 16 against the cut memories, a bf16 export with --expand 1, the written dev and dev sets at
+# the model's defaults (hybrid). As run on 2026-12-07 (log: cut4.log).
 set -euo pipefail
-cd /work/main
+cd "$(dirname "$0")/../../../.."  # the repository root
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
 export LD_PRELOAD=$PWD/.venv/lib/python3.11/site-packages/ray/core/libjemalloc.so MALLOC_CONF=muzzy_decay_ms:-1,oversize_threshold:0
 D=.cache/e5x E=.cache/eval-e5x C=.venv/bin/clara
