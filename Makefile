@@ -76,9 +76,13 @@ SCP_STOP     ?= 50
 INSTRUCT_MAX ?= 640
 E2E_MAX      ?= 512
 E2E_LR       ?= 5e-5
-# The stages' data, written once: `--questions cloze` is what the shipped model was trained on.
+# The stages' data, written once: `--questions cloze`, what the first shipped model was trained on.
 SYNTH_DATA   = test -f $(TRAIN_DIR)/data/synth.json || $(VENV)/bin/clara synth --split train --seed 0 \
 	--questions cloze --out $(TRAIN_DIR)/data
+# The data of the shipped model's own stages (make train-written's, made by the same script): natural
+# rules + written questions, $(W_DIR)/nw/pretrain.jsonl (retrieval) and instruct-mix.jsonl (generator).
+W_DIR        = $(TRAIN_DIR)/written
+SHIPPED_DATA = PY=$(PY) DATA_ONLY=1 bash scripts/train_written.sh $(W_DIR)
 .PHONY: train-default
 train-default: install
 	$(SYNTH_DATA)
@@ -92,22 +96,24 @@ train-default: install
 
 # The retrieval stage (ours, docs/TRAINING.md "Retrieval"): the query reasoner of the model in
 # clara_cli/default_model, trained contrastively against the frozen, centred memories of the
-# first RETRIEVAL_MAX lines of the scp data's documents (minus the development split), then
-# exported over it. The compressor and generator do not change; the retrieval center is new.
+# first RETRIEVAL_MAX lines of the shipped model's scp data (natural + written questions; the
+# development split left out), then exported over it. The compressor and generator do not change;
+# the retrieval center is new.
 RETRIEVAL_MAX   ?= 6000
 RETRIEVAL_STEPS ?= 200
 RETRIEVAL_FLAGS ?= --batch-size 32 --save-every 25 --no-dropout --seed 0 --dtype $(DTYPE)
 .PHONY: train-retrieval
 train-retrieval: install
-	$(SYNTH_DATA)
-	$(TRAIN_ENV) $(VENV)/bin/clara train retrieval $(TRAIN_DIR)/data/pretrain.jsonl --init-from default \
+	$(SHIPPED_DATA)
+	$(TRAIN_ENV) $(VENV)/bin/clara train retrieval $(W_DIR)/nw/pretrain.jsonl --init-from default \
 		--out $(TRAIN_DIR)/retrieval --max-examples $(RETRIEVAL_MAX) --steps $(RETRIEVAL_STEPS) $(RETRIEVAL_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/retrieval clara_cli/default_model bf16
 
 # The generator stage (ours, docs/TRAINING.md "Generator"): the decoder adapter of the model in
 # clara_cli/default_model, trained on frozen memories with mixed prompts (the top document as raw
 # text in GENERATOR_EXPAND of the examples, as `ask --expand 1` reads it; memories only in the
-# rest), then exported over it. Compressor, query reasoner and center do not change, so stores
+# rest) over the shipped model's instruction records (natural + written questions, shuffled), then
+# exported over it. Compressor, query reasoner and center do not change, so stores
 # stay valid. Resumable like every stage: rerun after any stop.
 GENERATOR_MAX    ?= 3600
 GENERATOR_STEPS  ?= 220
@@ -115,8 +121,8 @@ GENERATOR_EXPAND ?= 0.7
 GENERATOR_FLAGS  ?= --batch-size 8 --grad-accum 2 --lr 2e-4 --save-every 20 --keep-every 20 --no-dropout --seed 0 --dtype $(DTYPE)
 .PHONY: train-generator
 train-generator: install
-	$(SYNTH_DATA)
-	$(TRAIN_ENV) $(VENV)/bin/clara train generator $(TRAIN_DIR)/data/instruct.jsonl --init-from default \
+	$(SHIPPED_DATA)
+	$(TRAIN_ENV) $(VENV)/bin/clara train generator $(W_DIR)/nw/instruct-mix.jsonl --init-from default \
 		--out $(TRAIN_DIR)/generator --max-examples $(GENERATOR_MAX) --steps $(GENERATOR_STEPS) \
 		--expand-rate $(GENERATOR_EXPAND) $(GENERATOR_FLAGS)
 	$(PY) -m clara_cli.train.export $(TRAIN_DIR)/generator clara_cli/default_model bf16
@@ -165,7 +171,6 @@ train-natural: install
 # tells it (the same script trains it on a GPU: scripts/train_gpu.sh). ~3.3 h on 2 AMX cores (the
 # runs' stage times summed). Written to $(TRAIN_DIR)/candidate-written, not over the default. Every
 # run resumes: rerun the target.
-W_DIR    = $(TRAIN_DIR)/written
 .PHONY: train-written
 train-written: install
 	$(TRAIN_ENV) PY=$(PY) DTYPE=$(DTYPE) RETRIEVAL_MAX=$(RETRIEVAL_MAX) bash scripts/train_written.sh $(W_DIR) \

@@ -21,12 +21,15 @@
 #   RETRIEVAL_MAX  records the retrieval stage reads (6000)
 #   JOBS         clara synth runs at once (1); the five data sets are independent
 #   BASE_MODEL   another base LM for the first stage (the tests use a tiny one)
+#   DATA_ONLY=1  make the data sets and stop (no OUT_MODEL needed): what `make train-retrieval` and
+#                `make train-generator` read
 #   SMOKE=1      the same pipeline on a tiny budget: SYNTH_LIMIT (60) paragraphs, 2 records a stage in
 #                micro-batches of 2, 1 generator and 2 retrieval steps (a CPU is fine)
 set -euo pipefail
 
 WORK=${1:?usage: scripts/train_written.sh WORK_DIR OUT_MODEL}
-OUT_MODEL=${2:?usage: scripts/train_written.sh WORK_DIR OUT_MODEL}
+OUT_MODEL=${2:-}
+[ -n "$OUT_MODEL" ] || [ -n "${DATA_ONLY:-}" ] || { echo "usage: scripts/train_written.sh WORK_DIR OUT_MODEL" >&2; exit 2; }
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$ROOT/.venv/bin/python}
 [ -x "$PY" ] || PY=python3
@@ -83,18 +86,22 @@ synth w3 --questions written --written "$WRITTEN"
 synth nw --questions natural --written "$WRITTEN"
 
 qa "$WORK/nat/pretrain.jsonl" > "$WORK/nat/qa.jsonl"
+written_data() {  # the written batches' QA records (each batch's new ones too) and the generator's mix
+    wait_synth
+    qa "$WORK/w1/pretrain.jsonl" > "$WORK/w1/qa.jsonl"
+    qa "$WORK/w2/pretrain.jsonl" > "$WORK/w2/qa.jsonl"
+    new_lines "$WORK/w2/qa.jsonl" "$WORK/w1/qa.jsonl" > "$WORK/w2/qa-new.jsonl"
+    qa "$WORK/w3/pretrain.jsonl" > "$WORK/w3/qa.jsonl"
+    new_lines "$WORK/w3/qa.jsonl" "$WORK/w2/qa.jsonl" > "$WORK/w3/qa-new.jsonl"
+    "$PY" -c "import random, sys; l = open(sys.argv[1]).readlines(); random.Random(0).shuffle(l); open(sys.argv[2], 'w').writelines(l)" \
+        "$WORK/nw/instruct.jsonl" "$WORK/nw/instruct-mix.jsonl"
+}
+if [ -n "${DATA_ONLY:-}" ]; then written_data; echo "data in $WORK"; exit 0; fi
 clara train scp "$WORK/nat/pretrain.jsonl" --out "$WORK/scp-fresh" --max-examples "$SCP_FRESH_MAX" --lora-r 64 \
     "${SCP_FLAGS[@]}" ${BASE_MODEL:+--base-model "$BASE_MODEL"}
 clara train scp "$WORK/nat/qa.jsonl" --init-from "$WORK/scp-fresh" --out "$WORK/scp-nat" "${SCP_FLAGS[@]}"
 
-wait_synth
-qa "$WORK/w1/pretrain.jsonl" > "$WORK/w1/qa.jsonl"
-qa "$WORK/w2/pretrain.jsonl" > "$WORK/w2/qa.jsonl"
-new_lines "$WORK/w2/qa.jsonl" "$WORK/w1/qa.jsonl" > "$WORK/w2/qa-new.jsonl"
-qa "$WORK/w3/pretrain.jsonl" > "$WORK/w3/qa.jsonl"
-new_lines "$WORK/w3/qa.jsonl" "$WORK/w2/qa.jsonl" > "$WORK/w3/qa-new.jsonl"
-"$PY" -c "import random, sys; l = open(sys.argv[1]).readlines(); random.Random(0).shuffle(l); open(sys.argv[2], 'w').writelines(l)" \
-    "$WORK/nw/instruct.jsonl" "$WORK/nw/instruct-mix.jsonl"
+written_data
 clara train scp "$WORK/w1/qa.jsonl" --init-from "$WORK/scp-nat" --out "$WORK/scp-w1" "${SCP_FLAGS[@]}"
 clara train scp "$WORK/w2/qa-new.jsonl" --init-from "$WORK/scp-w1" --out "$WORK/scp-w2" "${SCP_FLAGS[@]}"
 clara train scp "$WORK/w2/qa.jsonl" --init-from "$WORK/scp-w2" --out "$WORK/scp-w2b" "${SCP_FLAGS[@]}"
