@@ -57,20 +57,14 @@ data3)
   .venv/bin/python -c "import random,sys; l=open(sys.argv[1]).readlines(); random.Random(0).shuffle(l); open(sys.argv[2],'w').writelines(l)" \
     $D/data-nw3/instruct.jsonl $D/data-nw3/instruct-mix.jsonl
   wc -l $D/data-nw3/instruct-mix.jsonl $D/data-w3/qa-new.jsonl ;;
-scp4)
-  LR=$2; FROM=$3
-  $C train scp $D/data-w3/qa-new.jsonl --init-from $D/$FROM --out $D/scp-wq4-$LR --epochs 1 --lr "$LR" \
-    --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 0 --dtype auto --compile
+scp4|scp5)
+  # scp4: FROM ($3) -> scp-wq4-LR, seed 0; scp5: scp-wq4-LR -> scp-wq5-LR, seed 1 (the same records again)
+  LR=$2; N=${1#scp}; FROM=${3:-scp-wq4-$LR}; SEED=$(( N == 5 ))
+  $C train scp $D/data-w3/qa-new.jsonl --init-from $D/$FROM --out $D/scp-wq$N-$LR --epochs 1 --lr "$LR" \
+    --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed $SEED --dtype auto --compile
   echo SCP-DONE; date -u
   INSTRUCT=$D/data-nw3/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
-    bash docs/eval/2026-12-01/e5/point.sh wq4-scp-$LR $D/scp-wq4-$LR ;;
-scp5)
-  LR=$2
-  $C train scp $D/data-w3/qa-new.jsonl --init-from $D/scp-wq4-$LR --out $D/scp-wq5-$LR --epochs 1 --lr "$LR" \
-    --batch-size 8 --grad-accum 2 --save-every 10 --no-dropout --seed 1 --dtype auto --compile
-  echo SCP-DONE; date -u
-  INSTRUCT=$D/data-nw3/instruct-mix.jsonl DEV_ONLY=${DEV_ONLY-1} THREADS=$T \
-    bash docs/eval/2026-12-01/e5/point.sh wq5-scp-$LR $D/scp-wq5-$LR ;;
+    bash docs/eval/2026-12-01/e5/point.sh wq$N-scp-$LR $D/scp-wq$N-$LR ;;
 scp3)
   LR=$2
   grep '^{"data_type": "qa"' $D/data-w2/pretrain.jsonl > $D/data-w2/qa.jsonl
