@@ -45,7 +45,7 @@ WRITTEN=data/train_qa_written.jsonl
 SCP_FRESH_MAX=6400; LIMIT=(); SMALL=(); GEN_MAX=640; GEN_STEPS=40; RET_STEPS=100; RET_BATCH=32
 if [ -n "${SMOKE:-}" ]; then
     LIMIT=(--limit "${SYNTH_LIMIT:-60}"); SMALL=(--max-examples 2 --batch-size 2 --grad-accum 1)
-    SCP_FRESH_MAX=2; GEN_MAX=2; GEN_STEPS=1; RETRIEVAL_MAX=8; RET_STEPS=2; RET_BATCH=2
+    GEN_STEPS=1; RETRIEVAL_MAX=8; RET_STEPS=2; RET_BATCH=2
 fi
 STEP_FLAGS=(--batch-size 8 --grad-accum 2 --save-every "$SAVE_EVERY" --no-dropout --seed 0 --dtype "$DTYPE"
             --device "$DEVICE")
@@ -107,7 +107,7 @@ clara train scp "$WORK/w2/qa-new.jsonl" --init-from "$WORK/scp-w1" --out "$WORK/
 clara train scp "$WORK/w2/qa.jsonl" --init-from "$WORK/scp-w2" --out "$WORK/scp-w2b" "${SCP_FLAGS[@]}"
 clara train scp "$WORK/w3/qa-new.jsonl" --init-from "$WORK/scp-w2b" --out "$WORK/scp-w3" "${SCP_FLAGS[@]}"
 clara train generator "$WORK/nw/instruct-mix.jsonl" --init-from "$WORK/scp-w3" --out "$WORK/generator" \
-    --max-examples "$GEN_MAX" --steps "$GEN_STEPS" --expand-rate 0 --lr 2e-4 "${STEP_FLAGS[@]}" "${SMALL[@]:2}"
+    --max-examples "$GEN_MAX" --steps "$GEN_STEPS" --expand-rate 0 --lr 2e-4 "${STEP_FLAGS[@]}" "${SMALL[@]}"
 clara train retrieval "$WORK/nw/pretrain.jsonl" --init-from "$WORK/generator" --out "$WORK/retrieval" \
     --max-examples "$RETRIEVAL_MAX" --steps "$RET_STEPS" --batch-size "$RET_BATCH" --save-every "$RETRIEVAL_SAVE_EVERY" \
     --no-dropout --seed 0 --dtype "$DTYPE" --device "$DEVICE"

@@ -7,6 +7,7 @@
 # then (for the README's table only, once chosen on dev) the held-out questions.
 #   ship.sh retrieval | ship.sh export | ship.sh dev | ship.sh heldout
 #   SRC=wq2-scp-3e-4 NAME=ship2 DATA=data-nw2 ship.sh ...     (the second batch's point, S2)
+#   RANK=N cuts to LoRA rank N at export (default 16; empty: no cut); RETRIEVERS: dev's retrievers
 set -euo pipefail
 cd "$(dirname "$0")/../../../.."  # the repository root
 export D=.cache/e5x E=.cache/eval-e5x T=${THREADS:-2}
@@ -22,7 +23,8 @@ retrieval)
     --steps 100 --batch-size 32 --save-every 25 --keep-every 25 --no-dropout --seed 0 --dtype auto ;;
 export)
   # ours: `ask` reads the best source as text (selective expansion), as the shipped model; chosen on dev below
-  .venv/bin/python -m clara_cli.train.export $RET $D/cand-$NAME bf16 --rank 16 --expand 1 ;;
+  R=${RANK-16}  # RANK= (empty): no cut, for a run already at the shipped rank (cut4.sh)
+  .venv/bin/python -m clara_cli.train.export $RET $D/cand-$NAME bf16 ${R:+--rank $R} --expand 1 ;;
 dev)
   $C --store $E/store-dev-$NAME update $E/dev.jsonl --model $D/cand-$NAME --dtype auto
   test -s $E/dev_qa_written-415.jsonl || head -n 415 data/dev_qa_written.jsonl > $E/dev_qa_written-415.jsonl  # as first chosen on
