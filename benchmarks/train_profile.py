@@ -1,6 +1,7 @@
-"""Where a training micro-batch spends its CPU time: torch.profiler over one packed, compiled
-micro-batch of a stage with `make train-default`'s settings (after three warm-up micro-batches,
-the first of which compiles), operators sorted by self CPU time. It names what to speed up next
+"""Where a training step spends its CPU time: torch.profiler over one step of a stage as
+`clara train` runs it on a CPU (packed, compiled blocks, the matmul attention backward; scp and
+instruct: the step's micro-batches in one pass) with `make train-default`'s settings, after two
+warm-up steps (the first compiles), operators sorted by self CPU time. It names what to speed up next
 (issue 12); train_throughput.py measures the speed itself.
 
     python benchmarks/train_profile.py --stage scp --threads 2
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import RECIPE, micro_batch, synth_records  # noqa: E402  (the same records, recipe, step)
+from train_throughput import RECIPE, one_step, synth_records  # noqa: E402  (the same records, recipe, step)
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
 
     from clara_cli.model import cpu_name, dtype_name, resolve_dtype
     from clara_cli.train.loop import TrainConfig, _load_start_model
-    from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters
+    from clara_cli.train.stages import ONE_PASS_STAGES, Trainable, compile_layers, prepare_adapters
 
     dtype = resolve_dtype(args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -47,15 +48,17 @@ def main() -> None:
     model.decoder.train(False)
     if not args.no_compile:
         compile_layers(model, fall_back=False)
-    tm = Trainable(model, args.stage, autocast=dtype != torch.float32, packed=True)
+    tm = Trainable(model, args.stage, autocast=dtype != torch.float32, packed=True,
+                   matmul_attention_backward=not args.no_compile)
+    one_pass = args.stage in ONE_PASS_STAGES
     if args.stage == "e2e":
         tm.cache_documents([d for r in records for d in r.docs])
 
-    for s in range(3):
-        micro_batch(tm, records, cfg, batch, accum, s * batch)
+    for s in range(2):
+        one_step(tm, records, cfg, batch, accum, s * batch * accum, one_pass)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        _, tokens, _ = micro_batch(tm, records, cfg, batch, accum, 3 * batch)
-    print(f"{args.stage}: {batch} examples, {tokens} tokens; {cpu_name()}, {torch.get_num_threads()} threads, "
+        _, tokens, _ = one_step(tm, records, cfg, batch, accum, 2 * batch * accum, one_pass)
+    print(f"{args.stage}: {accum} x {batch} examples{' in one pass' if one_pass else ''}, {tokens} tokens; {cpu_name()}, {torch.get_num_threads()} threads, "
           f"{dtype_name(dtype)}{' autocast' if dtype != torch.float32 else ''}, "
           f"{'eager' if args.no_compile else 'compiled'} packed")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))

@@ -1,6 +1,7 @@
 """Training throughput: tokens/s of the training step of each stage: the padded path (the
-baseline), packed micro-batches, and packed micro-batches through compiled decoder blocks
-(`clara train --compile`, the default of long runs).
+baseline), packed micro-batches, packed micro-batches through compiled decoder blocks, and
+what `clara train` runs on a CPU now ("trainer": compiled blocks, attention's backward as
+compiled matmuls, and for scp/instruct a step's micro-batches in one pass, `--one-pass`).
 
 The settings are those of `make train-default`: scp and e2e micro-batches of 8 with 2
 accumulated, instruct micro-batches of 4 with 4 accumulated, no LoRA dropout, the default
@@ -8,13 +9,12 @@ base (SmolLM2-135M-Instruct) in the dtype `--dtype auto` picks (bf16 autocast wi
 LoRA masters on an AMX / avx512_bf16 CPU). Records are a few dozen Wikipedia training
 paragraphs through `clara synth`'s code.
 
-Each stage runs every path on the same micro-batches, interleaved (baseline micro-batch,
-packed micro-batch, compiled micro-batch, matmul probe, ...), because a shared machine's speed
-drifts: the ratio
-and the fraction of peak are measured against neighbours in time. The unit is one
-micro-batch's forward + backward as the trainer accumulates it (a step is grad-accum of
-them; the optimizer update, ~1% of a step, is left out so both paths see the same weights
-and must give the same losses). Figures are medians per token.
+Each stage runs every path on the same micro-batches, interleaved (baseline step, packed
+step, compiled step, trainer step, matmul probe, ...), because a shared machine's speed
+drifts: the ratio and the fraction of peak are measured against neighbours in time. The
+unit is one optimizer step's forward + backward of its grad-accum micro-batches, as the
+trainer runs them (the optimizer update, ~1% of a step, is left out so every path sees the
+same weights and must give the same loss for each micro-batch). Figures are medians per token.
 
     busy vs wall      busy = process CPU time / threads: what a machine with the cores to
                       itself would take; wall = what this (shared) machine took. Both ratios
@@ -29,7 +29,7 @@ and must give the same losses). Figures are medians per token.
 
     make bench-train                                      # all stages, with the trainer's allocator
     python benchmarks/train_throughput.py                 # all stages, ~3-5 min on 2 busy cores
-    python benchmarks/train_throughput.py --stages scp --micro-batches 2
+    python benchmarks/train_throughput.py --stages scp --steps 1
     python benchmarks/train_throughput.py --stages scp --threads 1 --warmup-batch 2   # docs/TRAINING.md
     python benchmarks/train_throughput.py --device cuda --base-model DIR --no-baseline  # a GPU (scripts/gpu_check.sh)
 
@@ -129,29 +129,41 @@ def synth_records(n_docs: int, out: Path) -> dict[str, list]:
     return {stage: read_records(out / name, stage) for stage, name in FILES.items()}
 
 
-def micro_batch(tm, records, cfg, batch: int, accum: int, offset: int) -> tuple[tuple[float, float], int, float]:
-    """Forward + backward of one micro-batch, as the trainer accumulates it;
-    ((wall, busy) seconds, tokens, loss)."""
-    idx = [(offset + j) % len(records) for j in range(batch)]
+def one_step(tm, records, cfg, batch: int, accum: int, offset: int, one_pass: bool
+             ) -> tuple[tuple[float, float], int, list[float]]:
+    """Forward + backward of one optimizer step's `accum` micro-batches, as the trainer runs
+    them: one by one (loss / accum each), or in one pass (`--one-pass`);
+    ((wall, busy) seconds, tokens, loss of each micro-batch)."""
+    groups = []
+    for g in range(accum):
+        idx = [(offset + g * batch + j) % len(records) for j in range(batch)]
+        groups.append(([records[i] for i in idx], [(0, i) for i in idx]))
     clock = Clock()
-    loss, stats = tm.step([records[i] for i in idx], [(0, i) for i in idx], cfg)
-    (loss / accum).backward()
+    if one_pass:
+        loss, stats = tm.step_pass(groups, cfg)
+        loss.backward()
+    else:
+        stats = []
+        for group in groups:
+            loss, st = tm.step(*group, cfg)
+            (loss / accum).backward()
+            stats.append(st)
     seconds = clock.read()
     for p in tm.parameters():
         p.grad = None
-    return seconds, stats.tokens, stats.loss
+    return seconds, sum(st.tokens for st in stats), [st.loss for st in stats]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stages", default="scp,instruct,e2e")
-    ap.add_argument("--micro-batches", type=int, default=3,
-                    help="measured micro-batches per path and stage (after one warm-up)")
+    ap.add_argument("--steps", type=int, default=2,
+                    help="measured optimizer steps (grad-accum micro-batches each) per path and stage, after one warm-up")
     ap.add_argument("--docs", type=int, default=40, help="Wikipedia paragraphs to synthesize records from")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--peak-n", type=int, default=None, help="matmul probe size (1024 on a CPU, 8192 on a GPU)")
     ap.add_argument("--warmup-batch", type=int, default=None,
-                    help="examples in the warm-up micro-batch (default: the recipe's; smaller is quicker)")
+                    help="examples in the warm-up step's micro-batches (default: the recipe's; smaller is quicker)")
     ap.add_argument("--no-baseline", action="store_true", help="leave the padded path out")
     ap.add_argument("--no-compile", action="store_true", help="leave the compiled path out")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -168,7 +180,7 @@ def main() -> None:
     from clara_cli.model import cpu_name, resolve_dtype
     from clara_cli.train.allocator import allocator
     from clara_cli.train.loop import TrainConfig, _load_start_model
-    from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters
+    from clara_cli.train.stages import ONE_PASS_STAGES, Trainable, compile_layers, prepare_adapters
 
     device = torch.device(args.device)
     Clock.cuda = device.type == "cuda"
@@ -209,10 +221,15 @@ def main() -> None:
         paths = {"packed": Trainable(model, stage, autocast=dtype != torch.float32, packed=True)}
         if not args.no_baseline:
             paths = {"baseline": Trainable(model, stage, autocast=dtype != torch.float32, packed=False), **paths}
+        one_pass = {"trainer"} if stage in ONE_PASS_STAGES else set()  # paths that run a step in one pass
         if not args.no_compile:  # its own copy of the model: compiling changes the blocks in place
             compiled = fresh_model()
             compile_layers(compiled, fall_back=False)
             paths["compiled"] = Trainable(compiled, stage, autocast=dtype != torch.float32, packed=True)
+            # what `clara train` runs on a CPU now: compiled blocks, the matmul attention backward,
+            # and (scp, instruct) a step's micro-batches in one pass
+            paths["trainer"] = Trainable(compiled, stage, autocast=dtype != torch.float32, packed=True,
+                                         matmul_attention_backward=device.type == "cpu")
         if stage == "e2e":  # the candidate cache is built once per run, outside the steps
             docs = [d for r in records[stage] for d in r.docs]
             cache = None
@@ -225,15 +242,16 @@ def main() -> None:
         per_token: dict[str, list[tuple[float, float]]] = {k: [] for k in paths}  # (wall, busy) s/token
         losses: dict[str, list[float]] = {k: [] for k in paths}
         peaks: list[tuple[float, float]] = []
-        for s in range(args.micro_batches + 1):  # micro-batch 0 warms up (code paths, allocator)
+        for s in range(args.steps + 1):  # step 0 warms up (code paths, compiling, allocator)
             size = batch if s else (args.warmup_batch or batch)
             for name, tm in paths.items():
-                (wall, busy), tok, loss = micro_batch(tm, recs, cfg, size, accum, s * batch)
+                (wall, busy), tok, loss = one_step(tm, recs, cfg, size, accum, s * batch * accum, name in one_pass)
                 if s:
                     per_token[name].append((wall / tok, busy / tok))
-                    losses[name].append(loss)
-                print(f"  {stage} {name} micro-batch {s}{' (warm-up)' if not s else ''}: {size} examples, "
-                      f"{tok} tokens, {wall:.1f} s wall, {busy:.1f} s busy, loss {loss:.5f}", flush=True)
+                    losses[name] += loss
+                print(f"  {stage} {name} step {s}{' (warm-up)' if not s else ''}: {accum} x {size} examples"
+                      f"{' in one pass' if name in one_pass else ''}, {tok} tokens, {wall:.1f} s wall, "
+                      f"{busy:.1f} s busy, losses {' '.join(f'{x:.5f}' for x in loss)}", flush=True)
             if s:
                 peaks.append(probe(dtype, args.peak_n))
                 print(f"  matmul {args.peak_n}^3 {dname}: {peaks[-1][0]:.0f} GFLOP/s on all threads, "

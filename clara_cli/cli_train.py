@@ -187,6 +187,9 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
 @click.option("--pack/--no-pack", default=True, show_default=True,
               help="Run each micro-batch's sequences back to back without padding (the same "
                    "computation, fewer tokens); --no-pack pads to the longest, as before.")
+@click.option("--one-pass/--pass-per-micro-batch", "one_pass", default=True, show_default=True,
+              help="scp/instruct, packed: run a step's --grad-accum micro-batches as one forward and "
+                   "backward pass (the same losses, longer rows: faster on a CPU, more memory).")
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="torch.compile the decoder blocks: the same computation in fewer passes over memory "
                    "(docs/TRAINING.md), after ~1 minute of compiling. Default: on for CPU runs of 20 steps "
@@ -213,7 +216,7 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
                    "full length); rerun without it to continue. For time-boxed runs.")
 @json_option
 def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, grad_accum, lr, warmup_ratio,
-          schedule, save_every, keep_every, top_k, dropout, pack, compile_, doc_max_length, compr_rate, lora_r, dtype,
+          schedule, save_every, keep_every, top_k, dropout, pack, one_pass, compile_, doc_max_length, compr_rate, lora_r, dtype,
           device, seed, max_examples, tau, query_word_dropout, expand_rate, stop_at_step, as_json):
     """Train one CLaRa stage on DATA (official JSONL): scp, then instruct, then e2e.
 
@@ -248,7 +251,7 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
                       batch_size=batch_size, grad_accum=grad_accum, lr=lr, warmup_ratio=warmup_ratio,
                       schedule=schedule, save_every=save_every, keep_every=keep_every, top_k=top_k,
                       dropout=dropout, dtype=dtype, device=device, seed=seed, max_examples=max_examples,
-                      pack=pack, compile=compile_, tau=tau, query_word_dropout=query_word_dropout,
+                      pack=pack, one_pass=one_pass, compile=compile_, tau=tau, query_word_dropout=query_word_dropout,
                       expand_rate=expand_rate)
     result = run_train(cfg, progress=not as_json, stop_at=stop_at_step)
     if as_json:

@@ -15,7 +15,12 @@ from .packing import (
     pack_position_ids,
     tail_indices,
 )
-from .reference import attention_reference, cosine_topk_torch, varlen_attention_torch
+from .reference import (
+    attention_reference,
+    cosine_topk_torch,
+    matmul_attention_backward,
+    varlen_attention_torch,
+)
 from .scoring import cosine_topk
 
 __all__ = [
@@ -31,5 +36,6 @@ __all__ = [
     "pack_position_ids",
     "register_transformers_attention",
     "tail_indices",
+    "matmul_attention_backward",
     "varlen_attention_torch",
 ]

@@ -9,7 +9,9 @@ is differentiable and wastes no work on padding.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +48,67 @@ def attention_reference(
 
 #: Causal sequences are right-padded to a multiple of this before batching into SDPA.
 CAUSAL_BUCKET = 64
+
+#: CPU training with compiled blocks (`matmul_attention_backward`): SDPA's flash forward,
+#: and a backward of five batched matmuls whose softmax and masking inductor fuses.
+_MATMUL_BACKWARD: dict = {"on": False, "fn": None}
+
+
+@contextlib.contextmanager
+def matmul_attention_backward(on: bool = True) -> Iterator[None]:
+    """Inside: causal CPU attention that needs gradients gets a backward of batched matmuls
+    instead of SDPA's flash backward, which runs ~7x its forward on a CPU (docs/TRAINING.md,
+    "Attention backward"). The same gradients to rounding. The choice is made at the forward;
+    the backward is compiled with inductor when first run, so it pays off in long runs only
+    (`clara train` uses it with its compiled blocks)."""
+    before = _MATMUL_BACKWARD["on"]
+    _MATMUL_BACKWARD["on"] = on
+    try:
+        yield
+    finally:
+        _MATMUL_BACKWARD["on"] = before
+
+
+def _attention_backward(q, k, v, o, lse, do, scale: float):
+    """Causal attention's input gradients from the forward's output and log-sum-exp.
+
+    q, o, do ``[B, H, L, D]``; k, v ``[B, H_kv, L, D]``; lse ``[B, H, L]`` fp32. The query heads
+    of one kv head are stacked into one matrix ``[r * L, D]`` (no repeat_kv), the probabilities
+    are recomputed in fp32 from the saved log-sum-exp, matmuls run in the inputs' dtype."""
+    B, H, L, D = q.shape
+    r = H // k.shape[1]
+    qg, og, dog = (t.reshape(B, k.shape[1], r * L, D) for t in (q, o, do))      # [B, H_kv, rL, D]
+    s = torch.matmul(qg, k.transpose(-1, -2)).float() * scale                    # [B, H_kv, rL, L]
+    i = torch.arange(L, device=q.device)
+    seen = (i[:, None] >= i[None, :]).repeat(r, 1)                               # [rL, L] causal
+    p = torch.where(seen, torch.exp(s - lse.reshape(B, k.shape[1], r * L, 1)), 0.0)
+    dv = torch.matmul(p.to(q.dtype).transpose(-1, -2), dog)                      # [B, H_kv, L, D]
+    dp = torch.matmul(dog, v.transpose(-1, -2)).float()                          # [B, H_kv, rL, L]
+    delta = (dog.float() * og.float()).sum(-1, keepdim=True)                     # [B, H_kv, rL, 1]
+    ds = (p * (dp - delta) * scale).to(q.dtype)
+    dq = torch.matmul(ds, k).reshape(B, H, L, D)
+    dk = torch.matmul(ds.transpose(-1, -2), qg)                                  # [B, H_kv, L, D]
+    return dq, dk, dv
+
+
+class _FlashMatmulBackward(torch.autograd.Function):
+    """Causal SDPA (CPU flash forward) with `_attention_backward`, compiled once, as backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale: float):
+        r = q.shape[1] // k.shape[1]
+        kr, vr = (k, v) if r == 1 else (k.repeat_interleave(r, 1), v.repeat_interleave(r, 1))
+        o, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, kr, vr, 0.0, True, scale=scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.scale = scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        if _MATMUL_BACKWARD["fn"] is None:
+            _MATMUL_BACKWARD["fn"] = torch.compile(_attention_backward, dynamic=True)
+        q, k, v, o, lse = (t.contiguous() for t in ctx.saved_tensors)
+        return (*_MATMUL_BACKWARD["fn"](q, k, v, o, lse, do.contiguous(), ctx.scale), None)
 
 
 def varlen_attention_torch(
@@ -86,15 +149,23 @@ def varlen_attention_torch(
         qs, ks, vs = (
             t.index_select(0, flat).view(-1, width, *t.shape[1:]).transpose(1, 2) for t in (q, k, v)
         )
-        ys = F.scaled_dot_product_attention(
-            qs,
-            ks,
-            vs,
-            dropout_p=dropout_p,
-            is_causal=causal and width > 1,
-            scale=softmax_scale,
-            enable_gqa=n_rep > 1,
-        )
+        if (
+            _MATMUL_BACKWARD["on"] and causal and width > 1 and dropout_p == 0.0
+            and q.device.type == "cpu" and torch.is_grad_enabled()
+            and any(t.requires_grad for t in (q, k, v))
+        ):
+            scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+            ys = _FlashMatmulBackward.apply(qs, ks, vs, scale)
+        else:
+            ys = F.scaled_dot_product_attention(
+                qs,
+                ks,
+                vs,
+                dropout_p=dropout_p,
+                is_causal=causal and width > 1,
+                scale=softmax_scale,
+                enable_gqa=n_rep > 1,
+            )
         ys = ys.transpose(1, 2)[valid]  # [n_valid, H, D]
         out.index_copy_(0, rows[valid], ys)
     return out

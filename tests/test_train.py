@@ -262,6 +262,42 @@ def test_packed_step_is_the_padded_computation(tiny_model_dir, data, stage):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(a.abs().max()) + 1e-8)
 
 
+@pytest.mark.parametrize("stage", ["scp", "instruct"])
+def test_one_pass_step_is_the_accumulated_computation(tiny_model_dir, data, stage):
+    """--one-pass is a speed change only: a step's micro-batches in one forward give the losses,
+    stats and summed gradients of running them one by one with loss / grad_accum."""
+    from clara_cli.train.loop import _load_start_model
+    from clara_cli.train.stages import Trainable, prepare_adapters
+
+    path = data["scp" if stage == "scp" else "qa"]
+    cfg = config(stage, path, Path("unused"), tiny_model_dir, top_k=3).resolved()
+    model = _load_start_model(cfg, None, torch.device("cpu"), torch.float32)
+    prepare_adapters(model, stage, True, 0)
+    records = read_records(path, stage)[:5]
+    keys = [(0, i) for i in range(len(records))]
+    groups = [(records[:2], keys[:2]), (records[2:], keys[2:])]  # unequal micro-batches: own means
+    tm = Trainable(model, stage, packed=True)
+    one_by_one = []
+    for group in groups:
+        loss, stats = tm.step(*group, cfg)
+        (loss / len(groups)).backward()
+        one_by_one.append(stats)
+    g0 = [p.grad.clone() for p in tm.parameters()]
+    model.decoder.zero_grad(set_to_none=True)
+    tm.mem_rows.grad = None
+    loss, passed = tm.step_pass(groups, cfg)
+    loss.backward()
+    g1 = [p.grad.clone() for p in tm.parameters()]
+    assert loss.item() == pytest.approx(sum(s.loss for s in one_by_one) / len(groups), rel=1e-5)
+    for a, b in zip(one_by_one, passed, strict=True):
+        assert (b.loss, b.mse) == (pytest.approx(a.loss, rel=1e-5), pytest.approx(a.mse, rel=1e-4, abs=1e-7))
+        assert (b.tokens, b.examples) == (a.tokens, a.examples)
+    assert one_by_one[0].loss != pytest.approx(one_by_one[1].loss, rel=1e-3)  # the groups differ
+    assert sum(float(g.abs().sum()) for g in g0) > 0
+    for a, b in zip(g0, g1, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(a.abs().max()) + 1e-8)
+
+
 def test_compiled_blocks_are_the_same_computation(tiny_model_dir, data):
     """--compile is a speed change only: the packed scp step gives the eager loss and gradients."""
     from clara_cli.train.loop import _load_start_model

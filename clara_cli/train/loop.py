@@ -41,6 +41,7 @@ from ..store.durable import staged_folder
 from .allocator import allocator_advice
 from .data import STAGES, drop_dev_documents, file_digest, held_out_guard, read_records
 from .stages import (
+    ONE_PASS_STAGES,
     Trainable,
     choose_docs,
     compile_layers,
@@ -63,7 +64,7 @@ STAGE_DEFAULTS = {
     "generator": {"lr": 1e-4, "schedule": "cosine", "warmup_ratio": 0.03},
 }
 # Settings that may change between a run and its resumption (they do not change the result).
-VOLATILE = ("out", "save_every", "keep_every", "device", "progress", "pack", "compile")
+VOLATILE = ("out", "save_every", "keep_every", "device", "progress", "pack", "one_pass", "compile")
 
 
 @dataclass
@@ -97,6 +98,7 @@ class TrainConfig:
     dropout: bool = True             # LoRA dropout 0.1 as the paper; off is faster
     autocast: bool | None = None     # LoRA side paths in the compute dtype too (default: when not fp32)
     pack: bool = True                # sequences packed without padding (False: padded batches, as before)
+    one_pass: bool = True            # scp/instruct, packed: a step's grad_accum micro-batches in one forward pass
     compile: bool | None = None      # torch.compile the decoder blocks (None: when the run is long enough)
     max_length: int = 1024           # generator prompt + target tokens
     save_every: int = 100
@@ -214,10 +216,13 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
     model.set_attention("auto")  # Triton varlen attention on CUDA (inference passes; training takes SDPA)
     model.decoder.train(cfg.dropout)  # train mode only switches LoRA dropout on
     autocast = dtype != torch.float32 if cfg.autocast is None else cfg.autocast
-    tm = Trainable(model, cfg.stage, autocast=autocast, packed=cfg.pack)
     steps_ahead = total - (state["step"] if resuming else 0)
-    if cfg.compile or (cfg.compile is None and compile_pays_off(model, device, steps_ahead)):
+    compiled = bool(cfg.compile or (cfg.compile is None and compile_pays_off(model, device, steps_ahead)))
+    if compiled:
         compile_layers(model, fall_back=cfg.compile is None)
+    tm = Trainable(model, cfg.stage, autocast=autocast, packed=cfg.pack,
+                   matmul_attention_backward=compiled and device.type == "cpu")
+    one_pass = cfg.one_pass and cfg.pack and cfg.stage in ONE_PASS_STAGES and cfg.grad_accum > 1
     params = tm.parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
     warmup = math.ceil(total * cfg.warmup_ratio)
@@ -261,11 +266,21 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
             opt.zero_grad(set_to_none=True)
             agg: dict[str, float] = {"loss": 0.0, "lm": 0.0, "mse": 0.0}
             hits = positives = 0
+            groups = []  # the step's micro-batches: (records, [(epoch, index)])
             for _ in range(cfg.grad_accum):
-                batch = [order.at(consumed + j) for j in range(cfg.batch_size)]  # [(epoch, index)]
+                batch = [order.at(consumed + j) for j in range(cfg.batch_size)]
                 consumed += cfg.batch_size
-                loss, stats = tm.step([records[i] for _, i in batch], batch, cfg)
-                (loss / cfg.grad_accum).backward()
+                groups.append(([records[i] for _, i in batch], batch))
+            if one_pass:  # the same losses as accumulating them, in one forward and backward
+                loss, step_stats = tm.step_pass(groups, cfg)
+                loss.backward()
+            else:
+                step_stats = []
+                for group in groups:
+                    loss, stats = tm.step(*group, cfg)
+                    (loss / cfg.grad_accum).backward()
+                    step_stats.append(stats)
+            for stats in step_stats:
                 for key in agg:
                     agg[key] += getattr(stats, key) / cfg.grad_accum
                 hits, positives = hits + stats.hits, positives + stats.positives

@@ -28,6 +28,7 @@ the memory rows are fp32 masters, and the LM head runs only at positions with a 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import random
 import warnings
@@ -65,6 +66,8 @@ TRAINED_ADAPTERS = {
     "retrieval": ("query_reasoner_adapter",),
     "generator": ("decoder_adapter",),
 }
+# stages whose micro-batches of one step can run as one forward pass (Trainable.step_pass)
+ONE_PASS_STAGES = ("scp", "instruct")
 TRAINS_MEM_ROWS = {"scp": True, "instruct": True, "e2e": False, "retrieval": False, "generator": False}
 # generator stage: the share of examples whose top-ranked document is not the positive, as
 # when retrieval misses at rank 1 (the default retriever's dev Recall@1 is ~95%)
@@ -171,9 +174,13 @@ def lora_to_fp32(model: ClaraModel) -> None:
 class Trainable:
     """A ClaraModel prepared for one stage: trained parameters, fp32 memory rows, forward helpers."""
 
-    def __init__(self, model: ClaraModel, stage: str, autocast: bool = False, packed: bool = False):
+    def __init__(self, model: ClaraModel, stage: str, autocast: bool = False, packed: bool = False,
+                 matmul_attention_backward: bool = False):
         self.model = model
         self.stage = stage
+        # packed CPU steps with compiled blocks: attention's backward as compiled batched matmuls
+        # (clara_kernels.matmul_attention_backward), ~2x faster than SDPA's flash backward there
+        self.matmul_attention_backward = matmul_attention_backward
         # packed: every forward runs its sequences back to back in one row, without padding
         # (positions restart per sequence, attention stays inside each; clara_kernels' varlen
         # attention). The same computation as the padded batches to float noise (tested).
@@ -280,7 +287,7 @@ class Trainable:
         dev = embeds.device
         cu = ck.cu_seqlens_from_lengths(lengths, device=dev)  # [B+1] int32
         longest = max(lengths)
-        with self._bf16_lora():
+        with self._bf16_lora(), ck.matmul_attention_backward(self.matmul_attention_backward):
             return self.model.decoder.get_decoder()(
                 inputs_embeds=embeds, position_ids=ck.pack_position_ids(lengths, device=dev),
                 cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
@@ -301,6 +308,14 @@ class Trainable:
 
         MSE as the official `_compr_decoder`: mean over the real non-memory tokens vs mean over
         the memory tokens, F.mse_loss over [D, h]."""
+        mem, text_mean, mem_mean, tokens = self.compress_states(texts, adapter)
+        return mem, F.mse_loss(text_mean, mem_mean), sum(tokens)
+
+    def compress_states(self, texts: Sequence[str], adapter: str = "encoder_adapter"
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """Texts -> (memories [D, n_mem, h], text-token mean [D, h] fp32, memory-token mean
+        [D, h] fp32, non-pad tokens per text): what `compress` and a one-pass step's per
+        micro-batch MSE are made of."""
         if self.packed:
             return self._compress_packed(texts, adapter)
         ids, mask = self.model.pad_left(self.model.encoder_token_ids(texts))  # [D, L]
@@ -310,10 +325,11 @@ class Trainable:
         hf = h.float()
         text_mean = torch.where(text.unsqueeze(-1), hf, 0.0).sum(1) / text.sum(1, keepdim=True)  # [D, h]
         mem_mean = hf[:, -self.n_mem:].mean(1)                                                    # [D, h]
-        return h[:, -self.n_mem:], F.mse_loss(text_mean, mem_mean), int(mask.sum())
+        return h[:, -self.n_mem:], text_mean, mem_mean, mask.sum(1).tolist()
 
-    def _compress_packed(self, texts: Sequence[str], adapter: str) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """`compress` on one packed row: the same memories and MSE, no padding tokens."""
+    def _compress_packed(self, texts: Sequence[str], adapter: str
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
+        """`compress_states` on one packed row: the same memories and means, no padding tokens."""
         import clara_kernels as ck
 
         rows = self.model.encoder_token_ids(texts)
@@ -332,13 +348,20 @@ class Trainable:
         text_sum = torch.zeros(len(rows), h.shape[-1], device=dev).index_add(0, doc[is_text], hf[is_text])
         text_mean = text_sum / n_text.unsqueeze(1)                                     # [D, h]
         mem_mean = mem.float().mean(1)                                                 # [D, h]
-        return mem, F.mse_loss(text_mean, mem_mean), sum(lengths)
+        return mem, text_mean, mem_mean, lengths
 
     def lm_loss(self, prompts: Sequence[list[int]], targets: Sequence[list[int]],
                 memories: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
         """Mean cross-entropy of the target tokens given prompt + memories; (loss, non-pad tokens).
 
         prompts[i] holds k_i memory slots; memories[i] is [k_i, n_mem, h] in slot order."""
+        losses, tokens = self.lm_losses(prompts, targets, memories, [len(prompts)])
+        return losses[0], tokens[0]
+
+    def lm_losses(self, prompts: Sequence[list[int]], targets: Sequence[list[int]],
+                  memories: Sequence[torch.Tensor], groups: Sequence[int]) -> tuple[list[torch.Tensor], list[int]]:
+        """`lm_loss` of consecutive groups of sequences (groups[g] sequences each) in one forward:
+        per group, the mean cross-entropy of its target tokens and its non-pad tokens."""
         rows = [p + t for p, t in zip(prompts, targets, strict=True)]
         if self.packed:  # one row [1, T]: sequence b starts at the sum of the lengths before it
             dev = self.model.device
@@ -347,12 +370,10 @@ class Trainable:
             for r in rows[:-1]:
                 starts.append(starts[-1] + len(r))
             where = [(0, s) for s in starts]  # (row, offset) of each sequence
-            n_tokens = ids.shape[1]
         else:
             ids, mask = self.model.pad_left(rows)                            # [B, L]
             L = ids.shape[1]
             where = [(b, L - len(r)) for b, r in enumerate(rows)]
-            n_tokens = int(mask.sum())
         x = self.embed(ids)                                                  # [B, L, h] / [1, T, h]
         mem_ids = set(self.model.mem_token_ids)
         r_idx, p_idx, t_rows, t_pos, labels = [], [], [], [], []
@@ -374,8 +395,14 @@ class Trainable:
         else:
             h = self.hidden("decoder_adapter", x, mask)                      # [B, L, h]
         h_t = h[torch.tensor(t_rows, device=dev), torch.tensor(t_pos, device=dev)]  # [targets, h]
-        loss = F.cross_entropy(self.logits(h_t), torch.tensor(labels, device=dev))
-        return loss, n_tokens
+        labels_t = torch.tensor(labels, device=dev)
+        bounds = [0, *itertools.accumulate(groups)]  # sequence index where each group starts
+        if len(groups) == 1:
+            return [F.cross_entropy(self.logits(h_t), labels_t)], [sum(map(len, rows))]
+        per_token = F.cross_entropy(self.logits(h_t), labels_t, reduction="none")  # [targets]
+        n_targets = [sum(len(t) for t in targets[a:b]) for a, b in itertools.pairwise(bounds)]
+        losses = [part.mean() for part in torch.split(per_token, n_targets)]
+        return losses, [sum(map(len, rows[a:b])) for a, b in itertools.pairwise(bounds)]
 
     # ------------------------------------------------------------------ e2e helpers
     @torch.no_grad()
@@ -418,34 +445,65 @@ class Trainable:
         """Loss of one micro-batch for this stage (before accumulation scaling).
 
         keys[i] = (epoch, record index) of records[i]: seeds its paraphrase template."""
-        if self.stage == "scp":
-            return self._scp(records, keys, cfg)
-        if self.stage == "instruct":
-            return self._instruct(records, cfg)
+        if self.stage in ONE_PASS_STAGES:
+            loss, stats = self.step_pass([(records, keys)], cfg)
+            return loss, stats[0]
         if self.stage == "retrieval":
             return self._retrieval(records, keys, cfg)
         if self.stage == "generator":
             return self._generator(records, keys, cfg)
         return self._e2e(records, cfg)
 
-    def _scp(self, records: Sequence[PretrainRecord], keys: Sequence[tuple[int, int]], cfg: TrainConfig):
+    def step_pass(self, groups: Sequence[tuple[Sequence, Sequence[tuple[int, int]]]],
+                  cfg: TrainConfig) -> tuple[torch.Tensor, list[StepStats]]:
+        """The micro-batches (records, keys) of one optimizer step in one forward pass, for
+        ONE_PASS_STAGES: the mean of their losses, which is what accumulating them computes
+        (sum of loss_g / grad_accum), and each one's stats. Each micro-batch keeps its own
+        means (LM over its target tokens, MSE over its documents); the rows are just longer,
+        which a CPU's matmuls run faster (docs/TRAINING.md, "One pass per step")."""
+        if self.stage not in ONE_PASS_STAGES:
+            raise ClaraError(f"stage {self.stage} runs one micro-batch per pass")
+        if self.stage == "scp":
+            return self._scp(groups, cfg)
+        return self._instruct(groups, cfg)
+
+    def _compress_and_read(self, groups: Sequence[Sequence[Sequence[str]]],
+                           answer_ids: Sequence[Sequence[tuple[list[int], list[int]]]],
+                           cfg: TrainConfig) -> tuple[torch.Tensor, list[StepStats]]:
+        """scp / instruct: groups[g][i] = the documents of example i of micro-batch g,
+        answer_ids[g][i] = its (prompt, target) ids; every document compressed in one pass,
+        every example read in one pass; loss_g = LM_g + mse_weight * MSE_g."""
+        docs = [d for group in groups for example in group for d in example]
+        mem, text_mean, mem_mean, enc_tokens = self.compress_states(docs)      # [D, n_mem, h], [D, h] x2
+        memories = list(torch.split(mem, [len(e) for group in groups for e in group]))
+        pairs = [pair for group in answer_ids for pair in group]
+        lms, dec_tokens = self.lm_losses([p for p, _ in pairs], [t for _, t in pairs], memories,
+                                         [len(group) for group in groups])
+        losses, stats, first = [], [], 0
+        for group, lm, dec in zip(groups, lms, dec_tokens, strict=True):
+            n_docs = sum(len(e) for e in group)
+            span = slice(first, first + n_docs)
+            mse = F.mse_loss(text_mean[span], mem_mean[span])
+            loss = lm + cfg.mse_weight * mse
+            losses.append(loss)
+            stats.append(StepStats(loss.item(), lm.item(), mse.item(), len(group), sum(enc_tokens[span]) + dec))
+            first += n_docs
+        return torch.stack(losses).mean(), stats
+
+    def _scp(self, groups: Sequence[tuple[Sequence[PretrainRecord], Sequence[tuple[int, int]]]], cfg: TrainConfig):
         tok = self.model.tokenizer
-        docs = [d for r in records for d in r.docs]
-        mem, mse, enc_tokens = self.compress(docs)                          # [D, n_mem, h]
-        memories = list(torch.split(mem, [len(r.docs) for r in records]))
-        prompts, targets = [], []
-        for r, (epoch, i) in zip(records, keys, strict=True):
-            slots = memory_slots(self.n_mem, len(r.docs), self.model.config.sep)
-            if r.data_type == "paraphrase":
-                system, user = PARAPHRASE_SYSTEM, paraphrase_instruction(cfg.seed, epoch, i).format(docs=slots)
-            else:
-                system, user = QA_SYSTEM, f"Background:\n{slots}"
-            p, t = split_ids(tok, *chat_prompt_and_response(tok, system, user, r.target()), cfg.max_length)
-            prompts.append(p)
-            targets.append(t)
-        lm, dec_tokens = self.lm_loss(prompts, targets, memories)
-        loss = lm + cfg.mse_weight * mse
-        return loss, StepStats(loss.item(), lm.item(), mse.item(), len(records), enc_tokens + dec_tokens)
+        answer_ids = []
+        for records, keys in groups:
+            pairs = []
+            for r, (epoch, i) in zip(records, keys, strict=True):
+                slots = memory_slots(self.n_mem, len(r.docs), self.model.config.sep)
+                if r.data_type == "paraphrase":
+                    system, user = PARAPHRASE_SYSTEM, paraphrase_instruction(cfg.seed, epoch, i).format(docs=slots)
+                else:
+                    system, user = QA_SYSTEM, f"Background:\n{slots}"
+                pairs.append(split_ids(tok, *chat_prompt_and_response(tok, system, user, r.target()), cfg.max_length))
+            answer_ids.append(pairs)
+        return self._compress_and_read([[r.docs for r in records] for records, _ in groups], answer_ids, cfg)
 
     def _answer_ids(self, question: str, k: int, answer: str, max_length: int,
                     expanded: Sequence[str] = ()) -> tuple[list[int], list[int]]:
@@ -455,20 +513,18 @@ class Trainable:
         user = answer_user_turn(question, self.n_mem, k, self.model.config.sep, expanded)
         return split_ids(tok, *chat_prompt_and_response(tok, SYSTEM_PROMPT, user, answer), max_length)
 
-    def _instruct(self, records: Sequence[QARecord], cfg: TrainConfig):
-        chosen = [choose_docs(r, cfg.top_k) for r in records]
-        mem, mse, enc_tokens = self.compress([d for docs in chosen for d in docs])
-        memories = list(torch.split(mem, [len(c) for c in chosen]))
-        pairs = [self._answer_ids(r.question, len(c), r.answer, cfg.max_length) for r, c in zip(records, chosen, strict=True)]
-        lm, dec_tokens = self.lm_loss([p for p, _ in pairs], [t for _, t in pairs], memories)
-        loss = lm + cfg.mse_weight * mse
-        return loss, StepStats(loss.item(), lm.item(), mse.item(), len(records), enc_tokens + dec_tokens)
+    def _instruct(self, groups: Sequence[tuple[Sequence[QARecord], Sequence[tuple[int, int]]]], cfg: TrainConfig):
+        chosen = [[choose_docs(r, cfg.top_k) for r in records] for records, _ in groups]
+        answer_ids = [[self._answer_ids(r.question, len(c), r.answer, cfg.max_length) for r, c in zip(records, docs, strict=True)]
+                      for (records, _), docs in zip(groups, chosen, strict=True)]
+        return self._compress_and_read(chosen, answer_ids, cfg)
 
     def _e2e(self, records: Sequence[QARecord], cfg: TrainConfig):
         self.cache_documents([d for r in records for d in r.docs])
         questions = [r.question for r in records]
         if self.packed:
-            query, _, n_query = self._compress_packed(questions, "query_reasoner_adapter")  # [B, n_mem, h]
+            query, _, _, lengths = self._compress_packed(questions, "query_reasoner_adapter")  # [B, n_mem, h]
+            n_query = sum(lengths)
         else:
             ids, mask = self.model.pad_left(self.model.encoder_token_ids(questions))
             query = self.hidden("query_reasoner_adapter", self.embed(ids), mask)[:, -self.n_mem:]  # [B, n_mem, h]
