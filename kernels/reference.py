@@ -52,15 +52,18 @@ CAUSAL_BUCKET = 64
 #: CPU training with compiled blocks (`matmul_attention_backward`): SDPA's flash forward,
 #: and a backward of five batched matmuls whose softmax and masking inductor fuses.
 _MATMUL_BACKWARD: dict = {"on": False, "fn": None}
+#: Longer buckets keep flash's backward, which was as fast from ~600 tokens up
+#: (docs/eval/2026-12-07/throughput/attention_backward.txt).
+MATMUL_BACKWARD_MAX_WIDTH = 512
 
 
 @contextlib.contextmanager
 def matmul_attention_backward(on: bool = True) -> Iterator[None]:
     """Inside: causal CPU attention that needs gradients gets a backward of batched matmuls
     instead of SDPA's flash backward, which runs ~7x its forward on a CPU (docs/TRAINING.md,
-    "Attention backward"). The same gradients to rounding. The choice is made at the forward;
-    the backward is compiled with inductor when first run, so it pays off in long runs only
-    (`clara train` uses it with its compiled blocks)."""
+    "One pass per step, and attention's backward as matmuls"). The same gradients to rounding.
+    The choice is made at the forward; the backward is compiled with inductor when first run,
+    so it pays off in long runs only (`clara train` uses it with its compiled blocks)."""
     before = _MATMUL_BACKWARD["on"]
     _MATMUL_BACKWARD["on"] = on
     try:
@@ -150,7 +153,7 @@ def varlen_attention_torch(
             t.index_select(0, flat).view(-1, width, *t.shape[1:]).transpose(1, 2) for t in (q, k, v)
         )
         if (
-            _MATMUL_BACKWARD["on"] and causal and width > 1 and dropout_p == 0.0
+            _MATMUL_BACKWARD["on"] and causal and 1 < width <= MATMUL_BACKWARD_MAX_WIDTH and dropout_p == 0.0
             and q.device.type == "cpu" and torch.is_grad_enabled()
             and any(t.requires_grad for t in (q, k, v))
         ):
