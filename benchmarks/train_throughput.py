@@ -1,7 +1,7 @@
 """Training throughput: tokens/s of the training step of each stage: the padded path (the
 baseline), packed micro-batches, packed micro-batches through compiled decoder blocks, and
 what `clara train` runs on a CPU now ("trainer": compiled blocks, attention's backward as
-compiled matmuls, and for scp/instruct a step's micro-batches in one pass, `--one-pass`).
+compiled matmuls, and for scp/instruct/generator a step's micro-batches in one pass, `--one-pass`).
 
 The settings are those of `make train-default`: scp and e2e micro-batches of 8 with 2
 accumulated, instruct micro-batches of 4 with 4 accumulated, no LoRA dropout, the default
@@ -52,8 +52,8 @@ from pathlib import Path
 import torch
 
 # make train-default: (batch size, grad accum) per stage
-RECIPE = {"scp": (8, 2), "instruct": (4, 4), "e2e": (8, 2)}
-FILES = {"scp": "pretrain.jsonl", "instruct": "instruct.jsonl", "e2e": "e2e.jsonl"}
+RECIPE = {"scp": (8, 2), "instruct": (4, 4), "e2e": (8, 2), "generator": (8, 2)}
+FILES = {"scp": "pretrain.jsonl", "instruct": "instruct.jsonl", "e2e": "e2e.jsonl", "generator": "instruct.jsonl"}
 
 
 class Clock:
@@ -227,10 +227,10 @@ def main() -> None:
             compile_layers(compiled, fall_back=False)
             paths["compiled"] = Trainable(compiled, stage, autocast=dtype != torch.float32, packed=True)
             # what `clara train` runs on a CPU now: compiled blocks, the matmul attention backward,
-            # and (scp, instruct) a step's micro-batches in one pass
+            # and (scp, instruct, generator) a step's micro-batches in one pass
             paths["trainer"] = Trainable(compiled, stage, autocast=dtype != torch.float32, packed=True,
                                          matmul_attention_backward=device.type == "cpu")
-        if stage == "e2e":  # the candidate cache is built once per run, outside the steps
+        if stage in ("e2e", "generator"):  # the frozen memories are built once per run, outside the steps
             docs = [d for r in records[stage] for d in r.docs]
             cache = None
             for tm in paths.values():
