@@ -139,15 +139,7 @@ def one_step(tm, records, cfg, batch: int, accum: int, offset: int, one_pass: bo
         idx = [(offset + g * batch + j) % len(records) for j in range(batch)]
         groups.append(([records[i] for i in idx], [(0, i) for i in idx]))
     clock = Clock()
-    if one_pass:
-        loss, stats = tm.step_pass(groups, cfg)
-        loss.backward()
-    else:
-        stats = []
-        for group in groups:
-            loss, st = tm.step(*group, cfg)
-            (loss / accum).backward()
-            stats.append(st)
+    stats = tm.backward_step(groups, cfg, one_pass)
     seconds = clock.read()
     for p in tm.parameters():
         p.grad = None

@@ -271,16 +271,7 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
                 batch = [order.at(consumed + j) for j in range(cfg.batch_size)]
                 consumed += cfg.batch_size
                 groups.append(([records[i] for _, i in batch], batch))
-            if one_pass:  # the same losses as accumulating them, in one forward and backward
-                loss, step_stats = tm.step_pass(groups, cfg)
-                loss.backward()
-            else:
-                step_stats = []
-                for group in groups:
-                    loss, stats = tm.step(*group, cfg)
-                    (loss / cfg.grad_accum).backward()
-                    step_stats.append(stats)
-            for stats in step_stats:
+            for stats in tm.backward_step(groups, cfg, one_pass):
                 for key in agg:
                     agg[key] += getattr(stats, key) / cfg.grad_accum
                 hits, positives = hits + stats.hits, positives + stats.positives

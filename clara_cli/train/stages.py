@@ -467,6 +467,21 @@ class Trainable:
             return self._generator(groups, cfg)
         return self._instruct(groups, cfg)
 
+    def backward_step(self, groups: Sequence[tuple[Sequence, Sequence[tuple[int, int]]]], cfg: TrainConfig,
+                      one_pass: bool) -> list[StepStats]:
+        """Gradients of one optimizer step's micro-batches (records, keys), accumulated into
+        .grad: in one pass (`step_pass`), or one by one with loss / len(groups); their stats."""
+        if one_pass:
+            loss, stats = self.step_pass(groups, cfg)
+            loss.backward()
+            return stats
+        stats = []
+        for group in groups:
+            loss, st = self.step(*group, cfg)
+            (loss / len(groups)).backward()
+            stats.append(st)
+        return stats
+
     def _compress_and_read(self, groups: Sequence[Sequence[Sequence[str]]],
                            answer_ids: Sequence[Sequence[tuple[list[int], list[int]]]],
                            cfg: TrainConfig) -> tuple[torch.Tensor, list[StepStats]]:
