@@ -35,7 +35,8 @@ same weights and must give the same loss for each micro-batch). Figures are medi
 
 On CUDA the clock synchronizes the device before each reading, the peak probe is one bf16 matmul
 of --peak-n (8192 there by default), busy time is the wall time, and the compiled path is left
-out unless --compile-on-cuda (unmeasured there). --base-model DIR puts the default model's adapters
+out unless --compile-on-cuda (unmeasured there); the trainer path there is packed with one pass per
+step, as `clara train` runs on CUDA. --base-model DIR puts the default model's adapters
 on another base folder of the same shape (e.g. random weights: scripts/random_base.py), which
 times the same computation where the real base cannot be brought.
 """
@@ -218,10 +219,13 @@ def main() -> None:
             compiled = fresh_model()
             compile_layers(compiled, fall_back=False)
             paths["compiled"] = Trainable(compiled, stage, autocast=dtype != torch.float32, packed=True)
-            # what `clara train` runs on a CPU now: compiled blocks, the matmul attention backward,
-            # and (scp, instruct, generator) a step's micro-batches in one pass
-            paths["trainer"] = Trainable(compiled, stage, autocast=dtype != torch.float32, packed=True,
-                                         matmul_attention_backward=device.type == "cpu")
+        # what `clara train` runs: (scp, instruct, generator) a step's micro-batches in one pass;
+        # on a CPU also compiled blocks and the matmul attention backward (on CUDA: not compiled)
+        cpu_compiled = device.type == "cpu" and not args.no_compile
+        if stage in ONE_PASS_STAGES or cpu_compiled:  # else it is the packed path again
+            paths["trainer"] = Trainable(compiled if cpu_compiled else model, stage,
+                                         autocast=dtype != torch.float32, packed=True,
+                                         matmul_attention_backward=cpu_compiled)
         if stage in ("e2e", "generator"):  # the frozen memories are built once per run, outside the steps
             docs = [d for r in records[stage] for d in r.docs]
             cache = None

@@ -5,8 +5,9 @@
 # It uses that machine's own torch / transformers / peft (kernels/hf.py takes transformers 4.x and
 # 5.x), and a base of the default base's shape with random weights, since the real weights cannot
 # travel (scripts/random_base.py). In at most ~8 minutes:
-#   1. benchmarks/train_throughput.py on cuda: seconds per micro-batch of scp / instruct / e2e at
-#      the recipe's sizes, which times scripts/train_gpu.sh's ~2,700 micro-batches
+#   1. benchmarks/train_throughput.py on cuda: seconds per step of scp / instruct / e2e at the
+#      recipe's sizes (micro-batches one by one, and in one pass as clara train runs them), which
+#      times scripts/train_gpu.sh's ~1,350 steps
 #   2. scripts/train_gpu.sh with SMOKE=1 on cuda: benchmarks/kernels.py's figures (the Triton
 #      attention and scoring against PyTorch's SDPA/FlashAttention), then the shipped recipe's five
 #      synth sets, eight runs and export, unchanged, on a tiny budget; its stage times give the
@@ -31,7 +32,7 @@ log "versions"
 "$PY" -c 'import sys, torch, transformers, peft; print(sys.version.split()[0], "torch", torch.__version__, "transformers", transformers.__version__, "peft", peft.__version__, "cuda", torch.cuda.is_available() and torch.cuda.get_device_name(0))' 2>&1 | tee "$OUT/versions.txt"
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1 || true
 
-if [ "$DEV" = cuda ]; then SYNTH_LIMIT_FULL=; MB=5; else SYNTH_LIMIT_FULL="--limit 20"; MB=1; fi
+if [ "$DEV" = cuda ]; then SYNTH_LIMIT_FULL=; STEPS=3; else SYNTH_LIMIT_FULL="--limit 20"; STEPS=1; fi
 log "full-size synth in the background"
 ( time "$PY" -m clara_cli.cli synth --split train --seed 0 --questions natural $SYNTH_LIMIT_FULL \
     --out /tmp/gpu-check-synth --json > "$OUT/synth.txt" 2>&1 ) &
@@ -42,7 +43,7 @@ log "random base"
 
 log "train throughput"
 timeout 150 "$PY" benchmarks/train_throughput.py --device "$DEV" --base-model /tmp/random-base \
-    --micro-batches "$MB" --docs 40 ${THROUGHPUT_FLAGS:-} > "$OUT/throughput.txt" 2>&1
+    --steps "$STEPS" --docs 40 ${THROUGHPUT_FLAGS:-} > "$OUT/throughput.txt" 2>&1
 echo "rc=$?" >> "$OUT/throughput.txt"
 log "the shipped recipe, SMOKE=1"
 rm -rf /tmp/gpu-check-smoke

@@ -11,8 +11,8 @@
 # not compiled (unmeasured there), checkpoints come every 100 steps instead of 10 (an r 64
 # checkpoint writes ~0.7 GB), and the five `clara synth` data sets are made in parallel.
 # Sizing, derived and not measured (docs/TRAINING.md, "Time per machine"): ~2,800 micro-batches of
-# 8 at ~0.15 s each (a 135M model is launch-bound on a GPU) ≈ 7 min, plus ~2 min of synth,
-# loading, the retrieval stage's memory cache and export.
+# 8, run two at a time as one pass per step (~1,400 passes at ~0.15 s: a 135M model is launch-bound
+# on a GPU) ≈ 3.5 min, plus ~3 min of synth, loading, the retrieval stage's memory cache and export.
 # When a GPU is present the script first prints benchmarks/kernels.py's figures.
 # BASE_MODEL=DIR trains on another base LM (the tests use a tiny one).
 set -euo pipefail
