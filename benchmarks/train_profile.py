@@ -1,6 +1,6 @@
 """Where a training step spends its CPU time: torch.profiler over one step of a stage as
-`clara train` runs it on a CPU (packed, compiled blocks, the matmul attention backward; scp,
-instruct and generator: the step's micro-batches in one pass) with `make train-default`'s settings, after two
+`clara train` runs it on a CPU (packed, compiled blocks, the matmul attention backward; every
+stage but retrieval: the step's micro-batches in one pass) with `make train-default`'s settings, after two
 warm-up steps (the first compiles), operators sorted by self CPU time. It names what to speed up next
 (issue 12); train_throughput.py measures the speed itself.
 

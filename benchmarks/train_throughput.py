@@ -1,7 +1,7 @@
 """Training throughput: tokens/s of the training step of each stage: the padded path (the
 baseline), packed micro-batches, packed micro-batches through compiled decoder blocks, and
 what `clara train` runs on a CPU now ("trainer": compiled blocks, attention's backward as
-compiled matmuls, and for scp/instruct/generator a step's micro-batches in one pass, `--one-pass`).
+compiled matmuls, and for every stage but retrieval a step's micro-batches in one pass, `--one-pass`).
 
 The settings are those of `make train-default`: scp and e2e micro-batches of 8 with 2
 accumulated, instruct micro-batches of 4 with 4 accumulated, no LoRA dropout, the default
@@ -219,7 +219,7 @@ def main() -> None:
             compiled = fresh_model()
             compile_layers(compiled, fall_back=False)
             paths["compiled"] = Trainable(compiled, stage, autocast=dtype != torch.float32, packed=True)
-        # what `clara train` runs: (scp, instruct, generator) a step's micro-batches in one pass;
+        # what `clara train` runs: (every stage but retrieval) a step's micro-batches in one pass;
         # on a CPU also compiled blocks and the matmul attention backward (on CUDA: not compiled)
         cpu_compiled = device.type == "cpu" and not args.no_compile
         if stage in ONE_PASS_STAGES or cpu_compiled:  # else it is the packed path again

@@ -188,7 +188,7 @@ def synth(ctx, out_dir, split, limit, seed, candidates, top_k, max_qa, filter_mo
               help="Run each micro-batch's sequences back to back without padding (the same "
                    "computation, fewer tokens); --no-pack pads to the longest, as before.")
 @click.option("--one-pass/--pass-per-micro-batch", "one_pass", default=True, show_default=True,
-              help="scp, instruct, generator, packed: run a step's --grad-accum micro-batches as one forward and "
+              help="Packed, every stage but retrieval: run a step's --grad-accum micro-batches as one forward and "
                    "backward pass (the same losses, longer rows: faster on a CPU, more memory).")
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="torch.compile the decoder blocks: the same computation in fewer passes over memory "

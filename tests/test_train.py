@@ -262,7 +262,7 @@ def test_packed_step_is_the_padded_computation(tiny_model_dir, data, stage):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(a.abs().max()) + 1e-8)
 
 
-@pytest.mark.parametrize("stage", ["scp", "instruct", "generator"])
+@pytest.mark.parametrize("stage", ["scp", "instruct", "e2e", "generator"])
 def test_one_pass_step_is_the_accumulated_computation(tiny_model_dir, data, stage):
     """--one-pass is a speed change only: a step's micro-batches in one forward give the losses,
     stats and summed gradients of running them one by one with loss / grad_accum."""

@@ -98,7 +98,7 @@ class TrainConfig:
     dropout: bool = True             # LoRA dropout 0.1 as the paper; off is faster
     autocast: bool | None = None     # LoRA side paths in the compute dtype too (default: when not fp32)
     pack: bool = True                # sequences packed without padding (False: padded batches, as before)
-    one_pass: bool = True            # scp/instruct/generator, packed: a step's grad_accum micro-batches in one forward pass
+    one_pass: bool = True            # packed, all stages but retrieval: a step's grad_accum micro-batches in one forward pass
     compile: bool | None = None      # torch.compile the decoder blocks (None: when the run is long enough)
     max_length: int = 1024           # generator prompt + target tokens
     save_every: int = 100

@@ -67,7 +67,7 @@ TRAINED_ADAPTERS = {
     "generator": ("decoder_adapter",),
 }
 # stages whose micro-batches of one step can run as one forward pass (Trainable.step_pass)
-ONE_PASS_STAGES = ("scp", "instruct", "generator")
+ONE_PASS_STAGES = ("scp", "instruct", "e2e", "generator")
 TRAINS_MEM_ROWS = {"scp": True, "instruct": True, "e2e": False, "retrieval": False, "generator": False}
 # generator stage: the share of examples whose top-ranked document is not the positive, as
 # when retrieval misses at rank 1 (the default retriever's dev Recall@1 is ~95%)
@@ -448,9 +448,7 @@ class Trainable:
         if self.stage in ONE_PASS_STAGES:
             loss, stats = self.step_pass([(records, keys)], cfg)
             return loss, stats[0]
-        if self.stage == "retrieval":
-            return self._retrieval(records, keys, cfg)
-        return self._e2e(records, cfg)
+        return self._retrieval(records, keys, cfg)
 
     def step_pass(self, groups: Sequence[tuple[Sequence, Sequence[tuple[int, int]]]],
                   cfg: TrainConfig) -> tuple[torch.Tensor, list[StepStats]]:
@@ -465,6 +463,8 @@ class Trainable:
             return self._scp(groups, cfg)
         if self.stage == "generator":
             return self._generator(groups, cfg)
+        if self.stage == "e2e":
+            return self._e2e(groups, cfg)
         return self._instruct(groups, cfg)
 
     def backward_step(self, groups: Sequence[tuple[Sequence, Sequence[tuple[int, int]]]], cfg: TrainConfig,
@@ -534,29 +534,35 @@ class Trainable:
                       for (records, _), docs in zip(groups, chosen, strict=True)]
         return self._compress_and_read(chosen, answer_ids, cfg)
 
-    def _e2e(self, records: Sequence[QARecord], cfg: TrainConfig):
+    def _e2e(self, groups: Sequence[tuple[Sequence[QARecord], Sequence[tuple[int, int]]]], cfg: TrainConfig):
+        records = [r for group, _ in groups for r in group]
         self.cache_documents([d for r in records for d in r.docs])
         questions = [r.question for r in records]
         if self.packed:
-            query, _, _, lengths = self._compress_packed(questions, "query_reasoner_adapter")  # [B, n_mem, h]
-            n_query = sum(lengths)
+            query, _, _, n_query = self._compress_packed(questions, "query_reasoner_adapter")  # [B, n_mem, h]
         else:
             ids, mask = self.model.pad_left(self.model.encoder_token_ids(questions))
             query = self.hidden("query_reasoner_adapter", self.embed(ids), mask)[:, -self.n_mem:]  # [B, n_mem, h]
-            n_query = int(mask.sum())
-        selected, hits, positives = [], 0, 0
+            n_query = mask.sum(1).tolist()
+        selected, hits, positives = [], [], []
         for b, r in enumerate(records):
             cand = torch.stack([self.doc_cache[d] for d in r.docs]).float()  # [N, n_mem, h], constant
             scores = retrieval_scores(query[b:b + 1], cand, self.model.retrieval_center)  # [1, N]
             k = min(cfg.top_k, len(r.docs))
             W, idx = differentiable_topk(scores, k, cfg.temperature)        # [1, k, N], [1, k]
             selected.append((W[0] @ cand.reshape(len(r.docs), -1)).reshape(k, self.n_mem, -1))  # [k, n_mem, h]
-            hits += len(set(idx[0].tolist()) & set(r.pos_index))
-            positives += min(len(r.pos_index), k)
+            hits.append(len(set(idx[0].tolist()) & set(r.pos_index)))
+            positives.append(min(len(r.pos_index), k))
         pairs = [self._answer_ids(r.question, s.shape[0], r.answer, cfg.max_length) for r, s in zip(records, selected, strict=True)]
-        lm, dec_tokens = self.lm_loss([p for p, _ in pairs], [t for _, t in pairs], selected)
-        return lm, StepStats(lm.item(), lm.item(), 0.0, len(records), n_query + dec_tokens, hits, positives)
-
+        sizes = [len(group) for group, _ in groups]
+        lms, dec_tokens = self.lm_losses([p for p, _ in pairs], [t for _, t in pairs], selected, sizes)
+        stats, first = [], 0
+        for lm, dec, size in zip(lms, dec_tokens, sizes, strict=True):
+            span = slice(first, first + size)
+            stats.append(StepStats(lm.item(), lm.item(), 0.0, size, sum(n_query[span]) + dec,
+                                   sum(hits[span]), sum(positives[span])))
+            first += size
+        return torch.stack(lms).mean(), stats
 
     def _generator(self, groups: Sequence[tuple[Sequence[QARecord], Sequence[tuple[int, int]]]], cfg: TrainConfig):
         views = [[ranked_view(r, cfg.top_k, cfg.expand_rate, cfg.seed, e, i)
