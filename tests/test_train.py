@@ -484,6 +484,21 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir, 
     assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
 
 
+def test_one_pass_training_run_equals_the_accumulating_one(tmp_path, tiny_model_dir, data):
+    """The trainer with --one-pass (default) and --pass-per-micro-batch: the same loss history
+    and the same adapters, to fp32 noise (no dropout, so both draw the same randomness)."""
+    kw = {"steps": 3, "batch_size": 3, "grad_accum": 2, "dropout": False}
+    runs = {one: train(config("scp", data["scp"], tmp_path / str(one), tiny_model_dir, one_pass=one, **kw),
+                       progress=False) for one in (True, False)}
+    for a, b in zip(runs[True].history, runs[False].history, strict=True):
+        assert (a["loss"], a["mse"]) == (pytest.approx(b["loss"], rel=1e-4), pytest.approx(b["mse"], rel=1e-3, abs=1e-6))
+    assert runs[True].tokens_per_s > 0 and runs[True].examples_seen == runs[False].examples_seen == 18
+    one, per = read_adapter_tensors(tmp_path / "True"), read_adapter_tensors(tmp_path / "False")
+    assert one.keys() == per.keys()
+    for k in one:
+        assert torch.allclose(one[k], per[k], rtol=1e-3, atol=1e-6), k
+
+
 def test_keep_every_keeps_a_loadable_model_of_those_steps(tmp_path, tiny_model_dir, data):
     """--keep-every N: OUT-steps/step-N holds that step's model (no trainer state), even once
     the run has gone past it; a resumed run with another --keep-every is the same run."""
