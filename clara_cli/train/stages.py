@@ -23,6 +23,8 @@ after every switch (otherwise the first forward's adapter would get no gradient)
 
 Speed on CPU: base weights stay in the compute dtype (bf16 where fast), LoRA weights and
 the memory rows are fp32 masters, and the LM head runs only at positions with a label.
+All stages but retrieval can run a step's micro-batches as one packed pass (`step_pass`),
+each keeping its own means, so the loss is that of accumulating them.
 """
 
 from __future__ import annotations
