@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-# make train-default: (batch size, grad accum) per stage
+# (batch size, grad accum) per stage: make train-default's; generator: make train-written's
 RECIPE = {"scp": (8, 2), "instruct": (4, 4), "e2e": (8, 2), "generator": (8, 2)}
 FILES = {"scp": "pretrain.jsonl", "instruct": "instruct.jsonl", "e2e": "e2e.jsonl", "generator": "instruct.jsonl"}
 

@@ -10,6 +10,7 @@ is differentiable and wastes no work on padding.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 
@@ -49,9 +50,9 @@ def attention_reference(
 #: Causal sequences are right-padded to a multiple of this before batching into SDPA.
 CAUSAL_BUCKET = 64
 
-#: CPU training with compiled blocks (`matmul_attention_backward`): SDPA's flash forward,
-#: and a backward of five batched matmuls whose softmax and masking inductor fuses.
-_MATMUL_BACKWARD: dict = {"on": False, "fn": None}
+#: Whether causal CPU attention needing gradients takes `_FlashMatmulBackward` (set inside
+#: `matmul_attention_backward`).
+_MATMUL_BACKWARD = {"on": False}
 #: Longer buckets keep flash's backward, which was as fast from ~600 tokens up
 #: (docs/eval/2026-12-07/throughput/attention_backward.txt).
 MATMUL_BACKWARD_MAX_WIDTH = 512
@@ -61,7 +62,8 @@ MATMUL_BACKWARD_MAX_WIDTH = 512
 def matmul_attention_backward(on: bool = True) -> Iterator[None]:
     """Inside: causal CPU attention that needs gradients gets a backward of batched matmuls
     instead of SDPA's flash backward, which runs ~7x its forward on a CPU (docs/TRAINING.md,
-    "One pass per step, and attention's backward as matmuls"). The same gradients to rounding.
+    "One pass per step, and attention's backward as matmuls"). The same gradients to rounding
+    (tests/test_kernels.py).
     The choice is made at the forward; the backward is compiled with inductor when first run,
     so it pays off in long runs only (`clara train` uses it with its compiled blocks)."""
     before = _MATMUL_BACKWARD["on"]
@@ -94,6 +96,12 @@ def _attention_backward(q, k, v, o, lse, do, scale: float):
     return dq, dk, dv
 
 
+@functools.cache
+def _compiled_attention_backward():
+    """`_attention_backward` through inductor (dynamic shapes), compiled at its first call."""
+    return torch.compile(_attention_backward, dynamic=True)
+
+
 class _FlashMatmulBackward(torch.autograd.Function):
     """Causal SDPA (CPU flash forward) with `_attention_backward`, compiled once, as backward."""
 
@@ -108,10 +116,8 @@ class _FlashMatmulBackward(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        if _MATMUL_BACKWARD["fn"] is None:
-            _MATMUL_BACKWARD["fn"] = torch.compile(_attention_backward, dynamic=True)
         q, k, v, o, lse = (t.contiguous() for t in ctx.saved_tensors)
-        return (*_MATMUL_BACKWARD["fn"](q, k, v, o, lse, do.contiguous(), ctx.scale), None)
+        return (*_compiled_attention_backward()(q, k, v, o, lse, do.contiguous(), ctx.scale), None)
 
 
 def varlen_attention_torch(

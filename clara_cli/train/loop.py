@@ -222,7 +222,7 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
         compile_layers(model, fall_back=cfg.compile is None)
     tm = Trainable(model, cfg.stage, autocast=autocast, packed=cfg.pack,
                    matmul_attention_backward=compiled and device.type == "cpu")
-    one_pass = cfg.one_pass and cfg.pack and cfg.stage in ONE_PASS_STAGES and cfg.grad_accum > 1
+    one_pass = cfg.one_pass and cfg.pack and cfg.stage in ONE_PASS_STAGES
     params = tm.parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
     warmup = math.ceil(total * cfg.warmup_ratio)

@@ -181,7 +181,7 @@ class Trainable:
         self.model = model
         self.stage = stage
         # packed CPU steps with compiled blocks: attention's backward as compiled batched matmuls
-        # (clara_kernels.matmul_attention_backward), ~2x faster than SDPA's flash backward there
+        # (clara_kernels.matmul_attention_backward; docs/TRAINING.md, "One pass per step")
         self.matmul_attention_backward = matmul_attention_backward
         # packed: every forward runs its sequences back to back in one row, without padding
         # (positions restart per sequence, attention stays inside each; clara_kernels' varlen
@@ -399,7 +399,7 @@ class Trainable:
         h_t = h[torch.tensor(t_rows, device=dev), torch.tensor(t_pos, device=dev)]  # [targets, h]
         labels_t = torch.tensor(labels, device=dev)
         bounds = [0, *itertools.accumulate(groups)]  # sequence index where each group starts
-        if len(groups) == 1:
+        if len(groups) == 1:  # one micro-batch: the loss exactly as before one pass existed
             return [F.cross_entropy(self.logits(h_t), labels_t)], [sum(map(len, rows))]
         per_token = F.cross_entropy(self.logits(h_t), labels_t, reduction="none")  # [targets]
         n_targets = [sum(len(t) for t in targets[a:b]) for a, b in itertools.pairwise(bounds)]
