@@ -1,5 +1,5 @@
 """Where a training step spends its CPU time: torch.profiler over one step of a stage as
-`clara train` runs it on a CPU (packed, compiled blocks, the matmul attention backward; every
+`clara train` runs it on a CPU (packed, compiled blocks, in bf16 the matmul attention backward; every
 stage but retrieval: the step's micro-batches in one pass) with `make train-default`'s settings, after two
 warm-up steps (the first compiles), operators sorted by self CPU time. It names what to speed up next
 (issue 12); train_throughput.py measures the speed itself.
@@ -35,7 +35,13 @@ def main() -> None:
 
     from clara_cli.model import cpu_name, dtype_name, resolve_dtype
     from clara_cli.train.loop import TrainConfig, _load_start_model
-    from clara_cli.train.stages import ONE_PASS_STAGES, Trainable, compile_layers, prepare_adapters
+    from clara_cli.train.stages import (
+        ONE_PASS_STAGES,
+        Trainable,
+        compile_layers,
+        matmul_attention_backward_pays_off,
+        prepare_adapters,
+    )
 
     dtype = resolve_dtype(args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,7 +55,8 @@ def main() -> None:
     if not args.no_compile:
         compile_layers(model, fall_back=False)
     tm = Trainable(model, args.stage, autocast=dtype != torch.float32, packed=True,
-                   matmul_attention_backward=not args.no_compile)
+                   matmul_attention_backward=matmul_attention_backward_pays_off(
+                       not args.no_compile, torch.device("cpu"), dtype))
     one_pass = args.stage in ONE_PASS_STAGES
     if args.stage == "e2e":
         tm.cache_documents([d for r in records for d in r.docs])

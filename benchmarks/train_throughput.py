@@ -173,7 +173,13 @@ def main() -> None:
     from clara_cli.model import cpu_name, resolve_dtype
     from clara_cli.train.allocator import allocator
     from clara_cli.train.loop import TrainConfig, _load_start_model
-    from clara_cli.train.stages import ONE_PASS_STAGES, Trainable, compile_layers, prepare_adapters
+    from clara_cli.train.stages import (
+        ONE_PASS_STAGES,
+        Trainable,
+        compile_layers,
+        matmul_attention_backward_pays_off,
+        prepare_adapters,
+    )
 
     device = torch.device(args.device)
     Clock.cuda = device.type == "cuda"
@@ -220,12 +226,13 @@ def main() -> None:
             compile_layers(compiled, fall_back=False)
             paths["compiled"] = Trainable(compiled, stage, autocast=dtype != torch.float32, packed=True)
         # what `clara train` runs: (every stage but retrieval) a step's micro-batches in one pass;
-        # on a CPU also compiled blocks and the matmul attention backward (on CUDA: not compiled)
+        # on a CPU also compiled blocks, and in bf16 the matmul attention backward (on CUDA: not compiled)
         cpu_compiled = device.type == "cpu" and not args.no_compile
         if stage in ONE_PASS_STAGES or cpu_compiled:  # else it is the packed path again
             paths["trainer"] = Trainable(compiled if cpu_compiled else model, stage,
                                          autocast=dtype != torch.float32, packed=True,
-                                         matmul_attention_backward=cpu_compiled)
+                                         matmul_attention_backward=matmul_attention_backward_pays_off(
+                                             cpu_compiled, device, dtype))
         if stage in ("e2e", "generator"):  # the frozen memories are built once per run, outside the steps
             docs = [d for r in records[stage] for d in r.docs]
             cache = None

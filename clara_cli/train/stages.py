@@ -151,6 +151,15 @@ def compile_pays_off(model: ClaraModel, device: torch.device, steps_ahead: int) 
     return shutil.which("g++") is not None or shutil.which("c++") is not None
 
 
+def matmul_attention_backward_pays_off(compiled: bool, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a training step takes attention's backward as compiled batched matmuls
+    (clara_kernels.matmul_attention_backward): with compiled blocks on a CPU in bf16/fp16, where
+    its batched matmuls run on AMX (1.08x the step, 1.5-3.0x flash's backward). In fp32, what a
+    CPU without native bf16 trains in, it measured 0.97x the step, so flash's backward stays
+    (docs/TRAINING.md, "One pass per step, and attention's backward as matmuls")."""
+    return compiled and device.type == "cpu" and dtype != torch.float32
+
+
 def compile_layers(model: ClaraModel, *, fall_back: bool) -> None:
     """torch.compile each transformer block of the decoder (dynamic shapes: packed rows vary
     in length). Inductor fuses what eager mode runs as separate passes over the activations

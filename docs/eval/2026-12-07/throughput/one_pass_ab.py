@@ -1,9 +1,10 @@
 """A/B of the four combinations of one pass per step and the matmul attention backward on one
-compiled model (packed, bf16 autocast), steps interleaved with the order alternating; busy
+compiled model (packed, bf16 autocast, or fp32 with a third argument "fp32"), steps interleaved with the order alternating; busy
 tokens/s per step and the ratio to the compiled per-micro-batch path with flash's backward.
 
     LD_PRELOAD=<jemalloc> MALLOC_CONF=muzzy_decay_ms:-1,oversize_threshold:0 \\
         python docs/eval/2026-12-07/throughput/one_pass_ab.py scp 6     # one_pass_ab.txt
+        python docs/eval/2026-12-07/throughput/one_pass_ab.py scp 3 fp32   # one_pass_ab-fp32.txt
 """
 
 import statistics
@@ -22,17 +23,18 @@ from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters  
 torch.set_num_threads(2)
 stage = sys.argv[1] if len(sys.argv) > 1 else "scp"
 n_steps = int(sys.argv[2]) if len(sys.argv) > 2 else 6
+dtype = sys.argv[3] if len(sys.argv) > 3 else "bf16"
 batch, accum = tt.RECIPE[stage]
 with tempfile.TemporaryDirectory() as tmp:
     records = tt.synth_records(40, Path(tmp))[stage]
 cfg = TrainConfig(stage, "unused", "unused", init_from="default", batch_size=batch, grad_accum=accum,
-                  dropout=False, dtype="bf16").resolved()
-model = _load_start_model(cfg, None, torch.device("cpu"), torch.bfloat16)
+                  dropout=False, dtype=dtype).resolved()
+model = _load_start_model(cfg, None, torch.device("cpu"), torch.bfloat16 if dtype == "bf16" else torch.float32)
 prepare_adapters(model, stage, fresh_start=True, seed=0)
 model.set_attention("auto")
 model.decoder.train(False)
 compile_layers(model, fall_back=False)
-variants = {(one_pass, matmul): Trainable(model, stage, autocast=True, packed=True, matmul_attention_backward=matmul)
+variants = {(one_pass, matmul): Trainable(model, stage, autocast=dtype == "bf16", packed=True, matmul_attention_backward=matmul)
             for one_pass in (False, True) for matmul in (False, True)}
 
 
