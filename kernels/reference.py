@@ -140,11 +140,17 @@ def varlen_attention_torch(
     """
     n_rep = q.shape[1] // k.shape[1]
     total = q.shape[0]
-    out = q.new_zeros(q.shape)
     starts = cu_seqlens[:-1].long()
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
     bucket = CAUSAL_BUCKET if causal else 1
     padded = (lengths + bucket - 1) // bucket * bucket
+    # Every bucket's rows come from one gather, split into buckets, and the outputs go back by
+    # one gather of their concatenation. In a backward pass a gather, slice or copy per bucket is
+    # a zero-filled [total, H, D] gradient summed with the others': ~8 full-size passes per tensor
+    # and layer where one does (docs/TRAINING.md, "One gather per attention call").
+    buckets, flats = [], []
+    src_of_row = torch.full((total,), -1, dtype=torch.long, device=q.device)  # row -> its output slot
+    used = 0
     for width in torch.unique(padded).tolist():
         if width == 0:
             continue
@@ -152,12 +158,20 @@ def varlen_attention_torch(
         offsets = torch.arange(width, device=q.device)
         rows = starts[group, None] + offsets  # [n, width]
         valid = offsets < lengths[group, None]
-        # index_select / index_copy_: CPU advanced indexing is much slower here.
-        flat = rows.clamp(max=total - 1).reshape(-1)
+        src_of_row[rows[valid]] = used + torch.arange(rows.numel(), device=q.device).view_as(rows)[valid]
+        flats.append(rows.clamp(max=total - 1).reshape(-1))  # padded slots read any row, unused
+        buckets.append((width, rows.shape[0]))
+        used += rows.numel()
+    if not buckets:
+        return q.new_zeros(q.shape)
+    # index_select: CPU advanced indexing is much slower here.
+    flat = torch.cat(flats)
+    sizes = [n * width for width, n in buckets]
+    pieces = [t.index_select(0, flat).split(sizes) for t in (q, k, v)]  # each [n * width, H(_kv), D]
+    outs = []
+    for b, (width, n) in enumerate(buckets):
         # [n * width, H, D] -> [n, H, width, D]
-        qs, ks, vs = (
-            t.index_select(0, flat).view(-1, width, *t.shape[1:]).transpose(1, 2) for t in (q, k, v)
-        )
+        qs, ks, vs = (t[b].view(n, width, *t[b].shape[1:]).transpose(1, 2) for t in pieces)
         if (
             _MATMUL_BACKWARD["on"] and causal and 1 < width <= MATMUL_BACKWARD_MAX_WIDTH and dropout_p == 0.0
             and q.device.type == "cpu" and torch.is_grad_enabled()
@@ -175,9 +189,11 @@ def varlen_attention_torch(
                 scale=softmax_scale,
                 enable_gqa=n_rep > 1,
             )
-        ys = ys.transpose(1, 2)[valid]  # [n_valid, H, D]
-        out.index_copy_(0, rows[valid], ys)
-    return out
+        outs.append(ys.transpose(1, 2).reshape(n * width, *q.shape[1:]))  # [n * width, H, D]
+    if bool((src_of_row < 0).any()):  # rows outside every sequence: zeros, as before
+        outs.append(q.new_zeros(1, *q.shape[1:]))
+        src_of_row[src_of_row < 0] = used
+    return torch.cat(outs).index_select(0, src_of_row)
 
 
 def cosine_topk_torch(
