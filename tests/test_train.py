@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from clara_cli.checkpoint import load_model, read_adapter_tensors
@@ -260,6 +261,50 @@ def test_packed_step_is_the_padded_computation(tiny_model_dir, data, stage):
     assert len(g0) == len(g1) and sum(float(g.abs().sum()) for g in g0) > 0
     for a, b in zip(g0, g1, strict=True):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(a.abs().max()) + 1e-8)
+
+
+@pytest.mark.parametrize("with_mem", [False, True])
+def test_chunked_head_losses_are_the_whole_logits_computation(monkeypatch, with_mem):
+    """head_group_losses = the LM head's whole [T, V] logits (the <MEM*> columns from the trained
+    rows) and F.cross_entropy per group: losses and gradients of h and the rows, in fp32, over
+    chunks that cut through groups; with a bf16 head, within bf16 rounding of the fp32 figures."""
+    from clara_cli.train import head_loss
+
+    monkeypatch.setattr(head_loss, "CHUNK_ROWS", 7)
+    g = torch.Generator().manual_seed(0)
+    T, H, V, lo, n_mem, counts = 23, 16, 50, 40, 4, [5, 11, 7]
+    h0 = torch.randn(T, H, generator=g)
+    head = torch.randn(V, H, generator=g)
+    rows0 = torch.randn(n_mem, H, generator=g)
+    labels = torch.randint(0, V, (T,), generator=g)
+    weights = torch.tensor([0.5, 2.0, -1.0])  # how the step combines the groups' losses
+
+    def run(fn):
+        h, rows = h0.clone().requires_grad_(), rows0.clone().requires_grad_()
+        losses = fn(h, rows if with_mem else None)
+        (losses * weights).sum().backward()
+        return losses.detach(), h.grad, rows.grad
+
+    def whole(h, rows, dtype=torch.float32):
+        w = head.clone()
+        if rows is not None:
+            w = torch.cat([w[:lo], rows, w[lo + n_mem:]])
+        logits = (h.to(dtype) @ w.to(dtype).T).float()
+        per_token = F.cross_entropy(logits, labels, reduction="none")
+        return torch.stack([p.mean() for p in per_token.split(counts)])
+
+    ref = run(whole)
+    got = run(lambda h, rows: head_loss.head_group_losses(h, head, labels, counts, rows, lo))
+    for a, b in zip(ref, got, strict=True):
+        if a is None:
+            assert b is None and not with_mem
+            continue
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+    got16 = run(lambda h, rows: head_loss.head_group_losses(h, head, labels, counts, rows, lo, dtype=torch.bfloat16))
+    ref16 = run(lambda h, rows: whole(h, rows, torch.bfloat16))
+    for a, b, c in zip(ref, got16, ref16, strict=True):
+        if a is not None:  # no further from fp32 than the whole bf16 computation, give or take
+            assert (a - b).abs().max() <= 2 * (a - c).abs().max() + 1e-3
 
 
 @pytest.mark.parametrize("stage", ["scp", "instruct", "e2e", "generator"])

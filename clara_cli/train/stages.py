@@ -55,6 +55,7 @@ from .data import (
     paraphrase_instruction,
     split_ids,
 )
+from .head_loss import head_group_losses
 from .topk import differentiable_topk
 
 if TYPE_CHECKING:
@@ -304,16 +305,6 @@ class Trainable:
                 cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
                 use_cache=False).last_hidden_state
 
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        """LM head on selected positions only: [T, h] -> [T, V] fp32."""
-        with self._autocast():
-            out = self.model.decoder.get_output_embeddings()(h)
-        if self.mem_rows is not None and self.tied:  # tied head: the <MEM*> columns are the trained rows
-            lo, hi = self.mem_lo, self.mem_lo + self.n_mem
-            mem = h @ self.mem_rows.to(h.dtype).T  # [T, n_mem]
-            out = torch.cat([out[:, :lo], mem.to(out.dtype), out[:, hi:]], dim=1)
-        return out.float()
-
     def compress(self, texts: Sequence[str], adapter: str = "encoder_adapter") -> tuple[torch.Tensor, torch.Tensor, int]:
         """Texts -> (memories [D, n_mem, h], alignment MSE, non-pad tokens), with gradients.
 
@@ -408,12 +399,19 @@ class Trainable:
         h_t = h[torch.tensor(t_rows, device=dev), torch.tensor(t_pos, device=dev)]  # [targets, h]
         labels_t = torch.tensor(labels, device=dev)
         bounds = [0, *itertools.accumulate(groups)]  # sequence index where each group starts
-        if len(groups) == 1:  # one micro-batch: the loss exactly as before one pass existed
-            return [F.cross_entropy(self.logits(h_t), labels_t)], [sum(map(len, rows))]
-        per_token = F.cross_entropy(self.logits(h_t), labels_t, reduction="none")  # [targets]
         n_targets = [sum(len(t) for t in targets[a:b]) for a, b in itertools.pairwise(bounds)]
-        losses = [part.mean() for part in torch.split(per_token, n_targets)]
-        return losses, [sum(map(len, rows[a:b])) for a, b in itertools.pairwise(bounds)]
+        losses = self.head_losses(h_t, labels_t, n_targets)
+        return list(losses.unbind()), [sum(map(len, rows[a:b])) for a, b in itertools.pairwise(bounds)]
+
+    def head_losses(self, h_t: torch.Tensor, labels: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Per group of target rows (counts[g] each, back to back), the mean cross-entropy of the
+        LM head on [targets, h] hidden states: [G] fp32. The head runs in chunks of rows with the
+        gradients computed on the way (head_loss.py); the same computation as `logits` and
+        F.cross_entropy per group (tested)."""
+        head = self.model.decoder.get_output_embeddings().weight
+        mem = self.mem_rows if self.mem_rows is not None and self.tied else None
+        return head_group_losses(h_t, head, labels, counts, mem, self.mem_lo,
+                                 dtype=self.autocast_dtype or head.dtype)
 
     # ------------------------------------------------------------------ e2e helpers
     @torch.no_grad()

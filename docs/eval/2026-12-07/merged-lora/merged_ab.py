@@ -68,4 +68,4 @@ for s in range(n_steps + 1):  # step 0 warms up (compiles both)
 ratios = [round(a / b, 3) for a, b in zip(speed[True], speed[False], strict=True)]
 print(f"peft: median {statistics.median(speed[False]):.0f} tok/s busy; merged: {statistics.median(speed[True]):.0f}; "
       f"x{statistics.median(speed[True]) / statistics.median(speed[False]):.3f}; per step {ratios}")
-print("largest loss difference", max(abs(a - b) for x, y in zip(losses[False], losses[True]) for a, b in zip(x, y)))
+print("largest loss difference", max(abs(a - b) for x, y in zip(losses[False], losses[True], strict=True) for a, b in zip(x, y, strict=True)))

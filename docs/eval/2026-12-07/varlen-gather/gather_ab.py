@@ -18,10 +18,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[4]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import train_throughput as tt  # noqa: E402
-
 import clara_kernels.attention as attention  # noqa: E402
 import clara_kernels.reference as reference  # noqa: E402
+import train_throughput as tt  # noqa: E402
+
 from clara_cli.train.loop import TrainConfig, _load_start_model  # noqa: E402
 from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters  # noqa: E402
 
@@ -73,4 +73,4 @@ ratios = [round(a / b, 3) for a, b in zip(speed[True], speed[False], strict=True
 print(f"per bucket: median {statistics.median(speed[False]):.0f} tok/s busy; one gather: "
       f"{statistics.median(speed[True]):.0f}; x{statistics.median(speed[True]) / statistics.median(speed[False]):.3f}; "
       f"per step {ratios}")
-print("largest loss difference", max(abs(a - b) for x, y in zip(losses[False], losses[True]) for a, b in zip(x, y)))
+print("largest loss difference", max(abs(a - b) for x, y in zip(losses[False], losses[True], strict=True) for a, b in zip(x, y, strict=True)))
