@@ -9,31 +9,21 @@ tokens/s per step and the ratio to the compiled per-micro-batch path with flash'
 
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "benchmarks"))
-import train_throughput as tt  # noqa: E402  (the benchmark's records and step)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ab_steps import compiled_model, tt  # noqa: E402  (the benchmark's records and step)
 
-from clara_cli.train.loop import TrainConfig, _load_start_model  # noqa: E402
-from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters  # noqa: E402
+from clara_cli.train.stages import Trainable  # noqa: E402
 
 torch.set_num_threads(2)
 stage = sys.argv[1] if len(sys.argv) > 1 else "scp"
 n_steps = int(sys.argv[2]) if len(sys.argv) > 2 else 6
 dtype = sys.argv[3] if len(sys.argv) > 3 else "bf16"
-batch, accum = tt.RECIPE[stage]
-with tempfile.TemporaryDirectory() as tmp:
-    records = tt.synth_records(40, Path(tmp))[stage]
-cfg = TrainConfig(stage, "unused", "unused", init_from="default", batch_size=batch, grad_accum=accum,
-                  dropout=False, dtype=dtype).resolved()
-model = _load_start_model(cfg, None, torch.device("cpu"), torch.bfloat16 if dtype == "bf16" else torch.float32)
-prepare_adapters(model, stage, fresh_start=True, seed=0)
-model.set_attention("auto")
-model.decoder.train(False)
-compile_layers(model, fall_back=False)
+model, records, cfg = compiled_model(stage, dtype)
+batch, accum = cfg.batch_size, cfg.grad_accum
 variants = {(one_pass, matmul): Trainable(model, stage, autocast=dtype == "bf16", packed=True, matmul_attention_backward=matmul)
             for one_pass in (False, True) for matmul in (False, True)}
 
