@@ -406,8 +406,8 @@ class Trainable:
     def head_losses(self, h_t: torch.Tensor, labels: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """Per group of target rows (counts[g] each, back to back), the mean cross-entropy of the
         LM head on [targets, h] hidden states: [G] fp32. The head runs in chunks of rows with the
-        gradients computed on the way (head_loss.py); the same computation as `logits` and
-        F.cross_entropy per group (tested)."""
+        gradients computed on the way (head_loss.py): the same computation as the whole
+        [targets, vocabulary] logits and F.cross_entropy per group (tested)."""
         head = self.model.decoder.get_output_embeddings().weight
         mem = self.mem_rows if self.mem_rows is not None and self.tied else None
         return head_group_losses(h_t, head, labels, counts, mem, self.mem_lo,
