@@ -48,7 +48,6 @@ class _HeadGroupLosses(torch.autograd.Function):
                 pm = p[:, mem_lo:mem_lo + n_mem].float()                # [c, n_mem]
                 grad_mem.index_add_(0, g, pm[:, :, None] * hc[a:b, None, :].float())
         ctx.save_for_backward(grad_h, grad_mem, group)
-        ctx.has_mem = mem_rows is not None
         ctx.h_dtype = h.dtype
         return losses
 
@@ -56,7 +55,7 @@ class _HeadGroupLosses(torch.autograd.Function):
     def backward(ctx, grad_losses):
         grad_h, grad_mem, group = ctx.saved_tensors
         dh = (grad_h.float() * grad_losses[group][:, None]).to(ctx.h_dtype)
-        dmem = (grad_mem * grad_losses[:, None, None]).sum(0) if ctx.has_mem else None
+        dmem = (grad_mem * grad_losses[:, None, None]).sum(0) if grad_mem is not None else None
         return dh, None, dmem, None, None, None, None, None, None
 
 

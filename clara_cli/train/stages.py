@@ -305,19 +305,12 @@ class Trainable:
                 cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
                 use_cache=False).last_hidden_state
 
-    def compress(self, texts: Sequence[str], adapter: str = "encoder_adapter") -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Texts -> (memories [D, n_mem, h], alignment MSE, non-pad tokens), with gradients.
-
-        MSE as the official `_compr_decoder`: mean over the real non-memory tokens vs mean over
-        the memory tokens, F.mse_loss over [D, h]."""
-        mem, text_mean, mem_mean, tokens = self.compress_states(texts, adapter)
-        return mem, F.mse_loss(text_mean, mem_mean), sum(tokens)
-
     def compress_states(self, texts: Sequence[str], adapter: str = "encoder_adapter"
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
-        """Texts -> (memories [D, n_mem, h], text-token mean [D, h] fp32, memory-token mean
-        [D, h] fp32, non-pad tokens per text): what `compress` and a one-pass step's per
-        micro-batch MSE are made of."""
+        """Texts -> (memories [D, n_mem, h] with gradients, text-token mean [D, h] fp32,
+        memory-token mean [D, h] fp32, non-pad tokens per text). A micro-batch's alignment MSE is
+        F.mse_loss of its documents' two means, as the official `_compr_decoder`: the real
+        non-memory tokens' mean against the memory tokens'."""
         if self.packed:
             return self._compress_packed(texts, adapter)
         ids, mask = self.model.pad_left(self.model.encoder_token_ids(texts))  # [D, L]
@@ -352,18 +345,11 @@ class Trainable:
         mem_mean = mem.float().mean(1)                                                 # [D, h]
         return mem, text_mean, mem_mean, lengths
 
-    def lm_loss(self, prompts: Sequence[list[int]], targets: Sequence[list[int]],
-                memories: Sequence[torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """Mean cross-entropy of the target tokens given prompt + memories; (loss, non-pad tokens).
-
-        prompts[i] holds k_i memory slots; memories[i] is [k_i, n_mem, h] in slot order."""
-        losses, tokens = self.lm_losses(prompts, targets, memories, [len(prompts)])
-        return losses[0], tokens[0]
-
     def lm_losses(self, prompts: Sequence[list[int]], targets: Sequence[list[int]],
                   memories: Sequence[torch.Tensor], groups: Sequence[int]) -> tuple[list[torch.Tensor], list[int]]:
-        """`lm_loss` of consecutive groups of sequences (groups[g] sequences each) in one forward:
-        per group, the mean cross-entropy of its target tokens and its non-pad tokens."""
+        """Consecutive groups of sequences (groups[g] sequences each) in one forward: per group,
+        the mean cross-entropy of its target tokens given prompt + memories, and its non-pad
+        tokens. prompts[i] holds k_i memory slots; memories[i] is [k_i, n_mem, h] in slot order."""
         rows = [p + t for p, t in zip(prompts, targets, strict=True)]
         if self.packed:  # one row [1, T]: sequence b starts at the sum of the lengths before it
             dev = self.model.device
