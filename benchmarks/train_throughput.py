@@ -1,7 +1,8 @@
 """Training throughput: tokens/s of the training step of each stage: the padded path (the
 baseline), packed micro-batches, packed micro-batches through compiled decoder blocks, and
 what `clara train` runs on a CPU now ("trainer": compiled blocks, attention's backward as
-compiled matmuls, and for every stage but retrieval a step's micro-batches in one pass, `--one-pass`).
+compiled matmuls, LoRA linears merged into their weights with the merges of every step timed,
+and for every stage but retrieval a step's micro-batches in one pass, `--one-pass`).
 
 The settings are those of `make train-default`: scp and e2e micro-batches of 8 with 2
 accumulated, instruct micro-batches of 4 with 4 accumulated, no LoRA dropout, the default
@@ -139,6 +140,8 @@ def one_step(tm, records, cfg, batch: int, accum: int, offset: int, one_pass: bo
     for g in range(accum):
         idx = [(offset + g * batch + j) % len(records) for j in range(batch)]
         groups.append(([records[i] for i in idx], [(0, i) for i in idx]))
+    if tm.merged_lora is not None:  # the trainer merges A and B again after each optimizer step
+        tm.merged_lora.forget()
     clock = Clock()
     stats = tm.backward_step(groups, cfg, one_pass)
     seconds = clock.read()
@@ -178,6 +181,7 @@ def main() -> None:
         Trainable,
         compile_layers,
         matmul_attention_backward_pays_off,
+        merged_lora_pays_off,
         prepare_adapters,
     )
 
@@ -229,10 +233,11 @@ def main() -> None:
         # on a CPU also compiled blocks, and in bf16 the matmul attention backward (on CUDA: not compiled)
         cpu_compiled = device.type == "cpu" and not args.no_compile
         if stage in ONE_PASS_STAGES or cpu_compiled:  # else it is the packed path again
-            paths["trainer"] = Trainable(compiled if cpu_compiled else model, stage,
-                                         autocast=dtype != torch.float32, packed=True,
+            base = compiled if cpu_compiled else model
+            paths["trainer"] = Trainable(base, stage, autocast=dtype != torch.float32, packed=True,
                                          matmul_attention_backward=matmul_attention_backward_pays_off(
-                                             cpu_compiled, device, dtype))
+                                             cpu_compiled, device, dtype),
+                                         merged_lora=merged_lora_pays_off(base, device))
         if stage in ("e2e", "generator"):  # the frozen memories are built once per run, outside the steps
             docs = [d for r in records[stage] for d in r.docs]
             cache = None

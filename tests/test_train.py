@@ -340,6 +340,45 @@ def test_one_pass_step_is_the_accumulated_computation(tiny_model_dir, data, stag
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(a.abs().max()) + 1e-8)
 
 
+@pytest.mark.parametrize("stage", ["scp", "e2e"])
+def test_merged_lora_is_peft_computation(tiny_model_dir, data, stage):
+    """merged_lora is a speed change only: two optimizer steps give peft's losses and gradients
+    (the second after SGD changed A and B, so a stale merged weight would show), and a pass
+    without gradients (e2e's frozen memories) keeps peft's path."""
+    from clara_cli.train.loop import _load_start_model
+    from clara_cli.train.stages import Trainable, prepare_adapters
+
+    path = data["scp" if stage == "scp" else "qa"]
+    cfg = config(stage, path, Path("unused"), tiny_model_dir, top_k=2).resolved()
+    records = read_records(path, stage)[:4]
+    keys = [(0, i) for i in range(len(records))]
+    groups = [(records[:2], keys[:2]), (records[2:], keys[2:])]
+    runs = []
+    for merged in (False, True):
+        model = _load_start_model(cfg, None, torch.device("cpu"), torch.float32)
+        prepare_adapters(model, stage, True, 0)
+        tm = Trainable(model, stage, packed=True, merged_lora=merged)
+        if stage == "e2e":
+            tm.cache_documents([d for r in records for d in r.docs])
+        opt = torch.optim.SGD(tm.parameters(), lr=10.0)  # not Adam: its first step is sign(g), noise and all
+        steps = []
+        for _ in range(2):
+            stats = tm.backward_step(groups, cfg, one_pass=True)
+            steps.append(([s.loss for s in stats], [p.grad.clone() for p in tm.parameters()]))
+            opt.step()
+            opt.zero_grad()
+        if merged:
+            assert any(m.clara_merged for m in tm.merged_lora.layers), "no layer took the merged path"
+            assert not any(m.clara_merged_on for m in tm.merged_lora.layers)  # only inside a pass
+        runs.append(steps)
+    for (loss_a, grads_a), (loss_b, grads_b) in zip(*runs, strict=True):
+        assert loss_b == pytest.approx(loss_a, rel=1e-5)
+        assert sum(float(g.abs().sum()) for g in grads_a) > 0
+        for a, b in zip(grads_a, grads_b, strict=True):  # float noise, summed in another order
+            assert float((a - b).norm()) <= 1e-4 * float(a.norm()) + 1e-10
+    assert runs[0][0][0] != pytest.approx(runs[0][1][0], rel=1e-4)  # the first step changed the model
+
+
 def test_compiled_blocks_are_the_same_computation(tiny_model_dir, data):
     """--compile is a speed change only: the packed scp step gives the eager loss and gradients."""
     from clara_cli.train.loop import _load_start_model

@@ -161,6 +161,25 @@ def matmul_attention_backward_pays_off(compiled: bool, device: torch.device, dty
     return compiled and device.type == "cpu" and dtype != torch.float32
 
 
+#: merged_lora keeps a copy of every LoRA-wrapped base weight per adapter a step trains through
+#: (two in scp): at most this many bytes each, so a large base does not double its memory.
+MERGED_LORA_MAX_BYTES = 2 << 30
+
+
+def merged_lora_pays_off(model: ClaraModel, device: torch.device) -> bool:
+    """Whether a training step runs its LoRA linears merged (clara_cli/train/merged_lora.py): on a
+    CPU, where peft's full-width side products are bound by memory (1.09x the scp step in bf16,
+    compiled; docs/TRAINING.md, "LoRA merged into the weight, gradients kept thin"), for a base
+    whose merged copies stay small. Not on CUDA, where no run has measured it."""
+    from .merged_lora import mergeable
+
+    if device.type != "cpu":
+        return False
+    size = sum(m.base_layer.weight.numel() * m.base_layer.weight.element_size()
+               for m in model.decoder.modules() if mergeable(m))
+    return 0 < size <= MERGED_LORA_MAX_BYTES
+
+
 def compile_layers(model: ClaraModel, *, fall_back: bool) -> None:
     """torch.compile each transformer block of the decoder (dynamic shapes: packed rows vary
     in length). Inductor fuses what eager mode runs as separate passes over the activations
@@ -187,7 +206,7 @@ class Trainable:
     """A ClaraModel prepared for one stage: trained parameters, fp32 memory rows, forward helpers."""
 
     def __init__(self, model: ClaraModel, stage: str, autocast: bool = False, packed: bool = False,
-                 matmul_attention_backward: bool = False):
+                 matmul_attention_backward: bool = False, merged_lora: bool = False):
         self.model = model
         self.stage = stage
         # packed CPU steps with compiled blocks: attention's backward as compiled batched matmuls
@@ -220,7 +239,12 @@ class Trainable:
         self.pool_row: dict[str, int] = {}
         from peft.tuners.lora import LoraLayer
 
+        from .merged_lora import MergedLora
+
         self._lora_layers = [m for m in decoder.modules() if isinstance(m, LoraLayer)]
+        # merged_lora: passes with gradients run each LoRA linear as one product with W + s*B*A
+        # (merged_lora.py; docs/TRAINING.md, "LoRA merged into the weight, gradients kept thin")
+        self.merged_lora = MergedLora(self._lora_layers) if merged_lora else None
 
     # ------------------------------------------------------------------ parameters
     def parameters(self) -> list[nn.Parameter]:
@@ -243,6 +267,9 @@ class Trainable:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
+
+    def _merged(self, adapter: str):
+        return self.merged_lora.use(adapter) if self.merged_lora is not None else contextlib.nullcontext()
 
     @contextlib.contextmanager
     def _bf16_lora(self):
@@ -275,7 +302,7 @@ class Trainable:
         """Last hidden state after the final norm, [B, L, h], with `adapter` active."""
         self._attention(varlen=False)
         self.activate(adapter)
-        with self._bf16_lora():
+        with self._bf16_lora(), self._merged(adapter):
             return self.model.decoder.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
                                                     use_cache=False).last_hidden_state
 
@@ -299,7 +326,7 @@ class Trainable:
         dev = embeds.device
         cu = ck.cu_seqlens_from_lengths(lengths, device=dev)  # [B+1] int32
         longest = max(lengths)
-        with self._bf16_lora(), ck.matmul_attention_backward(self.matmul_attention_backward):
+        with self._bf16_lora(), self._merged(adapter), ck.matmul_attention_backward(self.matmul_attention_backward):
             return self.model.decoder.get_decoder()(
                 inputs_embeds=embeds, position_ids=ck.pack_position_ids(lengths, device=dev),
                 cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest,
