@@ -5,7 +5,8 @@ moment) plus what resuming needs:
 
     OUT/clara.json, adapters-*.safetensors, token_rows.safetensors   the model (LoRA in fp32)
     OUT/trainer.pt        optimizer, scheduler, RNG states (python, numpy, torch), fp32 <MEM*> rows
-    OUT/train_state.json  step, data position, settings, data digest, loss history, done
+    OUT/train_state.json  step, data position, settings, data digest, loss history (with
+                          each step's wall seconds), done
 
 Every checkpoint is written to a fresh temporary folder beside OUT and swapped in by
 rename (OUT -> .OUT.prev, temp -> OUT), so `kill -9` at any moment leaves either the old
@@ -266,6 +267,7 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
     order = _Order(len(records), cfg.seed)
     try:
         while step < total:
+            step_start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             agg: dict[str, float] = {"loss": 0.0, "lm": 0.0, "mse": 0.0}
             hits = positives = 0
@@ -286,7 +288,8 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
             sched.step()
             step += 1
             rec = {"step": step, **{k: round(v, 5) for k, v in agg.items()}, "lr": lr,
-                   "grad_norm": round(float(grad_norm), 4)}
+                   "grad_norm": round(float(grad_norm), 4),
+                   "seconds": round(time.perf_counter() - step_start, 3)}  # wall time of the step
             if positives:
                 rec["recall"] = round(hits / positives, 4)
             history.append(rec)

@@ -18,9 +18,9 @@ from clara_cli.train.loop import TrainConfig, _load_start_model  # noqa: E402
 from clara_cli.train.stages import Trainable, compile_layers, prepare_adapters  # noqa: E402
 
 
-def compiled_model(stage: str, dtype: str = "bf16"):
+def compiled_model(stage: str, dtype: str = "bf16", compile: bool = True):
     """(model, records, config): the default model with fresh adapters for `stage` and compiled
-    blocks, the benchmark's records, the recipe's micro-batches."""
+    blocks (eager ones with compile=False), the benchmark's records, the recipe's micro-batches."""
     batch, accum = tt.RECIPE[stage]
     with tempfile.TemporaryDirectory() as tmp:
         records = tt.synth_records(40, Path(tmp))[stage]
@@ -30,8 +30,9 @@ def compiled_model(stage: str, dtype: str = "bf16"):
     prepare_adapters(model, stage, fresh_start=True, seed=0)
     model.set_attention("auto")
     model.decoder.train(False)
-    compile_layers(model, fall_back=False)
-    print(stage, batch, accum, dtype, "threads", torch.get_num_threads(), flush=True)
+    if compile:
+        compile_layers(model, fall_back=False)
+    print(stage, batch, accum, dtype, "compiled" if compile else "eager", "threads", torch.get_num_threads(), flush=True)
     return model, records, cfg
 
 

@@ -4,7 +4,7 @@ products only for A's and B's gradients), on one compiled model. Steps interleav
 alternating; busy tokens/s per step and the loss of each micro-batch.
 
     LD_PRELOAD=<jemalloc> MALLOC_CONF=muzzy_decay_ms:-1,oversize_threshold:0 \\
-        python docs/eval/2026-12-07/lora-merged-thin/merged_thin_ab.py scp 6 [fp32]
+        python docs/eval/2026-12-07/lora-merged-thin/merged_thin_ab.py scp 6 [fp32|bf16] [eager]
 """
 
 import sys
@@ -20,9 +20,11 @@ from clara_cli.train.stages import Trainable, matmul_attention_backward_pays_off
 torch.set_num_threads(2)
 stage = sys.argv[1] if len(sys.argv) > 1 else "scp"
 dtype = sys.argv[3] if len(sys.argv) > 3 else "bf16"
-model, records, cfg = compiled_model(stage, dtype)
+compiled = "eager" not in sys.argv[4:]
+model, records, cfg = compiled_model(stage, dtype, compiled)
 tm = Trainable(model, stage, autocast=dtype == "bf16", packed=True, merged_lora=True,
-               matmul_attention_backward=matmul_attention_backward_pays_off(True, torch.device("cpu"), model.dtype))
+               matmul_attention_backward=matmul_attention_backward_pays_off(compiled, torch.device("cpu"),
+                                                                            model.dtype))
 if stage in ("e2e", "generator"):
     tm.cache_documents([d for r in records for d in r.docs])
 merged = tm.merged_lora
