@@ -39,8 +39,8 @@ def main() -> None:
         ONE_PASS_STAGES,
         Trainable,
         compile_layers,
-        matmul_attention_backward_pays_off,
         prepare_adapters,
+        trainer_speedups,
     )
 
     dtype = resolve_dtype(args.dtype)
@@ -55,8 +55,7 @@ def main() -> None:
     if not args.no_compile:
         compile_layers(model, fall_back=False)
     tm = Trainable(model, args.stage, autocast=dtype != torch.float32, packed=True,
-                   matmul_attention_backward=matmul_attention_backward_pays_off(
-                       not args.no_compile, torch.device("cpu"), dtype))
+                   **trainer_speedups(model, torch.device("cpu"), dtype, not args.no_compile))
     one_pass = args.stage in ONE_PASS_STAGES
     if args.stage == "e2e":
         tm.cache_documents([d for r in records for d in r.docs])

@@ -180,9 +180,8 @@ def main() -> None:
         ONE_PASS_STAGES,
         Trainable,
         compile_layers,
-        matmul_attention_backward_pays_off,
-        merged_lora_pays_off,
         prepare_adapters,
+        trainer_speedups,
     )
 
     device = torch.device(args.device)
@@ -235,9 +234,7 @@ def main() -> None:
         if stage in ONE_PASS_STAGES or cpu_compiled:  # else it is the packed path again
             base = compiled if cpu_compiled else model
             paths["trainer"] = Trainable(base, stage, autocast=dtype != torch.float32, packed=True,
-                                         matmul_attention_backward=matmul_attention_backward_pays_off(
-                                             cpu_compiled, device, dtype),
-                                         merged_lora=merged_lora_pays_off(base, device))
+                                         **trainer_speedups(base, device, dtype, cpu_compiled))
         if stage in ("e2e", "generator"):  # the frozen memories are built once per run, outside the steps
             docs = [d for r in records[stage] for d in r.docs]
             cache = None

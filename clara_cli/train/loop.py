@@ -49,9 +49,8 @@ from .stages import (
     compile_pays_off,
     cosine_with_min_lr,
     lora_to_fp32,
-    matmul_attention_backward_pays_off,
-    merged_lora_pays_off,
     prepare_adapters,
+    trainer_speedups,
 )
 
 STATE_FORMAT = "clara-train/1"
@@ -224,8 +223,7 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
     if compiled:
         compile_layers(model, fall_back=cfg.compile is None)
     tm = Trainable(model, cfg.stage, autocast=autocast, packed=cfg.pack,
-                   matmul_attention_backward=matmul_attention_backward_pays_off(compiled, device, dtype),
-                   merged_lora=merged_lora_pays_off(model, device))
+                   **trainer_speedups(model, device, dtype, compiled))
     one_pass = cfg.one_pass and cfg.pack and cfg.stage in ONE_PASS_STAGES
     params = tm.parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=cfg.weight_decay)
