@@ -12,36 +12,15 @@ times the head. The backward only scales those rows by the group's incoming grad
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 #: Target rows per chunk: [256 x 49,171] fp32 logits are 50 MB.
 CHUNK_ROWS = 256
 
 
-def logit_grads(z: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A chunk's logits z [c, V] -> (its rows' NLL [c] fp32, d loss / d z [c, V] in `dtype`):
-    (softmax - onehot) * scale, the softmax in fp32."""
-    z = z.float()
-    lse = torch.logsumexp(z, dim=1)                                     # [c]
-    nll = lse - z.gather(1, labels[:, None]).squeeze(1)                 # [c]
-    p = z.sub_(lse[:, None]).exp_()                                     # softmax, in place
-    p[torch.arange(z.shape[0], device=z.device), labels] -= 1.0
-    return nll, p.mul_(scale[:, None]).to(dtype)
-
-
-@functools.cache
-def compiled_logit_grads():
-    """`logit_grads` through inductor (dynamic shapes), compiled at its first call: one pass
-    over the chunk for the log-sum-exp and one for the gradient, instead of eager mode's ~8."""
-    return torch.compile(logit_grads, dynamic=True)
-
-
 class _HeadGroupLosses(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, head, mem_rows, labels, group, inv_count, n_groups: int, mem_lo: int, dtype, compiled: bool):
+    def forward(ctx, h, head, mem_rows, labels, group, inv_count, n_groups: int, mem_lo: int, dtype):
         # h [T, H], head [V, H] (frozen), mem_rows [n_mem, H] fp32 master or None, labels [T],
         # group [T] (the group of each target row), inv_count [T] fp32 (1 / its group's targets)
         w = head.to(dtype)
@@ -53,12 +32,16 @@ class _HeadGroupLosses(torch.autograd.Function):
         grad_h = torch.empty_like(hc)
         grad_mem = (torch.zeros(n_groups, *mem_rows.shape, dtype=torch.float32, device=h.device)
                     if mem_rows is not None else None)
-        grads_of = compiled_logit_grads() if compiled else logit_grads
         for a in range(0, h.shape[0], CHUNK_ROWS):
             b = min(a + CHUNK_ROWS, h.shape[0])
             y, g, scale = labels[a:b], group[a:b], inv_count[a:b]
-            nll, p = grads_of(hc[a:b] @ w.T, y, scale, dtype)           # [c], [c, V] d(group mean) / d logits
+            z = (hc[a:b] @ w.T).float()                                 # [c, V] logits
+            lse = torch.logsumexp(z, dim=1)                             # [c]
+            nll = lse - z.gather(1, y[:, None]).squeeze(1)              # [c]
             losses.index_add_(0, g, nll * scale)
+            p = z.sub_(lse[:, None]).exp_()                             # softmax, in place
+            p[torch.arange(b - a, device=h.device), y] -= 1.0
+            p = p.mul_(scale[:, None]).to(dtype)                        # d(group mean) / d logits
             grad_h[a:b] = p @ w                                         # [c, H]
             if grad_mem is not None:
                 n_mem = mem_rows.shape[0]
@@ -73,22 +56,21 @@ class _HeadGroupLosses(torch.autograd.Function):
         grad_h, grad_mem, group = ctx.saved_tensors
         dh = (grad_h.float() * grad_losses[group][:, None]).to(ctx.h_dtype)
         dmem = (grad_mem * grad_losses[:, None, None]).sum(0) if grad_mem is not None else None
-        return dh, None, dmem, None, None, None, None, None, None, None
+        return dh, None, dmem, None, None, None, None, None, None
 
 
 def head_group_losses(h: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, counts: list[int],
                       mem_rows: torch.Tensor | None = None, mem_lo: int = 0,
-                      dtype: torch.dtype | None = None, compiled: bool = False) -> torch.Tensor:
+                      dtype: torch.dtype | None = None) -> torch.Tensor:
     """Per group, the mean cross-entropy of `labels` under the LM head: [G] fp32.
 
     h [T, H]: hidden states of the target positions, groups back to back (counts[g] rows
     each); head [V, H]: the frozen output embedding; mem_rows [n_mem, H]: the trained <MEM*>
     rows that replace head rows mem_lo.. (a tied head), or None. The products run in `dtype`
     (default h's), the softmax in fp32: what `F.cross_entropy(logits.float(), labels)` per
-    group computes, with gradients for h and mem_rows. compiled: each chunk's softmax gradient
-    through inductor (`compiled_logit_grads`), for runs long enough to earn the compiling back."""
+    group computes, with gradients for h and mem_rows."""
     dev = h.device
     group = torch.repeat_interleave(torch.arange(len(counts), device=dev), torch.tensor(counts, device=dev))
     inv_count = (1.0 / torch.tensor(counts, dtype=torch.float32, device=dev))[group]
     return _HeadGroupLosses.apply(h, head, mem_rows, labels, group, inv_count, len(counts), mem_lo,
-                                  dtype or h.dtype, compiled)
+                                  dtype or h.dtype)

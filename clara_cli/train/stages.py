@@ -185,8 +185,7 @@ def trainer_speedups(model: ClaraModel, device: torch.device, dtype: torch.dtype
     compiled: one place for the trainer, its benchmark and its profile to ask. None of them
     changes the computation (each is tested against the plain path)."""
     return {"matmul_attention_backward": matmul_attention_backward_pays_off(compiled, device, dtype),
-            "merged_lora": merged_lora_pays_off(model, device),
-            "compiled_head": compiled}
+            "merged_lora": merged_lora_pays_off(model, device)}
 
 
 def compile_layers(model: ClaraModel, *, fall_back: bool) -> None:
@@ -215,14 +214,12 @@ class Trainable:
     """A ClaraModel prepared for one stage: trained parameters, fp32 memory rows, forward helpers."""
 
     def __init__(self, model: ClaraModel, stage: str, autocast: bool = False, packed: bool = False,
-                 matmul_attention_backward: bool = False, merged_lora: bool = False, compiled_head: bool = False):
+                 matmul_attention_backward: bool = False, merged_lora: bool = False):
         self.model = model
         self.stage = stage
         # packed CPU steps with compiled blocks: attention's backward as compiled batched matmuls
         # (clara_kernels.matmul_attention_backward; docs/TRAINING.md, "One pass per step")
         self.matmul_attention_backward = matmul_attention_backward
-        # compiled_head: the LM head's softmax gradient through inductor (head_loss.py), with compiled blocks
-        self.compiled_head = compiled_head
         # packed: every forward runs its sequences back to back in one row, without padding
         # (positions restart per sequence, attention stays inside each; clara_kernels' varlen
         # attention). The same computation as the padded batches to float noise (tested).
@@ -435,7 +432,7 @@ class Trainable:
         head = self.model.decoder.get_output_embeddings().weight
         mem = self.mem_rows if self.mem_rows is not None and self.tied else None
         return head_group_losses(h_t, head, labels, counts, mem, self.mem_lo,
-                                 dtype=self.autocast_dtype or head.dtype, compiled=self.compiled_head)
+                                 dtype=self.autocast_dtype or head.dtype)
 
     # ------------------------------------------------------------------ e2e helpers
     @torch.no_grad()

@@ -2,6 +2,7 @@
 merged LoRA) with each LM-head chunk's softmax gradient in eager mode (`head_loss.logit_grads`)
 against the same function through inductor (`compiled_logit_grads`), on one compiled model. Steps
 interleaved, order alternating; busy tokens/s per step and the loss of each micro-batch.
+It runs on commit b38d0f6 (`Trainable.compiled_head`), reverted after it measured 1.01x.
 
     LD_PRELOAD=<jemalloc> MALLOC_CONF=muzzy_decay_ms:-1,oversize_threshold:0 \\
         python docs/eval/2026-12-07/head-loss/compiled_head_ab.py scp 6
