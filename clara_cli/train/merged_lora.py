@@ -46,7 +46,7 @@ class _MergedLoraLinear(torch.autograd.Function):
         xa = x2 @ a.T                                           # [N, r]
         ctx.save_for_backward(x2, xa, merged, a, lora_b)
         ctx.scaling = scaling
-        ctx.x_dtype = x.dtype
+        ctx.x_dtype, ctx.a_dtype = x.dtype, lora_a.dtype
         return (x2 @ merged.T).reshape(*x.shape[:-1], merged.shape[0])  # [..., out]
 
     @staticmethod
@@ -59,7 +59,7 @@ class _MergedLoraLinear(torch.autograd.Function):
             dx = (dy2 @ merged).reshape(*dy.shape[:-1], merged.shape[1]).to(ctx.x_dtype)  # [..., in]
         if ctx.needs_input_grad[2]:
             dxa = (dy2 @ lora_b.to(dt)) * ctx.scaling           # [N, r]
-            da = (dxa.T @ x2).to(lora_b.dtype)                  # [r, in]
+            da = (dxa.T @ x2).to(ctx.a_dtype)                   # [r, in]
         if ctx.needs_input_grad[3]:
             db = ((dy2.T @ xa) * ctx.scaling).to(lora_b.dtype)  # [out, r]
         return dx, None, da, db, None
@@ -75,7 +75,8 @@ def _merged_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any)
     gradients, when exactly one adapter is active, has a merged weight, and drops nothing out;
     peft's own otherwise."""
     active = self.active_adapters
-    if (self.clara_merged_on and torch.is_grad_enabled() and not args and not kwargs and not self.disable_adapters and not self.merged
+    if (self.clara_merged_on and torch.is_grad_enabled() and not args and not kwargs
+            and not self.disable_adapters and not self.merged
             and len(active) == 1 and active[0] in self.clara_merged
             and _drops_nothing(self.lora_dropout[active[0]])):
         name = active[0]
