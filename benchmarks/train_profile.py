@@ -5,6 +5,7 @@ warm-up steps (the first compiles), operators sorted by self CPU time. It names 
 (issue 12); train_throughput.py measures the speed itself.
 
     python benchmarks/train_profile.py --stage scp --threads 2
+    python benchmarks/train_profile.py --stage scp --threads 2 --shapes aten::mm,aten::copy_
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"])
     ap.add_argument("--no-compile", action="store_true", help="profile the eager packed step")
     ap.add_argument("--rows", type=int, default=25, help="operators to list")
+    ap.add_argument("--shapes", default="",
+                    help="comma-separated operators (e.g. aten::mm,aten::copy_) to list again by input shapes")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -62,12 +65,16 @@ def main() -> None:
 
     for s in range(2):
         one_step(tm, records, cfg, batch, accum, s * batch * accum, one_pass)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=bool(args.shapes)) as prof:
         _, tokens, _ = one_step(tm, records, cfg, batch, accum, 2 * batch * accum, one_pass)
     print(f"{args.stage}: {accum} x {batch} examples{' in one pass' if one_pass else ''}, {tokens} tokens; {cpu_name()}, {torch.get_num_threads()} threads, "
           f"{dtype_name(dtype)}{' autocast' if dtype != torch.float32 else ''}, "
           f"{'eager' if args.no_compile else 'compiled'} packed")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60))
+    by_shape = prof.key_averages(group_by_input_shape=True) if args.shapes else []
+    for name in filter(None, args.shapes.split(",")):
+        for e in sorted((e for e in by_shape if e.key == name), key=lambda e: -e.self_cpu_time_total)[:8]:
+            print(f"{name} {e.count} calls {e.self_cpu_time_total / 1e3:.1f} ms {e.input_shapes}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 peft computes a LoRA linear layer as two paths, ``y = x Wᵀ + s (x Aᵀ) Bᵀ``: beside the base
 product, a thin ``x Aᵀ`` [rows x r], a full-width ``(x Aᵀ) Bᵀ`` and its add; in the backward,
 beside the base ``dy W``, a full-width ``(dy B) A`` and its add. Those full-width products of
-rank r are bound by memory, not FLOPs: on a CPU the side paths took about as long as the base
+rank r are bound by memory, not FLOPs: on a CPU the side paths took nearly as long as the base
 products of a training step (docs/TRAINING.md, "LoRA merged into the weight, gradients kept
 thin").
 
