@@ -22,6 +22,7 @@ The generator reads a chat prompt whose <MEM*> slots are overwritten by memories
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import warnings
 from collections.abc import Sequence
@@ -120,9 +121,21 @@ def _cpuinfo() -> str:
         return ""
 
 
+# oneDNN (bf16 matmuls) and ATen's vectorized kernels can be capped below what the CPU has, by
+# ONEDNN_MAX_CPU_ISA and ATEN_CPU_CAPABILITY; under these caps bf16 is emulated as on an AVX2 CPU.
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                             "AVX512_CORE_VNNI"}
+_ATEN_CAPABILITIES_WITHOUT_BF16 = {"default", "avx2"}
+
+
 def cpu_supports_bf16() -> bool:
-    """AMX or avx512_bf16 make bf16 matmuls several times faster than fp32 on CPU."""
+    """AMX or avx512_bf16 make bf16 matmuls several times faster than fp32 on CPU, unless an
+    ISA cap in the environment keeps oneDNN or ATen from using them."""
     flags = _cpuinfo()
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_ISAS_WITHOUT_BF16:
+        return False
+    if os.environ.get("ATEN_CPU_CAPABILITY", "").lower() in _ATEN_CAPABILITIES_WITHOUT_BF16:
+        return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
