@@ -139,12 +139,19 @@ def cpu_supports_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+_ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def cpu_name() -> str:
-    """The CPU's model name, to print beside every timing (machines here differ ~100x in bf16)."""
+    """The CPU's model name, to print beside every timing (machines here differ ~100x in bf16),
+    with the ISA caps set in the environment: a capped CPU times like another machine."""
+    name = platform.processor() or "unknown CPU"
     for line in _cpuinfo().splitlines():
         if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+            name = line.split(":", 1)[1].strip()
+            break
+    caps = [f"{var}={os.environ[var]}" for var in _ISA_CAPS if os.environ.get(var)]
+    return f"{name} (capped: {', '.join(caps)})" if caps else name
 
 
 def device_name(device: torch.device) -> str:

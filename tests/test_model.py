@@ -80,6 +80,8 @@ def test_machine_names_for_timings(monkeypatch):
     bf16 flags), or the GPU's name on CUDA."""
     from clara_cli import model as model_module
 
+    for var in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(var, raising=False)
     cpuinfo = "processor\t: 0\nmodel name\t: Example CPU 9000\nflags\t\t: fpu avx2 amx_bf16\n"
     monkeypatch.setattr(model_module, "_cpuinfo", lambda: cpuinfo)
     assert model_module.cpu_name() == "Example CPU 9000" and model_module.cpu_supports_bf16()
@@ -88,8 +90,10 @@ def test_machine_names_for_timings(monkeypatch):
         with monkeypatch.context() as capped:  # the CPU's bf16 capped away: emulated, as on AVX2
             capped.setenv(name, value)
             assert not model_module.cpu_supports_bf16(), cap
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
-    assert model_module.cpu_supports_bf16()
+            assert model_module.cpu_name() == f"Example CPU 9000 (capped: {cap})"
+    with monkeypatch.context() as capped:  # a cap that keeps bf16
+        capped.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+        assert model_module.cpu_supports_bf16()
     assert model_module.device_name(torch.device("cpu")) == "Example CPU 9000"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Example GPU")
     assert model_module.device_name(torch.device("cuda")) == "Example GPU"
