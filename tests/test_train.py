@@ -587,7 +587,9 @@ def test_one_pass_training_run_equals_the_accumulating_one(tmp_path, tiny_model_
     for a, b in zip(runs[True].history, runs[False].history, strict=True):
         assert (a["loss"], a["mse"]) == (pytest.approx(b["loss"], rel=1e-4), pytest.approx(b["mse"], rel=1e-3, abs=1e-6))
     assert runs[True].tokens_per_s > 0 and runs[True].examples_seen == runs[False].examples_seen == 18
-    assert all(h["seconds"] > 0 for h in runs[True].history)  # each step's wall time, for speed over a run
+    # each step's wall time and tokens, for the speed of any stretch of a run: the same steps, the same tokens
+    assert all(h["seconds"] > 0 and h["tokens"] > 0 for h in runs[True].history)
+    assert [h["tokens"] for h in runs[True].history] == [h["tokens"] for h in runs[False].history]
     one, per = read_adapter_tensors(tmp_path / "True"), read_adapter_tensors(tmp_path / "False")
     assert one.keys() == per.keys()
     for k in one:

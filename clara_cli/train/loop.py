@@ -6,7 +6,7 @@ moment) plus what resuming needs:
     OUT/clara.json, adapters-*.safetensors, token_rows.safetensors   the model (LoRA in fp32)
     OUT/trainer.pt        optimizer, scheduler, RNG states (python, numpy, torch), fp32 <MEM*> rows
     OUT/train_state.json  step, data position, settings, data digest, loss history (with
-                          each step's wall seconds), done
+                          each step's wall seconds and tokens), done
 
 Every checkpoint is written to a fresh temporary folder beside OUT and swapped in by
 rename (OUT -> .OUT.prev, temp -> OUT), so `kill -9` at any moment leaves either the old
@@ -268,7 +268,7 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
             step_start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             agg: dict[str, float] = {"loss": 0.0, "lm": 0.0, "mse": 0.0}
-            hits = positives = 0
+            hits = positives = step_tokens = 0
             groups = []  # the step's micro-batches: (records, [(epoch, index)])
             for _ in range(cfg.grad_accum):
                 batch = [order.at(consumed + j) for j in range(cfg.batch_size)]
@@ -280,6 +280,7 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
                 hits, positives = hits + stats.hits, positives + stats.positives
                 run_examples += stats.examples
                 run_tokens += stats.tokens
+                step_tokens += stats.tokens
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             lr = sched.get_last_lr()[0]
             opt.step()
@@ -287,7 +288,8 @@ def _run(cfg: TrainConfig, out: Path, records: list, digest: str, total: int, st
             step += 1
             rec = {"step": step, **{k: round(v, 5) for k, v in agg.items()}, "lr": lr,
                    "grad_norm": round(float(grad_norm), 4),
-                   "seconds": round(time.perf_counter() - step_start, 3)}  # wall time of the step
+                   "seconds": round(time.perf_counter() - step_start, 3),  # wall time of the step
+                   "tokens": step_tokens}  # its tokens: tokens/s of any stretch of a run
             if positives:
                 rec["recall"] = round(hits / positives, 4)
             history.append(rec)
