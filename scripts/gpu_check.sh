@@ -23,7 +23,9 @@ OUT=${OUT:-$ROOT/gpu-check}
 mkdir -p "$OUT"
 C=${CARRY_DIR:-/tmp/clara-carry}
 mkdir -p "$C" && tar -xJf .device/carry.tar.xz -C "$C" || { echo "no .device/carry.tar.xz: run scripts/device_carry.sh here first" >&2; exit 2; }
-# the repository itself (clara is not installed there) and the carried corpus
+# the repository itself (clara is not installed there: kernels/ is imported as clara_kernels, as
+# pyproject.toml's package-dir maps it) and the carried corpus and packages
+ln -sfn "$ROOT/kernels" "$C/site/clara_kernels"
 export PYTHONPATH=$ROOT:$C/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export CLARA_CACHE_DIR=${CLARA_CACHE_DIR:-/tmp/clara-cache}
 log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/steps.txt"; }
