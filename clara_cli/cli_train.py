@@ -258,5 +258,6 @@ def train(stage, data, out, init_from, base_model, steps, epochs, batch_size, gr
         emit(result.to_dict())
     else:
         click.echo(f"{stage}: step {result.step}/{result.total_steps}, loss {result.loss_first} -> "
-                   f"{result.loss_last}, {result.examples_per_s} examples/s, {result.tokens_per_s} tokens/s; "
+                   f"{result.loss_last}, {result.examples_per_s} examples/s, {result.tokens_per_s} tokens/s "
+                   f"[{result.machine}, {result.dtype}]; "
                    f"model in {result.out}" + ("" if result.done else " (not finished: rerun to resume)"))

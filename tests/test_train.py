@@ -703,6 +703,7 @@ def test_cli_train_json_and_bad_data(tmp_path, tiny_model_dir, data):
     from click.testing import CliRunner
 
     from clara_cli.cli import cli
+    from clara_cli.model import cpu_name
 
     runner = CliRunner()
     res = runner.invoke(cli, ["train", "scp", str(data["scp"]), "--out", str(tmp_path / "o"), "--init-from",
@@ -711,12 +712,14 @@ def test_cli_train_json_and_bad_data(tmp_path, tiny_model_dir, data):
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["step"] == 2 and summary["done"] and summary["tokens_per_s"] > 0
+    assert (summary["machine"], summary["dtype"]) == (cpu_name(), "fp32")  # whose speed, in which dtype
     # Without a terminal (nohup, cron) there is no bar: one line per checkpoint says how far it got.
     res = runner.invoke(cli, ["train", "scp", str(data["scp"]), "--out", str(tmp_path / "q"), "--init-from",
                               str(tiny_model_dir), "--steps", "2", "--batch-size", "2", "--dtype", "fp32",
                               "--device", "cpu", "--save-every", "1"])
     assert res.exit_code == 0, res.output
     assert "train scp: step 1/2, loss " in res.stderr and "train scp: step 2/2, loss " in res.stderr
+    assert f"tokens/s [{cpu_name()}, fp32]; model in " in res.stdout
     # --stop-at-step: a time-boxed run stops with a checkpoint; the same command without it finishes.
     args = ["train", "scp", str(data["scp"]), "--out", str(tmp_path / "r"), "--init-from", str(tiny_model_dir),
             "--steps", "3", "--batch-size", "2", "--dtype", "fp32", "--device", "cpu", "--json"]

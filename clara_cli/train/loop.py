@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import ClaraError, UsageError
-from ..model import ClaraConfig, ClaraModel, dtype_name, resolve_device, resolve_dtype
+from ..model import ClaraConfig, ClaraModel, device_name, dtype_name, resolve_device, resolve_dtype
 from ..progress import notice, progress_bar
 from ..store.durable import staged_folder
 from .allocator import allocator_advice
@@ -154,6 +154,7 @@ class TrainResult:
     resumed_from: int
     fingerprint: str
     dtype: str
+    machine: str  # the CPU's or GPU's name: the speeds above are this machine's in this dtype
     history: list = field(default_factory=list, repr=False)
 
     def to_dict(self) -> dict:
@@ -689,4 +690,5 @@ def _result(cfg: TrainConfig, out: Path, state: dict, *, records: int, dropped: 
         loss_last=round(sum(last) / len(last), 5) if last else None,
         seconds=round(seconds, 2), examples_per_s=round(examples / seconds, 3) if seconds else 0.0,
         tokens_per_s=round(tokens / seconds, 1) if seconds else 0.0, resumed_from=resumed_from,
-        fingerprint=state.get("fingerprint", ""), dtype=state.get("dtype", ""), history=history)
+        fingerprint=state.get("fingerprint", ""), dtype=state.get("dtype", ""),
+        machine=device_name(resolve_device(cfg.device)), history=history)
