@@ -190,6 +190,7 @@ def compress(ctx, batch_size, memory_dtype, ray_address, ray_actors, recompress,
       clara compress --recompress          # after an upgrade changed the default model (exit 5)
     """
     from .compress import compress_store, forget_memory
+    from .model import device_name, dtype_name
 
     store = open_store(ctx)
     model = load_model(None if recompress else store.snapshot(), model_spec, base_model, device, dtype, attn)
@@ -214,7 +215,9 @@ def compress(ctx, batch_size, memory_dtype, ray_address, ray_actors, recompress,
         emit(report.to_dict())
     else:
         rate = report.compressed / report.seconds if report.seconds else 0.0
-        click.echo(f"compressed {report.compressed} chunks in {report.seconds:.1f} s ({rate:.1f} chunks/s), "
+        # whose speed: this machine's in the compute dtype (Ray actors may run elsewhere)
+        where = "" if ray_address else f" [{device_name(model.device)}, {dtype_name(model.dtype)}]"
+        click.echo(f"compressed {report.compressed} chunks in {report.seconds:.1f} s ({rate:.1f} chunks/s{where}), "
                    f"{report.batches} batches, memory stored as {report.memory_dtype}")
 
 

@@ -17,6 +17,7 @@ from sample_docs import DOCS, write_corpus
 
 from clara_cli.cli import cli
 from clara_cli.ingest import read_inputs
+from clara_cli.model import cpu_name
 
 
 def clara_bin() -> str:
@@ -45,7 +46,8 @@ def manifest_version(store: Path) -> int:
 def build(env):
     run, m = env["run"], env["model"]
     run("ingest", str(env["corpus"]), "--model", m)
-    run("compress", "--model", m, "--dtype", "fp32", "--batch-size", "2")
+    out = run("compress", "--model", m, "--dtype", "fp32", "--batch-size", "2").stdout
+    assert f"chunks/s [{cpu_name()}, fp32])" in out  # the speed with the machine and dtype it is of
     run("index")
 
 
