@@ -145,11 +145,8 @@ _ISA_CAPS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIO
 def cpu_name() -> str:
     """The CPU's model name, to print beside every timing (machines here differ ~100x in bf16),
     with the ISA caps set in the environment: a capped CPU times like another machine."""
-    name = platform.processor() or "unknown CPU"
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
+    names = (line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name"))
+    name = next(names, None) or platform.processor() or "unknown CPU"
     caps = [f"{var}={os.environ[var]}" for var in _ISA_CAPS if os.environ.get(var)]
     return f"{name} (capped: {', '.join(caps)})" if caps else name
 

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 # Our dependencies that the device image lacks and the carry does not bring (its image's package
 # list as of 2026-11; bm25s travels in the carry's site/).
@@ -63,4 +62,4 @@ def test_gpu_recipe_commands_run_without_packages_the_device_image_lacks(tmp_pat
     assert json.loads(train.stdout.splitlines()[-1])["step"] == 2
     export = run_without_image_gaps("clara_cli.train.export", str(tmp_path / "scp"), str(tmp_path / "model"), "bf16")
     assert export.returncode == 0, export.stderr[-3000:]
-    assert (Path(tmp_path / "model") / "clara.json").is_file()
+    assert (tmp_path / "model" / "clara.json").is_file()
