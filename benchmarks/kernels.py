@@ -23,8 +23,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-if not torch.cuda.is_available():
-    # Must be set before clara_kernels first imports a kernel (it does so lazily).
+if __name__ == "__main__" and not torch.cuda.is_available():
+    # Must be set before clara_kernels first imports a kernel (it does so lazily). Only when this
+    # file runs: every script in benchmarks/ has this folder first on sys.path, so transformers'
+    # optional `import kernels` (Hugging Face's hub kernels) finds this file in their processes,
+    # and importing it must not switch their attention to the Triton interpreter.
     os.environ["TRITON_INTERPRET"] = "1"
 
 import clara_kernels as ck  # noqa: E402

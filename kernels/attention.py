@@ -7,7 +7,7 @@ import math
 import torch
 
 from .dispatch import backend, load_kernel_module
-from .reference import varlen_attention_torch
+from .reference import plan_is_known, varlen_attention_torch
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: Larger head dims would not fit the kernel's registers; they take the torch path.
@@ -83,5 +83,5 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.
         raise ValueError("cu_seqlens must be a 1-D integer tensor [batch + 1]")
     if cu_seqlens.device != q.device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
-    if int(cu_seqlens[-1]) != q.shape[0]:
+    if not plan_is_known(cu_seqlens, q.shape[0]) and int(cu_seqlens[-1]) != q.shape[0]:
         raise ValueError(f"cu_seqlens[-1] = {int(cu_seqlens[-1])} but q holds {q.shape[0]} tokens")

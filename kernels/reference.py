@@ -10,8 +10,10 @@ is differentiable and wastes no work on padding.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -136,36 +138,14 @@ def varlen_attention_torch(
     without a mask; the padded rows are discarded (and get no gradient). This keeps
     the number of SDPA calls at ``max_len / CAUSAL_BUCKET`` instead of one per
     distinct length (each call is a thread barrier on a CPU). Non-causal calls group
-    exact lengths only.
+    exact lengths only. The grouping (`bucket_plan`) is built once per cu_seqlens tensor.
     """
     n_rep = q.shape[1] // k.shape[1]
-    total = q.shape[0]
-    starts = cu_seqlens[:-1].long()
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
-    bucket = CAUSAL_BUCKET if causal else 1
-    padded = (lengths + bucket - 1) // bucket * bucket
-    # Every bucket's rows come from one gather, split into buckets, and the outputs go back by
-    # one gather of their concatenation. In a backward pass a gather, slice or copy per bucket is
-    # a zero-filled [total, H, D] gradient summed with the others': ~8 full-size passes per tensor
-    # and layer where one does (docs/TRAINING.md, "One gather per attention call").
-    buckets, flats = [], []
-    src_of_row = torch.full((total,), -1, dtype=torch.long, device=q.device)  # row -> its output slot
-    used = 0
-    for width in torch.unique(padded).tolist():
-        if width == 0:
-            continue
-        group = padded == width
-        offsets = torch.arange(width, device=q.device)
-        rows = starts[group, None] + offsets  # [n, width]
-        valid = offsets < lengths[group, None]
-        src_of_row[rows[valid]] = used + torch.arange(rows.numel(), device=q.device).view_as(rows)[valid]
-        flats.append(rows.clamp(max=total - 1).reshape(-1))  # padded slots read any row, unused
-        buckets.append((width, rows.shape[0]))
-        used += rows.numel()
-    if not buckets:
+    plan = bucket_plan(cu_seqlens, q.shape[0], causal)
+    if not plan.buckets:
         return q.new_zeros(q.shape)
+    flat, buckets, src_of_row = plan.flat, plan.buckets, plan.src_of_row
     # index_select: CPU advanced indexing is much slower here.
-    flat = torch.cat(flats)
     sizes = [n * width for width, n in buckets]
     pieces = [t.index_select(0, flat).split(sizes) for t in (q, k, v)]  # each [n * width, H(_kv), D]
     outs = []
@@ -190,10 +170,82 @@ def varlen_attention_torch(
                 enable_gqa=n_rep > 1,
             )
         outs.append(ys.transpose(1, 2).reshape(n * width, *q.shape[1:]))  # [n * width, H, D]
-    if bool((src_of_row < 0).any()):  # rows outside every sequence: zeros, as before
+    if plan.outside:  # rows outside every sequence read one zero row
         outs.append(q.new_zeros(1, *q.shape[1:]))
-        src_of_row[src_of_row < 0] = used
     return torch.cat(outs).index_select(0, src_of_row)
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketPlan:
+    """How `varlen_attention_torch` batches the sequences of one cu_seqlens: the rows each
+    bucket's slots read (`flat`, bucket after bucket), each bucket's (width, sequences), and
+    for every row the output slot it takes back (`src_of_row`; rows outside every sequence take
+    the zero row after the last slot when `outside`)."""
+
+    flat: torch.Tensor
+    buckets: tuple[tuple[int, int], ...]
+    src_of_row: torch.Tensor
+    outside: bool
+
+
+#: (weak reference to a cu_seqlens tensor, its version, total rows, causal) -> its plan. One entry:
+#: the layers of a packed forward all pass the same cu_seqlens tensor.
+_LAST_PLAN: tuple | None = None
+
+
+def bucket_plan(cu_seqlens: torch.Tensor, total: int, causal: bool = True) -> BucketPlan:
+    """The bucket plan of `cu_seqlens` over `total` rows, built once per cu_seqlens tensor.
+
+    Building it takes host syncs (unique, boolean masks; on a GPU each one drains the queue)
+    and ~10 small operators per bucket. Every layer of a packed forward passes the same
+    cu_seqlens tensor, so a forward builds it once instead of once per layer
+    (docs/TRAINING.md, "Time per machine", one GPU)."""
+    global _LAST_PLAN
+    # an inference tensor has no version counter to tell an in-place change by: planned anew
+    key = None if cu_seqlens.is_inference() else (cu_seqlens._version, total, causal)
+    last = _LAST_PLAN  # one read: another thread may replace it meanwhile
+    if key is not None and last is not None and last[0]() is cu_seqlens and last[1] == key:
+        return last[2]
+    if int(cu_seqlens[-1]) != total:
+        raise ValueError(f"cu_seqlens[-1] = {int(cu_seqlens[-1])} but q holds {total} tokens")
+    starts = cu_seqlens[:-1].long()
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    bucket = CAUSAL_BUCKET if causal else 1
+    padded = (lengths + bucket - 1) // bucket * bucket
+    # Every bucket's rows come from one gather, split into buckets, and the outputs go back by
+    # one gather of their concatenation. In a backward pass a gather, slice or copy per bucket is
+    # a zero-filled [total, H, D] gradient summed with the others': ~8 full-size passes per tensor
+    # and layer where one does (docs/TRAINING.md, "One gather per attention call").
+    buckets, flats = [], []
+    src_of_row = torch.full((total,), -1, dtype=torch.long, device=cu_seqlens.device)  # row -> its output slot
+    used = 0
+    for width in torch.unique(padded).tolist():
+        if width == 0:
+            continue
+        group = padded == width
+        offsets = torch.arange(width, device=cu_seqlens.device)
+        rows = starts[group, None] + offsets  # [n, width]
+        valid = offsets < lengths[group, None]
+        src_of_row[rows[valid]] = used + torch.arange(rows.numel(), device=cu_seqlens.device).view_as(rows)[valid]
+        flats.append(rows.clamp(max=total - 1).reshape(-1))  # padded slots read any row, unused
+        buckets.append((width, rows.shape[0]))
+        used += rows.numel()
+    outside = bool((src_of_row < 0).any())
+    if outside:
+        src_of_row[src_of_row < 0] = used
+    flat = torch.cat(flats) if flats else src_of_row[:0]
+    plan = BucketPlan(flat, tuple(buckets), src_of_row, outside)
+    if key is not None:
+        _LAST_PLAN = (weakref.ref(cu_seqlens), key, plan)
+    return plan
+
+
+def plan_is_known(cu_seqlens: torch.Tensor, total: int) -> bool:
+    """Whether `bucket_plan` has this cu_seqlens tensor (unchanged) over `total` rows: its
+    offsets were checked then, so a caller may skip checking them again (a host sync)."""
+    last = _LAST_PLAN
+    return (last is not None and not cu_seqlens.is_inference() and last[0]() is cu_seqlens
+            and last[1][:2] == (cu_seqlens._version, total))
 
 
 def cosine_topk_torch(

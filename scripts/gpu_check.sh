@@ -7,7 +7,7 @@
 # travel (scripts/random_base.py). In at most ~8 minutes:
 #   1. benchmarks/train_throughput.py on cuda: seconds per step of scp / instruct / e2e at the
 #      recipe's sizes (micro-batches one by one, and in one pass as clara train runs them), which
-#      times scripts/train_gpu.sh's ~1,350 steps
+#      times scripts/train_gpu.sh's ~1,400 steps
 #   2. scripts/train_gpu.sh with SMOKE=1 on cuda: benchmarks/kernels.py's figures (the Triton
 #      attention and scoring against PyTorch's SDPA/FlashAttention), then the shipped recipe's five
 #      synth sets, eight runs and export, unchanged, on a tiny budget; its stage times give the

@@ -126,6 +126,49 @@ def test_torch_fallback_matches_reference_with_gradients(causal):
         torch.testing.assert_close(g, rg, atol=1e-4, rtol=1e-4)
 
 
+def test_torch_fallback_plans_its_buckets_once_per_offsets_tensor():
+    """Every layer of a packed forward passes the same cu_seqlens: the second call finds its
+    bucket plan and makes no host sync (on a GPU each one drains the queue); a changed or
+    another offsets tensor gets a plan of its own."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Syncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.__name__.split(".")[0]
+            if name in ("_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "masked_select"):
+                self.names.append(name)
+            return func(*args, **(kwargs or {}))
+
+    lengths = [3, 70, 64, 1, 65, 3]
+    q, k, v, cu = (t.cpu() for t in _qkv(lengths, 6, 2, 16, torch.float32, seed=4))
+    q.requires_grad_(True)
+    first = ck.flash_attn_varlen(q, k, v, cu, max(lengths))
+    with Syncs() as seen:
+        again = ck.flash_attn_varlen(q, k, v, cu, max(lengths))
+    assert seen.names == []
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+
+    other = [70, 3, 1, 64, 3, 65]  # the same total, other boundaries, written into the same tensor
+    cu.copy_(ck.cu_seqlens_from_lengths(other))
+    with Syncs() as seen:
+        moved = ck.flash_attn_varlen(q, k, v, cu, max(other))
+    assert seen.names  # planned again
+    torch.testing.assert_close(moved, ck.attention_reference(q, k, v, cu), atol=1e-5, rtol=0)
+    fresh = ck.cu_seqlens_from_lengths(lengths)  # equal values, another tensor
+    torch.testing.assert_close(ck.flash_attn_varlen(q, k, v, fresh, max(lengths)), first, atol=0, rtol=0)
+    with pytest.raises(ValueError, match="cu_seqlens"):  # the cached plan does not hide a wrong total
+        ck.flash_attn_varlen(q[:-1], k[:-1], v[:-1], fresh, max(lengths))
+    with torch.inference_mode():  # inference tensors have no version counter: planned every call
+        cu_inf = ck.cu_seqlens_from_lengths(lengths)
+        for _ in range(2):
+            out = ck.varlen_attention_torch(q, k, v, cu_inf)
+            torch.testing.assert_close(out, first, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_matmul_attention_backward_gives_the_same_gradients(dtype):
     """matmul_attention_backward: SDPA's forward, a compiled matmul backward; the gradients
