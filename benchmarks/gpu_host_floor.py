@@ -24,6 +24,7 @@ a GPU step".
 
     python benchmarks/gpu_host_floor.py                          # scp, instruct, e2e, generator
     python benchmarks/gpu_host_floor.py --stages scp --compiled  # also with compiled blocks
+    python benchmarks/gpu_host_floor.py --one-kernel-attention   # attention's calls as on CUDA now
     python benchmarks/gpu_host_floor.py --stages scp --steps 2 --json
 """
 
@@ -131,9 +132,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a GPU's host runs one Python thread)")
     ap.add_argument("--compiled", action="store_true",
                     help="also the step with compiled blocks (clara train --compile; inductor's kernels counted too)")
+    ap.add_argument("--one-kernel-attention", action="store_true",
+                    help="attention with gradients as on CUDA since 2026-12-08: one call forward and one backward "
+                         "(PyTorch's flash varlen kernel), counted through a stand-in that computes nothing")
     ap.add_argument("--json", action="store_true", help="one JSON line per stage and path as well")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.one_kernel_attention:
+        stand_in_torch_varlen()
 
     from clara_cli.base_models import smollm2_base_dir
     from clara_cli.model import cpu_name, resolve_dtype
@@ -143,7 +149,9 @@ def main() -> None:
     dtype = resolve_dtype("auto")
     dname = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
     machine = f"{cpu_name()}, {args.threads} thread(s), {dname}"
-    print(f"CPU: {machine}; torch {torch.__version__}; narrow base: width {args.width}")
+    print(f"CPU: {machine}; torch {torch.__version__}; narrow base: width {args.width}; attention with gradients: "
+          + ("one call forward, one backward (a stand-in of the CUDA kernel's calls)" if args.one_kernel_attention
+             else "the torch path (bucketed SDPA)"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         records = synth_records(args.docs, tmp / "records")
@@ -179,6 +187,33 @@ def main() -> None:
                                       "framework_us_per_call": framework_us, "launch_us": list(args.launch_us),
                                       "host_floor_s": floors, "machine": machine}))
                 del tm, model
+
+
+class _OneKernelAttention(torch.autograd.Function):
+    """One call forward, one backward: the call structure of PyTorch's flash varlen kernel, which
+    `clara_kernels` uses for CUDA attention with gradients and a CPU cannot run. Not attention:
+    only its calls are counted."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        ctx.kv = k.shape, v.shape
+        return q.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.clone(), grad.new_zeros(ctx.kv[0]), grad.new_zeros(ctx.kv[1])
+
+
+def stand_in_torch_varlen() -> None:
+    """Route attention with gradients as on CUDA, through a stand-in of varlen_attn's calls."""
+    from clara_kernels import attention
+
+    def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        return _OneKernelAttention.apply(q, k, v)
+
+    attention._torch_varlen_applies = lambda q: True
+    attention._load_torch_varlen = lambda: varlen_attn
+    attention._TORCH_VARLEN["state"] = "on"  # no first-call comparison: the stand-in computes nothing
 
 
 def measure(tm, records: list, cfg, one_pass: bool, steps: int) -> dict:

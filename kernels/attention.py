@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import os
+import warnings
+import weakref
 
 import torch
 
-from .dispatch import backend, load_kernel_module
-from .reference import plan_is_known, varlen_attention_torch
+from .dispatch import FORCE_ENV, backend, load_kernel_module
+from .reference import varlen_attention_torch
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: Larger head dims would not fit the kernel's registers; they take the torch path.
@@ -39,7 +43,9 @@ def flash_attn_varlen(
         dropout_p: attention dropout; the kernel has none, so ``> 0`` takes the torch path.
 
     Returns ``[total_tokens, n_heads, head_dim]`` in ``q``'s dtype. The Triton kernel is
-    forward-only: when autograd needs gradients the call runs the torch (SDPA) path.
+    forward-only: when autograd needs gradients a CUDA call runs PyTorch's flash varlen attention
+    (`torch.nn.attention.varlen`, fp16/bf16, checked against the torch path on its first call in a
+    process), any other the torch (SDPA) path.
     """
     _check(q, k, v, cu_seqlens)
     if softmax_scale is None:
@@ -49,6 +55,10 @@ def flash_attn_varlen(
     max_seqlen = int(max_seqlen)
 
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if needs_grad and dropout_p == 0.0 and _torch_varlen_applies(q):
+        out = _torch_varlen(q, k, v, cu_seqlens, max_seqlen, causal, float(softmax_scale))
+        if out is not None:
+            return out
     if (
         backend(q.device) == "torch"
         or needs_grad
@@ -83,5 +93,79 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.
         raise ValueError("cu_seqlens must be a 1-D integer tensor [batch + 1]")
     if cu_seqlens.device != q.device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
-    if not plan_is_known(cu_seqlens, q.shape[0]) and int(cu_seqlens[-1]) != q.shape[0]:
-        raise ValueError(f"cu_seqlens[-1] = {int(cu_seqlens[-1])} but q holds {q.shape[0]} tokens")
+    if not _offsets_checked(cu_seqlens, q.shape[0]):
+        if int(cu_seqlens[-1]) != q.shape[0]:
+            raise ValueError(f"cu_seqlens[-1] = {int(cu_seqlens[-1])} but q holds {q.shape[0]} tokens")
+        if not cu_seqlens.is_inference():  # an inference tensor has no version counter
+            global _LAST_CHECKED
+            _LAST_CHECKED = (weakref.ref(cu_seqlens), cu_seqlens._version, q.shape[0])
+
+
+#: (weak reference to the cu_seqlens tensor last checked, its version, the rows it was checked
+#: against). Every layer of a packed forward passes the same tensor: reading its last offset back
+#: is a host sync, which on a GPU stalls the host once per layer otherwise.
+_LAST_CHECKED: tuple | None = None
+
+
+def _offsets_checked(cu_seqlens: torch.Tensor, total: int) -> bool:
+    last = _LAST_CHECKED  # one read: another thread may replace it meanwhile
+    return (last is not None and not cu_seqlens.is_inference() and last[0]() is cu_seqlens
+            and last[1:] == (cu_seqlens._version, total))
+
+
+#: PyTorch's flash varlen attention for CUDA calls that need gradients: one kernel a layer forward
+#: and one backward, where the torch path gathers, runs an SDPA call per length bucket and
+#: gathers back (~35 calls a layer; docs/TRAINING.md, "The host's share of a GPU step"). "untried"
+#: until the first call in a process, then "on", or "off" where it is missing from this torch,
+#: fails, or disagrees with the torch path.
+_TORCH_VARLEN = {"state": "untried"}
+#: How far its first output may lie from the torch path's (bf16 rounding, as the tests allow).
+TORCH_VARLEN_TOLERANCE = 3e-2
+
+
+def _torch_varlen_applies(q: torch.Tensor) -> bool:
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= MAX_KERNEL_HEAD_DIM
+            and os.environ.get(FORCE_ENV, "").lower() != "torch" and _TORCH_VARLEN["state"] != "off")
+
+
+def _load_torch_varlen():
+    """torch.nn.attention.varlen.varlen_attn, or None in a torch without it (before 2.9)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def _torch_varlen(q, k, v, cu_seqlens, max_seqlen: int, causal: bool, scale: float) -> torch.Tensor | None:
+    """The attention through PyTorch's flash varlen kernel, or None where it is not to be used."""
+    varlen_attn = _load_torch_varlen()
+    if varlen_attn is None:
+        return _torch_varlen_off("torch.nn.attention.varlen is not in this torch")
+    kv, kw = (k, v), {}
+    if q.shape[1] != k.shape[1]:  # grouped query heads: the kernel's own, or kv heads repeated
+        if "enable_gqa" in inspect.signature(varlen_attn).parameters:
+            kw["enable_gqa"] = True
+        else:
+            kv = tuple(t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    cu = cu_seqlens.to(torch.int32)
+    try:
+        out = varlen_attn(q, *kv, cu, cu, max_seqlen, max_seqlen, scale=scale,
+                          window_size=(-1, 0) if causal else (-1, -1), **kw)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as exc:
+        return _torch_varlen_off(f"it failed: {exc}")
+    if _TORCH_VARLEN["state"] == "untried":
+        with torch.no_grad():
+            ref = varlen_attention_torch(q.detach(), k.detach(), v.detach(), cu_seqlens, causal, scale)
+        gap = float((out.detach().float() - ref.float()).abs().max())
+        if gap > TORCH_VARLEN_TOLERANCE * max(1.0, float(ref.float().abs().max())):
+            return _torch_varlen_off(f"its output lies {gap:.3g} from the torch path's")
+        _TORCH_VARLEN["state"] = "on"
+    return out
+
+
+def _torch_varlen_off(why: str) -> None:
+    _TORCH_VARLEN["state"] = "off"
+    warnings.warn(f"clara_kernels: attention with gradients on CUDA takes the SDPA path: PyTorch's flash "
+                  f"varlen attention is not used ({why})", RuntimeWarning, stacklevel=3)
+    return None

@@ -240,13 +240,6 @@ def bucket_plan(cu_seqlens: torch.Tensor, total: int, causal: bool = True) -> Bu
     return plan
 
 
-def plan_is_known(cu_seqlens: torch.Tensor, total: int) -> bool:
-    """Whether `bucket_plan` has this cu_seqlens tensor (unchanged) over `total` rows: its
-    offsets were checked then, so a caller may skip checking them again (a host sync)."""
-    last = _LAST_PLAN
-    return (last is not None and not cu_seqlens.is_inference() and last[0]() is cu_seqlens
-            and last[1][:2] == (cu_seqlens._version, total))
-
 
 def cosine_topk_torch(
     queries: torch.Tensor,

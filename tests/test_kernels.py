@@ -169,6 +169,75 @@ def test_torch_fallback_plans_its_buckets_once_per_offsets_tensor():
             torch.testing.assert_close(out, first, atol=0, rtol=0)
 
 
+def _fake_varlen_attn(calls: list, *, gqa_kwarg: bool, wrong: bool = False, fails: bool = False):
+    """A stand-in for torch.nn.attention.varlen.varlen_attn (CUDA-only) with its signature, computed
+    by the naive reference: what the wiring around the real kernel is tested with on a CPU."""
+    def varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        calls.append({"kv_heads": k.shape[1], "max": (max_q, max_k), "window": window_size, "enable_gqa": enable_gqa})
+        if fails:
+            raise RuntimeError("FlashAttention only supports Ampere GPUs or newer")
+        out = ck.attention_reference(q, k, v, cu_q, causal=window_size == (-1, 0), softmax_scale=scale)
+        return out * 0.5 if wrong else out
+
+    if gqa_kwarg:
+        return varlen_attn
+
+    def without_gqa(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1)):
+        return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, window_size=window_size)
+
+    return without_gqa
+
+
+@pytest.mark.parametrize("gqa_kwarg", [True, False], ids=["enable_gqa", "kv-repeated"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_cuda_training_attention_takes_torch_varlen(monkeypatch, gqa_kwarg, causal):
+    from clara_kernels import attention
+
+    calls: list = []
+    monkeypatch.setitem(attention._TORCH_VARLEN, "state", "untried")
+    monkeypatch.setattr(attention, "_torch_varlen_applies", lambda q: attention._TORCH_VARLEN["state"] != "off")
+    monkeypatch.setattr(attention, "_load_torch_varlen", lambda: _fake_varlen_attn(calls, gqa_kwarg=gqa_kwarg))
+    lengths = [3, 70, 1, 65]
+    q, k, v, cu = (t.cpu() for t in _qkv(lengths, 6, 2, 16, torch.float32, seed=5))
+    q.requires_grad_(True)
+    k.requires_grad_(True)
+    out = ck.flash_attn_varlen(q, k, v, cu, max(lengths), causal=causal)
+    ck.flash_attn_varlen(q, k, v, cu, max(lengths), causal=causal)
+    assert attention._TORCH_VARLEN["state"] == "on" and len(calls) == 2
+    assert calls[0]["window"] == ((-1, 0) if causal else (-1, -1)) and calls[0]["max"] == (70, 70)
+    assert calls[0]["kv_heads"] == (2 if gqa_kwarg else 6) and calls[0]["enable_gqa"] == gqa_kwarg
+    ref = ck.attention_reference(q, k, v, cu, causal=causal)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    grads = torch.autograd.grad(out.square().sum(), (q, k))
+    for g, rg in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k)), strict=True):
+        torch.testing.assert_close(g, rg, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # no gradients: not this path
+        ck.flash_attn_varlen(q, k, v, cu, max(lengths), causal=causal)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("how", ["wrong", "fails", "missing"])
+def test_cuda_training_attention_falls_back_to_sdpa(monkeypatch, how):
+    """A kernel that disagrees with the torch path on its first call, raises, or is not in this
+    torch: one warning, then the SDPA path for the rest of the process."""
+    from clara_kernels import attention
+
+    calls: list = []
+    fake = None if how == "missing" else _fake_varlen_attn(calls, gqa_kwarg=True, wrong=how == "wrong",
+                                                           fails=how == "fails")
+    monkeypatch.setitem(attention._TORCH_VARLEN, "state", "untried")
+    monkeypatch.setattr(attention, "_torch_varlen_applies", lambda q: attention._TORCH_VARLEN["state"] != "off")
+    monkeypatch.setattr(attention, "_load_torch_varlen", lambda: fake)
+    q, k, v, cu = (t.cpu() for t in _qkv([5, 40, 2], 4, 2, 16, torch.float32, seed=6))
+    q.requires_grad_(True)
+    with pytest.warns(RuntimeWarning, match="SDPA path"):
+        out = ck.flash_attn_varlen(q, k, v, cu, 40)
+    again = ck.flash_attn_varlen(q, k, v, cu, 40)
+    assert attention._TORCH_VARLEN["state"] == "off" and len(calls) == (0 if how == "missing" else 1)
+    for o in (out, again):
+        torch.testing.assert_close(o, ck.attention_reference(q, k, v, cu), atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_matmul_attention_backward_gives_the_same_gradients(dtype):
     """matmul_attention_backward: SDPA's forward, a compiled matmul backward; the gradients
