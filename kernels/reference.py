@@ -199,7 +199,7 @@ def bucket_plan(cu_seqlens: torch.Tensor, total: int, causal: bool = True) -> Bu
     Building it takes host syncs (unique, boolean masks; on a GPU each one drains the queue)
     and ~10 small operators per bucket. Every layer of a packed forward passes the same
     cu_seqlens tensor, so a forward builds it once instead of once per layer
-    (docs/TRAINING.md, "Time per machine", one GPU)."""
+    (docs/TRAINING.md, "The host's share of a GPU step")."""
     global _LAST_PLAN
     # an inference tensor has no version counter to tell an in-place change by: planned anew
     key = None if cu_seqlens.is_inference() else (cu_seqlens._version, total, causal)
