@@ -3,8 +3,8 @@ few ms of a GPU's arithmetic; what sizes the recipe on one GPU is what the host 
 pass whatever the GPU's speed: Python (transformers' and peft's modules, our step), autograd, the
 dispatcher, and one launch per kernel (issue 12, docs/TRAINING.md "Time per machine").
 
-The step is the one `clara train` runs on CUDA (packed, a step's micro-batches in one pass, peft
-LoRA, SDPA attention, blocks not compiled), run here on the CPU over a base of the default base's
+The step is the one `clara train` runs on CUDA (packed, a step's micro-batches in one pass, LoRA
+linears fused in one autograd node each, blocks not compiled), run here on the CPU over a base of the default base's
 depth, heads and vocabulary but a narrow width (--width), twice per stage:
 
     real      the benchmark's records: counts the step's kernel calls (innermost aten calls that
@@ -24,6 +24,7 @@ a GPU step".
 
     python benchmarks/gpu_host_floor.py                          # scp, instruct, e2e, generator
     python benchmarks/gpu_host_floor.py --stages scp --compiled  # also with compiled blocks
+    python benchmarks/gpu_host_floor.py --peft-lora              # also with peft's LoRA linears
     python benchmarks/gpu_host_floor.py --one-kernel-attention   # attention's calls as on CUDA now
     python benchmarks/gpu_host_floor.py --stages scp --steps 2 --json
 """
@@ -56,7 +57,10 @@ NO_KERNEL = {"aten::view", "aten::_unsafe_view", "aten::reshape", "aten::as_stri
              "aten::result_type", "aten::broadcast_tensors", "aten::contiguous", "aten::flatten",
              "aten::unflatten", "aten::view_as", "aten::expand_as", "aten::movedim", "aten::_reshape_alias",
              "aten::set_", "aten::requires_grad_", "aten::retain_grad", "aten::resize_", "aten::as_strided_",
-             "aten::to", "aten::dropout", "aten::feature_dropout"}  # to, dropout: calls with no work beneath
+             "aten::to", "aten::dropout", "aten::feature_dropout",  # to, dropout: calls with no work beneath
+             "aten::numpy_T", "aten::mT", "aten::mH", "aten::adjoint"}
+#: one kernel on CUDA (a GEMM with beta), which a CPU runs as a copy and a product beneath it
+ONE_KERNEL = {"aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::baddbmm_", "aten::addbmm"}
 
 
 def narrow_base(src: Path, dst: Path, width: int) -> Path:
@@ -111,12 +115,23 @@ def kernel_calls(prof) -> tuple[int, float, int]:
             below[key] = any(computes(c.name) or computing_below(c) for c in e.cpu_children)
         return below[key]
 
+    def within_one_kernel(e) -> bool:
+        parent = e.cpu_parent
+        while parent is not None:
+            if parent.name in ONE_KERNEL:
+                return True
+            parent = parent.cpu_parent
+        return False
+
     calls, kernel_us, syncs = 0, 0.0, 0
     for e in prof.events():
         syncs += e.name in SYNCS
         if computes(e.name):
             kernel_us += e.self_cpu_time_total
-            calls += not computing_below(e)
+            if e.name in ONE_KERNEL:
+                calls += 1
+            elif not computing_below(e) and not within_one_kernel(e):
+                calls += 1
     return calls, kernel_us / 1e6, syncs
 
 
@@ -130,6 +145,8 @@ def main() -> None:
     ap.add_argument("--launch-us", type=float, nargs=2, default=(5.0, 10.0), metavar=("LOW", "HIGH"),
                     help="a CUDA kernel launch with its aten dispatch, microseconds (assumed, not measured)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a GPU's host runs one Python thread)")
+    ap.add_argument("--peft-lora", action="store_true",
+                    help="also the step with peft's own LoRA linears (the CUDA trainer's before 2026-12-08)")
     ap.add_argument("--compiled", action="store_true",
                     help="also the step with compiled blocks (clara train --compile; inductor's kernels counted too)")
     ap.add_argument("--one-kernel-attention", action="store_true",
@@ -162,15 +179,17 @@ def main() -> None:
             cfg = TrainConfig(stage, "unused", "unused", init_from=None, base_model=str(base),
                               batch_size=batch, grad_accum=accum, dropout=False, dtype=dname).resolved()
             tiny_records = [shortened(r, args.words) for r in records[stage]]
-            for path in ("eager", "compiled") if args.compiled else ("eager",):
+            paths = ["fused"] + (["peft"] if args.peft_lora else []) + (["compiled"] if args.compiled else [])
+            for path in paths:
                 model = _load_start_model(cfg, None, torch.device("cpu"), dtype)
                 prepare_adapters(model, stage, fresh_start=True, seed=0)
                 model.set_attention("auto")  # as the trainer (on CUDA: Triton for the frozen memories)
                 model.decoder.train(False)
                 if path == "compiled":
                     compile_layers(model, fall_back=False)
-                # the CUDA trainer's settings: packed, peft LoRA (not merged), SDPA's own backward
-                tm = Trainable(model, stage, autocast=dtype != torch.float32, packed=True)
+                # the CUDA trainer's settings: packed, LoRA linears fused (peft's own with --peft-lora)
+                tm = Trainable(model, stage, autocast=dtype != torch.float32, packed=True,
+                               fused_lora=path != "peft")
                 seen = {kind: measure(tm, recs, cfg, one_pass, args.steps)
                         for kind, recs in (("real", records[stage]), ("tiny", tiny_records))}
                 real, tiny = seen["real"], seen["tiny"]

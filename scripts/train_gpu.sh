@@ -11,9 +11,9 @@
 # not compiled (unmeasured there), checkpoints come every 100 steps instead of 10 (an r 64
 # checkpoint writes ~0.7 GB), and the five `clara synth` data sets are made in parallel.
 # Sizing, derived and not measured on a GPU (docs/TRAINING.md, "The host's share of a GPU step"): a
-# 135M model is host-bound there; 1,407 steps (~2,800 micro-batches of 8, two per pass) at 0.14-0.31 s
-# of host work each, measured on a CPU (benchmarks/gpu_host_floor.py) ≈ 5.6-7 min, plus ≈ 2-2.5 min
-# of synth, process starts, the retrieval stage's memory cache and export: ≈ 8-9.5 min with a host
+# 135M model is host-bound there; 1,407 steps (~2,800 micro-batches of 8, two per pass) at 0.13-0.30 s
+# of host work each, measured on a CPU (benchmarks/gpu_host_floor.py) ≈ 5.2-6.7 min, plus ≈ 2-2.5 min
+# of synth, process starts, the retrieval stage's memory cache and export: ≈ 7.5-9 min with a host
 # core as fast as an AMD EPYC's here.
 # When a GPU is present the script first prints benchmarks/kernels.py's figures.
 # BASE_MODEL=DIR trains on another base LM (the tests use a tiny one).

@@ -340,11 +340,12 @@ def test_one_pass_step_is_the_accumulated_computation(tiny_model_dir, data, stag
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * float(a.abs().max()) + 1e-8)
 
 
+@pytest.mark.parametrize("mode", ["merged_lora", "fused_lora"])
 @pytest.mark.parametrize("stage", ["scp", "e2e"])
-def test_merged_lora_is_peft_computation(tiny_model_dir, data, stage):
-    """merged_lora is a speed change only: two optimizer steps give peft's losses and gradients
-    (the second after SGD changed A and B, so a stale merged weight would show), and a pass
-    without gradients (e2e's frozen memories) keeps peft's path."""
+def test_merged_lora_is_peft_computation(tiny_model_dir, data, stage, mode):
+    """merged_lora (a CPU's) and fused_lora (a GPU's) are speed changes only: two optimizer steps
+    give peft's losses and gradients (the second after SGD changed A and B, so a stale merged
+    weight would show), and a pass without gradients (e2e's frozen memories) keeps peft's path."""
     from clara_cli.train.loop import _load_start_model
     from clara_cli.train.stages import Trainable, prepare_adapters
 
@@ -357,7 +358,7 @@ def test_merged_lora_is_peft_computation(tiny_model_dir, data, stage):
     for merged in (False, True):
         model = _load_start_model(cfg, None, torch.device("cpu"), torch.float32)
         prepare_adapters(model, stage, True, 0)
-        tm = Trainable(model, stage, packed=True, merged_lora=merged)
+        tm = Trainable(model, stage, packed=True, **{mode: merged})
         if stage == "e2e":
             tm.cache_documents([d for r in records for d in r.docs])
         opt = torch.optim.SGD(tm.parameters(), lr=10.0)  # not Adam: its first step is sign(g), noise and all
@@ -368,7 +369,11 @@ def test_merged_lora_is_peft_computation(tiny_model_dir, data, stage):
             opt.step()
             opt.zero_grad()
         if merged:
-            assert any(m.clara_merged for m in tm.merged_lora.layers), "no layer took the merged path"
+            if mode == "merged_lora":
+                assert any(m.clara_merged for m in tm.merged_lora.layers), "no layer took the merged path"
+            else:  # nothing merged; the fused node in the graph
+                assert not any(m.clara_merged for m in tm.merged_lora.layers)
+                assert fused_node_in_graph(tm, records[:2], cfg)
             assert not any(m.clara_merged_on for m in tm.merged_lora.layers)  # only inside a pass
         runs.append(steps)
     for (loss_a, grads_a), (loss_b, grads_b) in zip(*runs, strict=True):
@@ -377,6 +382,21 @@ def test_merged_lora_is_peft_computation(tiny_model_dir, data, stage):
         for a, b in zip(grads_a, grads_b, strict=True):  # float noise, summed in another order
             assert float((a - b).norm()) <= 1e-4 * float(a.norm()) + 1e-10
     assert runs[0][0][0] != pytest.approx(runs[0][1][0], rel=1e-4)  # the first step changed the model
+
+
+def fused_node_in_graph(tm, records, cfg) -> bool:
+    """Whether a pass's autograd graph holds merged_lora's fused LoRA node."""
+    loss, _ = tm.step_pass([(records, [(0, i) for i in range(len(records))])], cfg)
+    seen, todo = set(), [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == "_FusedLoraLinearBackward":
+            return True
+        todo.extend(n for n, _ in node.next_functions)
+    return False
 
 
 def test_compiled_blocks_are_the_same_computation(tiny_model_dir, data):

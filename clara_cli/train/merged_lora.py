@@ -21,6 +21,16 @@ It is the same computation; in bf16, W' is rounded once to the base weight's dty
 gradients of A and B take thin products, and nothing computes the frozen W's gradient.
 Passes without gradients (the frozen memories of `e2e`, `retrieval`, `generator`, inference)
 keep peft's path, so they stay what `clara compress` computes.
+
+On a GPU the full-width side products cost little; what costs is the host's work per call, and
+peft spends ~21 calls a LoRA linear per step (autocast's casts of x for each of its three
+products, the scaling, the sum, their gradients and ~10 autograd nodes). `MergedLora(...,
+merge=False)` runs the same two paths unmerged in one autograd node of ~16 calls::
+
+    forward   xa  = x Aᵀ;  y = x Wᵀ + s xa Bᵀ      (one addmm: the scaling and the sum in its epilogue)
+    backward  dxa = s dy B;  dx = dy W + dxa A;  dA = dxaᵀ x;  dB = s dyᵀ xa
+
+(docs/TRAINING.md, "The host's share of a GPU step").
 """
 
 from __future__ import annotations
@@ -65,6 +75,38 @@ class _MergedLoraLinear(torch.autograd.Function):
         return dx, None, da, db, None
 
 
+class _FusedLoraLinear(torch.autograd.Function):
+    """y = x Wᵀ + s (x Aᵀ) Bᵀ, unmerged, in one autograd node (see the module doc)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
+                scaling: float) -> torch.Tensor:
+        dt = weight.dtype
+        x2 = x.reshape(-1, x.shape[-1]).to(dt)                  # [N, in]
+        a, b = lora_a.to(dt), lora_b.to(dt)                     # [r, in], [out, r]
+        xa = x2 @ a.T                                           # [N, r]
+        y = torch.addmm(x2 @ weight.T, xa, b.T, alpha=scaling)  # [N, out]
+        ctx.save_for_backward(x2, xa, weight, a, b)
+        ctx.scaling = scaling
+        ctx.x_dtype, ctx.a_dtype, ctx.b_dtype = x.dtype, lora_a.dtype, lora_b.dtype
+        return y.reshape(*x.shape[:-1], weight.shape[0])         # [..., out]
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x2, xa, weight, a, b = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1]).to(weight.dtype)     # [N, out]
+        dxa = (dy2 @ b) * ctx.scaling                           # [N, r]
+        dx = da = db = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.addmm(dy2 @ weight, dxa, a)              # [N, in]
+            dx = dx.reshape(*dy.shape[:-1], weight.shape[1]).to(ctx.x_dtype)
+        if ctx.needs_input_grad[2]:
+            da = (dxa.T @ x2).to(ctx.a_dtype)                   # [r, in]
+        if ctx.needs_input_grad[3]:
+            db = ((dy2.T @ xa) * ctx.scaling).to(ctx.b_dtype)   # [out, r]
+        return dx, None, da, db, None
+
+
 def _drops_nothing(dropout: nn.Module) -> bool:
     """peft's dropout module is the identity: nn.Identity, p = 0, or eval mode (`--no-dropout`)."""
     return isinstance(dropout, nn.Identity) or not dropout.training or getattr(dropout, "p", 1.0) == 0.0
@@ -76,10 +118,13 @@ def _merged_forward(self: nn.Module, x: torch.Tensor, *args: Any, **kwargs: Any)
     peft's own otherwise."""
     active = self.active_adapters
     if (self.clara_merged_on and torch.is_grad_enabled() and not args and not kwargs
-            and not self.disable_adapters and not self.merged
-            and len(active) == 1 and active[0] in self.clara_merged
+            and not self.disable_adapters and not self.merged and len(active) == 1
+            and (active[0] in self.clara_merged or not self.clara_merge)
             and _drops_nothing(self.lora_dropout[active[0]])):
         name = active[0]
+        if not self.clara_merge:
+            return _FusedLoraLinear.apply(x, self.base_layer.weight, self.lora_A[name].weight,
+                                          self.lora_B[name].weight, self.scaling[name])
         return _MergedLoraLinear.apply(x, self.clara_merged[name], self.lora_A[name].weight,
                                        self.lora_B[name].weight, self.scaling[name])
     return type(self).forward(self, x, *args, **kwargs)
@@ -97,11 +142,14 @@ def mergeable(module: nn.Module) -> bool:
 class MergedLora:
     """The merged path for the given LoRA layers: installs their forward, which takes it only
     inside `use` (a pass of the Trainable that asked for it; others sharing the model keep
-    peft's), and keeps each adapter's merged weights current."""
+    peft's), and keeps each adapter's merged weights current. merge=False: the fused unmerged
+    path instead (a GPU's; no merged weights)."""
 
-    def __init__(self, layers: Sequence[nn.Module]):
+    def __init__(self, layers: Sequence[nn.Module], merge: bool = True):
         self.layers = [m for m in layers if mergeable(m)]
+        self.merge = merge
         for m in self.layers:
+            m.clara_merge = merge
             m.clara_merged = {}       # adapter -> W' [out, in], base dtype, updated in place
             m.clara_merged_key = {}   # adapter -> (A, B) versions and storages it was merged from
             m.clara_merged_on = False
@@ -110,7 +158,7 @@ class MergedLora:
     @contextlib.contextmanager
     def use(self, adapter: str) -> Iterator[None]:
         """A pass with `adapter` active: merged again first if it changed (with gradients only)."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and self.merge:
             self.refresh(adapter)
         for m in self.layers:
             m.clara_merged_on = True

@@ -180,12 +180,20 @@ def merged_lora_pays_off(model: ClaraModel, device: torch.device) -> bool:
     return 0 < size <= MERGED_LORA_MAX_BYTES
 
 
+def fused_lora_pays_off(device: torch.device) -> bool:
+    """Whether a training step runs its LoRA linears through merged_lora.py's fused unmerged path:
+    on CUDA, where the step is bound by the host's work per call and that path makes ~5 fewer
+    calls and one autograd node per LoRA linear (docs/TRAINING.md, "The host's share of a GPU
+    step"). On a CPU the merged path pays off instead."""
+    return device.type == "cuda"
+
+
 def trainer_speedups(model: ClaraModel, device: torch.device, dtype: torch.dtype, compiled: bool) -> dict[str, bool]:
     """The Trainable settings `clara train` takes beside packing, given whether the blocks are
     compiled: one place for the trainer, its benchmark and its profile to ask. None of them
     changes the computation (each is tested against the plain path)."""
     return {"matmul_attention_backward": matmul_attention_backward_pays_off(compiled, device, dtype),
-            "merged_lora": merged_lora_pays_off(model, device)}
+            "merged_lora": merged_lora_pays_off(model, device), "fused_lora": fused_lora_pays_off(device)}
 
 
 def compile_layers(model: ClaraModel, *, fall_back: bool) -> None:
@@ -214,7 +222,7 @@ class Trainable:
     """A ClaraModel prepared for one stage: trained parameters, fp32 memory rows, forward helpers."""
 
     def __init__(self, model: ClaraModel, stage: str, autocast: bool = False, packed: bool = False,
-                 matmul_attention_backward: bool = False, merged_lora: bool = False):
+                 matmul_attention_backward: bool = False, merged_lora: bool = False, fused_lora: bool = False):
         self.model = model
         self.stage = stage
         # packed CPU steps with compiled blocks: attention's backward as compiled batched matmuls
@@ -251,8 +259,11 @@ class Trainable:
 
         self._lora_layers = [m for m in decoder.modules() if isinstance(m, LoraLayer)]
         # merged_lora: passes with gradients run each LoRA linear as one product with W + s*B*A
-        # (merged_lora.py; docs/TRAINING.md, "LoRA merged into the weight, gradients kept thin")
-        self.merged_lora = MergedLora(self._lora_layers) if merged_lora else None
+        # (merged_lora.py; docs/TRAINING.md, "LoRA merged into the weight, gradients kept thin");
+        # fused_lora: unmerged, in one autograd node of fewer calls (a GPU's host; "The host's
+        # share of a GPU step")
+        self.merged_lora = (MergedLora(self._lora_layers) if merged_lora
+                            else MergedLora(self._lora_layers, merge=False) if fused_lora else None)
 
     # ------------------------------------------------------------------ parameters
     def parameters(self) -> list[nn.Parameter]:
