@@ -37,7 +37,8 @@ same weights and must give the same loss for each micro-batch). Figures are medi
 On CUDA the clock synchronizes the device before each reading, the peak probe is one bf16 matmul
 of --peak-n (8192 there by default), busy time is the wall time, and the compiled path is left
 out unless --compile-on-cuda (unmeasured there); the trainer path there is packed with one pass per
-step, as `clara train` runs on CUDA. --base-model DIR puts the default model's adapters
+step, LoRA linears fused and attention on PyTorch's flash varlen kernel, as `clara train` runs on
+CUDA (docs/TRAINING.md, "The host's share of a GPU step"). --base-model DIR puts the default model's adapters
 on another base folder of the same shape (e.g. random weights: scripts/random_base.py), which
 times the same computation where the real base cannot be brought.
 """
