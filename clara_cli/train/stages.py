@@ -182,9 +182,9 @@ def merged_lora_pays_off(model: ClaraModel, device: torch.device) -> bool:
 
 def fused_lora_pays_off(device: torch.device) -> bool:
     """Whether a training step runs its LoRA linears through merged_lora.py's fused unmerged path:
-    on CUDA, where the step is bound by the host's work per call and that path makes ~5 fewer
-    calls and one autograd node per LoRA linear (docs/TRAINING.md, "The host's share of a GPU
-    step"). On a CPU the merged path pays off instead."""
+    on CUDA, where the step is bound by the host's work per call and that path makes two calls
+    fewer and one autograd node instead of peft's several per LoRA linear (docs/TRAINING.md, "The
+    host's share of a GPU step"). On a CPU the merged path pays off instead."""
     return device.type == "cuda"
 
 
