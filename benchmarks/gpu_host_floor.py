@@ -22,7 +22,7 @@ slower or faster than a GPU machine's host. (The real step's seconds at the narr
 --json, are the CPU's arithmetic, for scale only.) Results: docs/TRAINING.md, "The host's share of
 a GPU step".
 
-    python benchmarks/gpu_host_floor.py                          # scp, instruct, e2e, generator
+    python benchmarks/gpu_host_floor.py                          # scp, instruct, e2e, generator, retrieval
     python benchmarks/gpu_host_floor.py --stages scp --compiled  # also with compiled blocks
     python benchmarks/gpu_host_floor.py --peft-lora              # also with peft's LoRA linears
     python benchmarks/gpu_host_floor.py --one-kernel-attention   # attention's calls as on CUDA now
@@ -47,6 +47,10 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import RECIPE, one_step, synth_records  # noqa: E402  (the same records, recipe, step)
+
+#: the retrieval stage's step as scripts/train_written.sh runs it: 32 questions, no accumulation,
+#: padded (not packed; its step is not one pass)
+RETRIEVAL_RECIPE = (32, 1)
 
 #: aten calls that launch no kernel on CUDA (views, metadata, allocation)
 NO_KERNEL = {"aten::view", "aten::_unsafe_view", "aten::reshape", "aten::as_strided", "aten::transpose",
@@ -137,7 +141,7 @@ def kernel_calls(prof) -> tuple[int, float, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stages", default="scp,instruct,e2e,generator")
+    ap.add_argument("--stages", default="scp,instruct,e2e,generator,retrieval")
     ap.add_argument("--width", type=int, default=18, help="hidden size of the narrow base (a multiple of 18)")
     ap.add_argument("--words", type=int, default=3, help="words kept of every text in the tiny step")
     ap.add_argument("--steps", type=int, default=3, help="measured steps (the same examples) per stage and kind, after one warm-up")
@@ -174,11 +178,12 @@ def main() -> None:
         records = synth_records(args.docs, tmp / "records")
         base = narrow_base(smollm2_base_dir(), tmp / "base", args.width)
         for stage in args.stages.split(","):
-            batch, accum = RECIPE[stage]
+            batch, accum = RETRIEVAL_RECIPE if stage == "retrieval" else RECIPE[stage]
             one_pass = stage in ONE_PASS_STAGES
             cfg = TrainConfig(stage, "unused", "unused", init_from=None, base_model=str(base),
                               batch_size=batch, grad_accum=accum, dropout=False, dtype=dname).resolved()
-            tiny_records = [shortened(r, args.words) for r in records[stage]]
+            stage_records = records["e2e" if stage == "retrieval" else stage]  # retrieval: QA records too
+            tiny_records = [shortened(r, args.words) for r in stage_records]
             paths = ["fused"] + (["peft"] if args.peft_lora else []) + (["compiled"] if args.compiled else [])
             for path in paths:
                 model = _load_start_model(cfg, None, torch.device("cpu"), dtype)
@@ -191,7 +196,7 @@ def main() -> None:
                 tm = Trainable(model, stage, autocast=dtype != torch.float32, packed=True,
                                fused_lora=path != "peft")
                 seen = {kind: measure(tm, recs, cfg, one_pass, args.steps)
-                        for kind, recs in (("real", records[stage]), ("tiny", tiny_records))}
+                        for kind, recs in (("real", stage_records), ("tiny", tiny_records))}
                 real, tiny = seen["real"], seen["tiny"]
                 framework_us = tiny["framework_seconds"] / tiny["kernel_calls"] * 1e6
                 floors = [real["kernel_calls"] * (framework_us + c) / 1e6 for c in args.launch_us]
@@ -241,9 +246,11 @@ def measure(tm, records: list, cfg, one_pass: bool, steps: int) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     batch, accum = cfg.batch_size, cfg.grad_accum
-    if tm.stage in ("e2e", "generator"):  # frozen memories: built once per run, outside the steps
+    if tm.stage in ("e2e", "generator", "retrieval"):  # frozen memories: built once per run, outside the steps
         tm.doc_cache = {}
         tm.cache_documents([d for r in records for d in r.docs])
+    if tm.stage == "retrieval":  # its negatives: every cached document
+        tm.build_pool(center=True)
     one_step(tm, records, cfg, batch, accum, 0, one_pass)
     rows = []
     for _ in range(steps):
