@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
 import warnings
-import weakref
 
 import torch
 
 from .dispatch import FORCE_ENV, backend, load_kernel_module
-from .reference import varlen_attention_torch
+from .reference import LastTensorMemo, varlen_attention_torch
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: Larger head dims would not fit the kernel's registers; they take the torch path.
@@ -93,24 +93,14 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.
         raise ValueError("cu_seqlens must be a 1-D integer tensor [batch + 1]")
     if cu_seqlens.device != q.device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, q on {q.device}")
-    if not _offsets_checked(cu_seqlens, q.shape[0]):
+    # reading the last offset back is a host sync: once per cu_seqlens tensor, not per layer
+    if _CHECKED.get(cu_seqlens, q.shape[0]) is None:
         if int(cu_seqlens[-1]) != q.shape[0]:
             raise ValueError(f"cu_seqlens[-1] = {int(cu_seqlens[-1])} but q holds {q.shape[0]} tokens")
-        if not cu_seqlens.is_inference():  # an inference tensor has no version counter
-            global _LAST_CHECKED
-            _LAST_CHECKED = (weakref.ref(cu_seqlens), cu_seqlens._version, q.shape[0])
+        _CHECKED.put(cu_seqlens, True, q.shape[0])
 
 
-#: (weak reference to the cu_seqlens tensor last checked, its version, the rows it was checked
-#: against). Every layer of a packed forward passes the same tensor: reading its last offset back
-#: is a host sync, which on a GPU stalls the host once per layer otherwise.
-_LAST_CHECKED: tuple | None = None
-
-
-def _offsets_checked(cu_seqlens: torch.Tensor, total: int) -> bool:
-    last = _LAST_CHECKED  # one read: another thread may replace it meanwhile
-    return (last is not None and not cu_seqlens.is_inference() and last[0]() is cu_seqlens
-            and last[1:] == (cu_seqlens._version, total))
+_CHECKED = LastTensorMemo()
 
 
 #: PyTorch's flash varlen attention for CUDA calls that need gradients: one kernel a layer forward
@@ -137,6 +127,12 @@ def _load_torch_varlen():
     return varlen_attn
 
 
+@functools.cache
+def _takes_enable_gqa(varlen_attn) -> bool:
+    """Whether this torch's varlen_attn has `enable_gqa` (2.13 does, 2.11 does not); asked once."""
+    return "enable_gqa" in inspect.signature(varlen_attn).parameters
+
+
 def _torch_varlen(q, k, v, cu_seqlens, max_seqlen: int, causal: bool, scale: float) -> torch.Tensor | None:
     """The attention through PyTorch's flash varlen kernel, or None where it is not to be used."""
     varlen_attn = _load_torch_varlen()
@@ -144,7 +140,7 @@ def _torch_varlen(q, k, v, cu_seqlens, max_seqlen: int, causal: bool, scale: flo
         return _torch_varlen_off("torch.nn.attention.varlen is not in this torch")
     kv, kw = (k, v), {}
     if q.shape[1] != k.shape[1]:  # grouped query heads: the kernel's own, or kv heads repeated
-        if "enable_gqa" in inspect.signature(varlen_attn).parameters:
+        if _takes_enable_gqa(varlen_attn):
             kw["enable_gqa"] = True
         else:
             kv = tuple(t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))

@@ -188,9 +188,30 @@ class BucketPlan:
     outside: bool
 
 
-#: (weak reference to a cu_seqlens tensor, its version, total rows, causal) -> its plan. One entry:
-#: the layers of a packed forward all pass the same cu_seqlens tensor.
-_LAST_PLAN: tuple | None = None
+class LastTensorMemo:
+    """One value remembered for one tensor while that tensor lives unchanged (the same object,
+    the same version counter) under the same extra key. The layers of a packed forward all pass
+    the same cu_seqlens tensor, so what is derived from it (with host syncs, which on a GPU stall
+    the host) is derived once per forward. Inference tensors have no version counter to tell an
+    in-place change by: nothing is remembered for them. Safe across threads: one entry, read
+    and replaced whole."""
+
+    def __init__(self) -> None:
+        self._last: tuple | None = None
+
+    def get(self, tensor: torch.Tensor, *key):
+        last = self._last
+        if last is None or tensor.is_inference() or last[0]() is not tensor or last[1] != (tensor._version, *key):
+            return None
+        return last[2]
+
+    def put(self, tensor: torch.Tensor, value, *key):
+        if not tensor.is_inference():
+            self._last = (weakref.ref(tensor), (tensor._version, *key), value)
+        return value
+
+
+_PLANS = LastTensorMemo()
 
 
 def bucket_plan(cu_seqlens: torch.Tensor, total: int, causal: bool = True) -> BucketPlan:
@@ -200,12 +221,9 @@ def bucket_plan(cu_seqlens: torch.Tensor, total: int, causal: bool = True) -> Bu
     and ~10 small operators per bucket. Every layer of a packed forward passes the same
     cu_seqlens tensor, so a forward builds it once instead of once per layer
     (docs/TRAINING.md, "The host's share of a GPU step")."""
-    global _LAST_PLAN
-    # an inference tensor has no version counter to tell an in-place change by: planned anew
-    key = None if cu_seqlens.is_inference() else (cu_seqlens._version, total, causal)
-    last = _LAST_PLAN  # one read: another thread may replace it meanwhile
-    if key is not None and last is not None and last[0]() is cu_seqlens and last[1] == key:
-        return last[2]
+    plan = _PLANS.get(cu_seqlens, total, causal)
+    if plan is not None:
+        return plan
     if int(cu_seqlens[-1]) != total:
         raise ValueError(f"cu_seqlens[-1] = {int(cu_seqlens[-1])} but q holds {total} tokens")
     starts = cu_seqlens[:-1].long()
@@ -234,10 +252,7 @@ def bucket_plan(cu_seqlens: torch.Tensor, total: int, causal: bool = True) -> Bu
     if outside:
         src_of_row[src_of_row < 0] = used
     flat = torch.cat(flats) if flats else src_of_row[:0]
-    plan = BucketPlan(flat, tuple(buckets), src_of_row, outside)
-    if key is not None:
-        _LAST_PLAN = (weakref.ref(cu_seqlens), key, plan)
-    return plan
+    return _PLANS.put(cu_seqlens, BucketPlan(flat, tuple(buckets), src_of_row, outside), total, causal)
 
 
 
